@@ -1,0 +1,9 @@
+"""tltf: transfer learning for Keras 3 / TensorFlow.
+
+Importing ``tltf`` registers its serialisable Keras objects, so ``keras.models.load_model("run/model.keras")``
+works after ``import tltf``.
+"""
+
+__version__ = "0.1.0"
+
+from tltf import models as _models  # noqa: E402,F401  (registers custom Keras objects)

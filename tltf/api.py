@@ -1,0 +1,301 @@
+"""The Python API behind the CLI: ``fit`` and ``evaluate`` (``tltf.predict``, ``tltf.export`` … hold the rest).
+
+>>> from tltf.api import FitConfig, fit
+>>> metrics = fit(FitConfig(backbone="mobilenet_v2", data="builtin:shapes", weights="none", image_size=64,
+...                         epochs=6, out="runs/shapes"))                                # doctest: +SKIP
+>>> metrics["stages"][0]["name"], metrics["val_accuracy"] > 0.5                          # doctest: +SKIP
+('head', True)
+
+The run folder (``out``) holds ``model.keras``, ``metrics.json``, ``history.csv``, ``config.json``, ``curves.png``
+and TensorBoard ``logs/``. While training, ``backup/`` holds the last finished epoch: running the same ``fit``
+again after an interruption resumes from it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from tltf import __version__, backbones
+from tltf.data import Augment, load_data, load_source, make_pipeline
+from tltf.errors import TltfError
+from tltf.models.classifier import build_classifier, class_names_of
+from tltf.models.head import class_probabilities
+from tltf.reporting import confusion_matrix, plot_history, read_history, write_json
+from tltf.staging import StagedFineTuning, StagePlan, make_optimizer, prepare, preset
+from tltf.staging.freezing import blocks_of, freeze_to, trainable_count
+
+# Settings that must match for an interrupted run to be resumed.
+RESUME_KEYS = ("backbone", "data", "stage", "epochs", "image_size", "batch_size", "learning_rate", "seed",
+               "val_split", "weights", "plan", "train_bn", "dropout", "optimizer")
+
+
+@dataclass
+class FitConfig:
+    """Everything ``tltf fit`` needs; the CLI fills it from flags (and recipes)."""
+
+    data: str = "builtin:shapes"
+    backbone: str = "mobilenet_v2"
+    out: str = "runs/run"
+    stage: str = "gradual"
+    epochs: int | None = None  # None: the plan's own total, or 6 for a preset
+    image_size: int | None = None  # None: the backbone's default
+    batch_size: int = 32
+    learning_rate: float = 1e-3
+    seed: int = 0
+    val_split: float = 0.2
+    weights: str = "imagenet"
+    plan: str | None = None
+    train_bn: bool | None = None  # None: train BN only when starting from random weights
+    dropout: float = 0.2
+    augment: str = "flip,crop,color"
+    optimizer: str = "adam"
+    clipnorm: float | None = None
+    data_dir: str | None = None
+    jit: bool | None = None  # None: XLA on GPU, not on CPU (compiling costs more than it saves there)
+    precision: str = "float32"
+    tensorboard: bool = True
+    cache: bool = True
+    extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, data: dict, source: str = "config") -> "FitConfig":
+        names = {f.name for f in fields(cls)}
+        unknown = set(data) - names
+        if unknown:
+            raise TltfError(f"{source}: unknown key {sorted(unknown)[0]!r}")
+        return cls(**data)
+
+
+class EpochTiming(keras.callbacks.Callback):
+    """Adds ``seconds`` and ``images_per_s`` (training images per second) to each epoch's logs."""
+
+    def __init__(self, images_per_epoch: int):
+        super().__init__()
+        self.images = images_per_epoch
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        seconds = time.perf_counter() - self.start
+        if logs is not None:
+            logs["seconds"] = seconds
+            logs["images_per_s"] = self.images / seconds if seconds > 0 else 0.0
+
+
+def resolve_plan(config: FitConfig, num_blocks: int) -> StagePlan:
+    if config.plan:
+        plan = StagePlan.from_yaml(config.plan)
+        return plan.scaled(config.epochs) if config.epochs else plan
+    return preset(config.stage, config.epochs or 6, config.learning_rate, num_blocks)
+
+
+def _set_precision(precision: str) -> None:
+    if precision not in ("float32", "mixed", "mixed_float16", "mixed_bfloat16"):
+        raise TltfError(f"--precision {precision}: choose float32, mixed (float16) or mixed_bfloat16")
+    policy = {"mixed": "mixed_float16"}.get(precision, precision)
+    keras.mixed_precision.set_global_policy(policy)
+
+
+def _gpu_available() -> bool:
+    import tensorflow as tf
+
+    return bool(tf.config.list_physical_devices("GPU"))
+
+
+def _run_state(out: Path, config: FitConfig, overwrite: bool) -> bool:
+    """Decide between a fresh run and a resume; returns True when resuming."""
+    backup = out / "backup" / "training_metadata.json"
+    saved = out / "config.json"
+    if overwrite and out.exists():
+        for name in ("backup", "logs", "history.csv", "metrics.json", "model.keras", "config.json", "curves.png"):
+            target = out / name
+            shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
+        return False
+    if backup.exists() and saved.exists():
+        previous = json.loads(saved.read_text())
+        current = asdict(config)
+        for key in RESUME_KEYS:
+            if previous.get(key) != current.get(key):
+                raise TltfError(f"--out {out}: holds an interrupted run with a different {key} "
+                                f"({previous.get(key)!r} vs {current.get(key)!r}); use another --out or --overwrite")
+        return True
+    if (out / "model.keras").exists():
+        raise TltfError(f"--out {out}: already holds a finished run; use another --out or --overwrite")
+    return False
+
+
+def save_model(model: keras.Model, path: Path) -> None:
+    """``model.save`` to a temp file in the same folder, then rename: never a half-written ``.keras``."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".keras")
+    os.close(fd)
+    try:
+        model.save(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def fit(config: FitConfig, overwrite: bool = False, verbose: int = 1) -> dict:
+    """Train a classifier as ``config`` says; returns the metrics written to ``out/metrics.json``."""
+    spec = backbones.get(config.backbone)
+    out = Path(config.out)
+    resuming = _run_state(out, config, overwrite)
+    Augment.parse(config.augment)  # validate early
+    _set_precision(config.precision)
+    keras.utils.set_random_seed(config.seed)
+
+    data = load_data(config.data, config.val_split, config.seed, config.data_dir)
+    train_bn = config.train_bn if config.train_bn is not None else config.weights == "none"
+    model = build_classifier(spec, data.class_names, config.image_size, config.weights, config.dropout, train_bn)
+    size = tuple(model.input_shape[1:3])
+    plan = resolve_plan(config, len(blocks_of(model, spec)))
+    if config.weights == "none" and plan.stages[0].unfreeze != "all":
+        print("warning: --weights none with a plan that starts frozen: a random backbone gives the head little to "
+              "work with; --stage scratch trains everything from the start", flush=True)
+    jit = config.jit if config.jit is not None else _gpu_available()
+    binary = len(data.class_names) == 2
+    model.compile(optimizer=make_optimizer(config.optimizer, plan.stages[0].learning_rate, config.clipnorm),
+                  loss=keras.losses.BinaryCrossentropy() if binary else keras.losses.SparseCategoricalCrossentropy(),
+                  metrics=[keras.metrics.BinaryAccuracy(name="accuracy") if binary
+                           else keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+                  jit_compile=jit)
+    prepare(model, plan)
+
+    augment = Augment.parse(config.augment)
+    train = make_pipeline(data.train, size, config.batch_size, training=True, augment=augment, seed=config.seed,
+                          cache=config.cache)
+    val = make_pipeline(data.val, size, config.batch_size, cache=config.cache) if data.val is not None else None
+
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "config.json", {**asdict(config), "resolved_plan": plan.to_dict(), "image_size_hw": size,
+                                     "train_bn_effective": train_bn, "jit_effective": jit})
+    if resuming:
+        meta = json.loads((out / "backup" / "training_metadata.json").read_text())
+        epoch = int(meta.get("epoch", 0))
+        stage = plan.stages[plan.stage_index_at(epoch)].name
+        print(f"resuming {out} from epoch {epoch + 1}/{plan.epochs} (stage {stage})", flush=True)
+    else:
+        (out / "history.csv").unlink(missing_ok=True)
+    stager = StagedFineTuning(plan, verbose=verbose)
+    callbacks = [stager, EpochTiming(len(data.train)),
+                 keras.callbacks.BackupAndRestore(str(out / "backup"), delete_checkpoint=False),
+                 keras.callbacks.CSVLogger(str(out / "history.csv"), append=resuming)]
+    if config.tensorboard:
+        callbacks.append(keras.callbacks.TensorBoard(str(out / "logs"), write_graph=False, profile_batch=0))
+    start = time.perf_counter()
+    model.fit(train, validation_data=val, epochs=plan.epochs, callbacks=callbacks, verbose=verbose, shuffle=False)
+    seconds = time.perf_counter() - start
+
+    test = None
+    if data.test is not None:
+        test = evaluate_model(model, make_pipeline(data.test, size, config.batch_size, cache=False),
+                              data.class_names, data.class_names)
+    save_model(model, out / "model.keras")
+    metrics = _metrics(model, config, plan, data, size, read_history(out / "history.csv"), test, seconds)
+    write_json(out / "metrics.json", metrics)
+    plot_history(read_history(out / "history.csv"), [(b, s.name) for b, s in zip(plan.boundaries(), plan.stages)],
+                 out / "curves.png", title=f"{spec.name} on {config.data}")
+    shutil.rmtree(out / "backup", ignore_errors=True)
+    return metrics
+
+
+def _metrics(model, config, plan, data, size, history, test, seconds) -> dict:
+    blocks = blocks_of(model)
+    stages = []
+    for first, stage in zip(plan.boundaries(), plan.stages):
+        freeze_to(model, stage.unfreeze, stage.discriminative, blocks)
+        rows = [r for r in history if first <= r["epoch"] < first + stage.epochs]
+        last = rows[-1] if rows else {}
+        stages.append({"name": stage.name, "epochs": stage.epochs, "first_epoch": first,
+                       "unfreeze": stage.unfreeze, "trainable_params": trainable_count(model),
+                       "learning_rate": stage.learning_rate, "discriminative": stage.discriminative,
+                       "accuracy": last.get("accuracy"), "val_accuracy": last.get("val_accuracy"),
+                       "val_loss": last.get("val_loss"),
+                       "images_per_s": float(np.mean([r["images_per_s"] for r in rows if r.get("images_per_s")]))
+                       if rows else None})
+    final = history[-1] if history else {}
+    metrics = {"backbone": backbones.get(config.backbone).name, "weights": config.weights,
+               "data": config.data, "image_size": list(size), "classes": list(data.class_names),
+               "num_train": len(data.train), "num_val": len(data.val) if data.val is not None else 0,
+               "num_test": len(data.test) if data.test is not None else 0,
+               "epochs": plan.epochs, "stages": stages,
+               "val_accuracy": final.get("val_accuracy"),
+               "best_val_accuracy": max((r.get("val_accuracy") or 0.0 for r in history), default=None),
+               "train_seconds_this_session": round(seconds, 2), "tltf_version": __version__}
+    if test is not None:
+        metrics["test_accuracy"] = test["accuracy"]
+        metrics["test"] = test
+    return metrics
+
+
+# --- evaluation ------------------------------------------------------------------------------------------------
+
+def evaluate_model(model: keras.Model, dataset, data_classes: list[str], model_classes: list[str]) -> dict:
+    """Accuracy, per-class accuracy and confusion matrix of ``model`` over a batched ``(pixels, labels)`` dataset."""
+    mapping = _label_mapping(data_classes, model_classes)
+    true, pred = [], []
+    for x, y in dataset:
+        probs = class_probabilities(model.predict_on_batch(x))
+        pred.append(probs.argmax(axis=1))
+        true.append(mapping[np.asarray(y)])
+    true_a = np.concatenate(true) if true else np.zeros(0, int)
+    pred_a = np.concatenate(pred) if pred else np.zeros(0, int)
+    cm = confusion_matrix(true_a, pred_a, len(model_classes))
+    per_class = {name: (float(cm[i, i] / cm[i].sum()) if cm[i].sum() else None)
+                 for i, name in enumerate(model_classes)}
+    n = int(len(true_a))
+    return {"accuracy": float((true_a == pred_a).mean()) if n else None, "n": n, "per_class": per_class,
+            "classes": list(model_classes), "confusion": cm.tolist()}
+
+
+def _label_mapping(data_classes: list[str], model_classes: list[str]) -> np.ndarray:
+    missing = [c for c in data_classes if c not in model_classes]
+    if missing:
+        raise TltfError(f"--data: class {missing[0]!r} is not one of the model's classes "
+                        f"({', '.join(model_classes[:10])}{'…' if len(model_classes) > 10 else ''})")
+    return np.array([model_classes.index(c) for c in data_classes], dtype=np.int64)
+
+
+def load_model(path: str | Path) -> keras.Model:
+    """A tltf ``.keras`` model, or a one-line error naming the file."""
+    import tltf  # noqa: F401  (registers custom objects)
+
+    path = Path(path)
+    if not path.exists():
+        raise TltfError(f"{path}: no such model file")
+    try:
+        return keras.models.load_model(str(path), compile=False)
+    except Exception as e:
+        raise TltfError(f"{path}: not a loadable Keras model ({str(e).splitlines()[0][:150]})") from None
+
+
+def evaluate(model_path: str | Path, data: str, split: str = "auto", batch_size: int = 32,
+             data_dir: str | None = None) -> dict:
+    """Evaluate a saved model on ``data``: its test split (``auto``), ``val``, ``train`` or ``all`` images."""
+    model = load_model(model_path)
+    source = load_source(data, data_dir)
+    choice = split
+    if split == "auto":
+        choice = "test" if source.test is not None else "all"
+    if choice == "all":
+        part = source.train
+    else:
+        part = getattr(source, choice, None)
+        if part is None:
+            raise TltfError(f"--split {split}: {data} has no {choice} split")
+    size = tuple(model.input_shape[1:3])
+    result = evaluate_model(model, make_pipeline(part, size, batch_size, cache=False), source.class_names,
+                            class_names_of(model))
+    result["split"] = choice
+    return result

@@ -1,0 +1,70 @@
+"""The ``tltf`` command line: a thin click layer over :mod:`tltf.api`.
+
+Each subcommand lives in its own module ``tltf/cli/<name>.py`` exposing a click command called ``command``; it is
+imported only when used, so ``tltf --help`` starts without loading TensorFlow. :class:`TltfError` from the library
+becomes a one-line ``error: ...`` on stderr and exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+
+import click
+
+from tltf.errors import TltfError
+
+# name -> (module, one-line help shown by `tltf --help`)
+COMMANDS = {
+    "fit": ("fit", "Train a classifier on a pretrained backbone (staged fine-tuning, DANN)."),
+    "evaluate": ("evaluate", "Accuracy, per-class accuracy and confusion matrix of a model on data."),
+    "predict": ("predict", "Top classes for image files, with a .keras or .onnx model."),
+    "backbones": ("backbones", "List the backbones of the registry."),
+    "export": ("export", "Export a model to ONNX with a parity gate (fp32, fp16, int8)."),
+    "bench": ("bench", "Latency and throughput: onnxruntime vs Keras."),
+    "weights": ("weights", "Import pretrained checkpoints (torchvision .pth) into Keras backbones."),
+    "features": ("features", "Extract frozen-backbone features (CNN codes) to a .npz."),
+    "compare": ("compare", "Compare transfer strategies against training from scratch."),
+    "advise": ("advise", "Recommend a transfer strategy for a dataset."),
+}
+
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx):
+        return [name for name, (module, _) in COMMANDS.items() if _module_exists(module)]
+
+    def get_command(self, ctx, name):
+        if name not in COMMANDS or not _module_exists(COMMANDS[name][0]):
+            return None
+        return importlib.import_module(f"tltf.cli.{COMMANDS[name][0]}").command
+
+    def format_commands(self, ctx, formatter):
+        rows = [(name, COMMANDS[name][1]) for name in self.list_commands(ctx)]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except TltfError as e:
+            click.echo(f"error: {e}", err=True)
+            ctx.exit(2)
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            ctx.exit(130)
+
+
+def _module_exists(module: str) -> bool:
+    return os.path.exists(os.path.join(os.path.dirname(__file__), f"{module}.py"))
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="tltf")
+def main():
+    """tltf: transfer learning for Keras 3 / TensorFlow, from a pretrained backbone to an ONNX file."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

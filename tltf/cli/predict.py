@@ -1,0 +1,38 @@
+"""``tltf predict MODEL IMAGE… [--top 5] [--json]``: top classes for image files, with a .keras or .onnx model."""
+
+import click
+
+
+@click.command("predict")
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.argument("images", nargs=-1, required=True, type=click.Path())
+@click.option("--top", default=5, show_default=True, type=int, help="How many classes to show per image.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON list on stdout (one object per image).")
+def command(model, images, top, as_json):
+    """Top classes for IMAGE files (folders are expanded to the images they hold) with MODEL (.keras or .onnx).
+
+    Images are decoded and resized exactly as in training; the model normalises them itself.
+    """
+    import json
+    from pathlib import Path
+
+    from tltf.data.images import is_image_file
+    from tltf.predict import predict_files
+
+    files = []
+    for image in images:
+        path = Path(image)
+        files += sorted(str(p) for p in path.iterdir() if is_image_file(p)) if path.is_dir() else [image]
+    results = predict_files(model, files, top=top)
+    if as_json:
+        click.echo(json.dumps(results))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("file", "rank", "class", "score", box=None)
+    for r in results:
+        for rank, t in enumerate(r["top"], 1):
+            label = t["label"] if t["label"] is not None else f"#{t['index']}"
+            table.add_row(r["file"] if rank == 1 else "", str(rank), label, f"{t['score']:.3f}")
+    Console().print(table)

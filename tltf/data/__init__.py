@@ -1,0 +1,55 @@
+"""Data: sources (folders, npz, TFDS, built-in) -> splits -> one tf.data pipeline.
+
+>>> data = load_data("builtin:shapes", val_split=0.2, seed=0)     # doctest: +SKIP
+>>> train = make_pipeline(data.train, (64, 64), 32, training=True) # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from tltf.data.augment import Augment
+from tltf.data.pipeline import make_pipeline
+from tltf.data.sources import Source, Split, array_split, folder_source, npz_source, tfds_source
+from tltf.data.split import stratified_split
+from tltf.errors import TltfError
+
+__all__ = ["Augment", "Source", "Split", "array_split", "load_data", "load_source", "make_pipeline",
+           "stratified_split"]
+
+
+def load_source(spec: str, data_dir: str | None = None, option: str = "--data") -> Source:
+    """``builtin:NAME``, ``tfds:NAME[:SPLIT]``, a ``.npz`` file or an image folder."""
+    text = str(spec)
+    if text.startswith("builtin:"):
+        from tltf.data.builtin import builtin_source
+
+        return builtin_source(text.split(":", 1)[1], option)
+    if text.startswith("tfds:"):
+        return tfds_source(text.split(":", 1)[1], data_dir, option)
+    path = Path(text)
+    if path.suffix == ".npz":
+        return npz_source(path, option)
+    if path.is_dir():
+        return folder_source(path, option)
+    if not path.exists():
+        raise TltfError(f"{option} {text}: no such file or folder (expected a folder, .npz, tfds:NAME or "
+                        "builtin:shapes)")
+    raise TltfError(f"{option} {text}: not a folder, .npz, tfds:NAME or builtin:NAME")
+
+
+def load_data(spec: str, val_split: float = 0.2, seed: int = 0, data_dir: str | None = None,
+              option: str = "--data") -> Source:
+    """The source with a validation split: its own, or ``val_split`` of train (stratified, seeded)."""
+    source = load_source(spec, data_dir, option)
+    if source.val is None and val_split > 0:
+        if not 0 < val_split < 1:
+            raise TltfError(f"--val-split {val_split}: must be between 0 and 1")
+        train_idx, val_idx = stratified_split(source.train.selected_labels, val_split, seed)
+        source.val = source.train.select(val_idx)
+        source.train = source.train.select(train_idx)
+    if len(np.unique(source.train.selected_labels)) < 2:
+        raise TltfError(f"{option} {spec}: the training split has a single class")
+    return source

@@ -1,0 +1,48 @@
+"""One tf.data pipeline for every source: parallel decode and resize, cache, shuffle, augment, batch, prefetch.
+
+Images leave the pipeline as float32 RGB pixels in [0, 255] (``(batch, H, W, 3)``) with int32 labels; each
+backbone's normalisation happens inside the model. Decoded, resized images are cached (as uint8, in memory) when
+they fit in ``cache_bytes``; augmentation runs after the cache so every epoch sees new variations.
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+from tltf.data.augment import Augment
+from tltf.data.images import resize
+from tltf.data.sources import Split
+
+AUTOTUNE = tf.data.AUTOTUNE
+DEFAULT_CACHE_BYTES = 2 * 1024 ** 3
+
+
+def make_pipeline(split: Split, image_size: tuple[int, int], batch_size: int, training: bool = False,
+                  augment: Augment | None = None, seed: int = 0, cache: bool | str = True,
+                  cache_bytes: int = DEFAULT_CACHE_BYTES, repeat: bool = False) -> tf.data.Dataset:
+    """Batches of ``(pixels float32 (B, H, W, 3), labels int32 (B,))`` from ``split``.
+
+    ``cache``: ``True`` caches in memory when the resized images fit in ``cache_bytes``; a string is a cache file.
+    """
+    size = tuple(int(s) for s in image_size)
+    ds = split.dataset()
+    ds = ds.map(lambda im, y: (tf.cast(tf.round(resize(im, size)), tf.uint8), tf.cast(y, tf.int32)),
+                num_parallel_calls=AUTOTUNE, deterministic=not training)
+    if isinstance(cache, str):
+        ds = ds.cache(cache)
+    elif cache and len(split) * size[0] * size[1] * 3 <= cache_bytes:
+        ds = ds.cache()
+    if training:
+        ds = ds.shuffle(min(len(split), 10_000), seed=seed, reshuffle_each_iteration=True)
+    if repeat:
+        ds = ds.repeat()
+    aug = augment if (training and augment is not None and augment.enabled) else None
+    if aug is not None:
+        ds = ds.map(lambda im, y: (aug(tf.cast(im, tf.float32)), y), num_parallel_calls=AUTOTUNE,
+                    deterministic=False)
+    else:
+        ds = ds.map(lambda im, y: (tf.cast(im, tf.float32), y), num_parallel_calls=AUTOTUNE)
+    ds = ds.batch(batch_size, num_parallel_calls=AUTOTUNE)
+    options = tf.data.Options()
+    options.deterministic = not training
+    return ds.with_options(options).prefetch(AUTOTUNE)

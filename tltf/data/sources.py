@@ -1,0 +1,282 @@
+"""Where images come from: image folders, ``.npz`` arrays, TensorFlow Datasets, the built-in example.
+
+Every source becomes a :class:`Split` per subset (train / val / test): integer labels known up front (so that
+validation splits can be stratified) and a way to produce a ``tf.data.Dataset`` of ``(uint8 image (H, W, 3),
+int32 label)`` for any subset of indices. Decoding runs in parallel inside tf.data.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import tensorflow as tf
+
+from tltf.data.images import decode, is_image_file
+from tltf.errors import TltfError
+
+AUTOTUNE = tf.data.AUTOTUNE
+SPLIT_DIRS = {"train": ("train", "training"), "val": ("val", "valid", "validation"), "test": ("test", "testing")}
+
+
+@dataclass
+class Split:
+    """One subset of a source: ``labels`` and a factory for the dataset of ``(image, label)`` at given indices."""
+
+    labels: np.ndarray
+    make: Callable[[np.ndarray], tf.data.Dataset]
+    indices: np.ndarray | None = None
+    image_bytes: int = 0  # a rough size of one decoded image, to decide about caching
+
+    def __len__(self) -> int:
+        return len(self.labels if self.indices is None else self.indices)
+
+    @property
+    def selected_labels(self) -> np.ndarray:
+        return self.labels if self.indices is None else self.labels[self.indices]
+
+    def select(self, indices: np.ndarray) -> "Split":
+        base = np.arange(len(self.labels)) if self.indices is None else self.indices
+        return Split(self.labels, self.make, base[np.asarray(indices)], self.image_bytes)
+
+    def dataset(self) -> tf.data.Dataset:
+        indices = np.arange(len(self.labels)) if self.indices is None else self.indices
+        return self.make(indices)
+
+
+@dataclass
+class Source:
+    """A dataset: class names and its splits (``val`` / ``test`` may be missing)."""
+
+    name: str
+    class_names: list[str]
+    train: Split
+    val: Split | None = None
+    test: Split | None = None
+
+
+# --- image folders --------------------------------------------------------------------------------------------
+
+def _readable(path: Path) -> bool:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            im.verify()
+        return True
+    except Exception:
+        return False
+
+
+def _class_dirs(root: Path) -> list[Path]:
+    return sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+
+
+def _scan(root: Path, class_names: list[str] | None, option: str) -> tuple[list[str], list[str], np.ndarray]:
+    dirs = _class_dirs(root)
+    names = class_names or [d.name for d in dirs if any(is_image_file(f) for f in d.rglob("*"))]
+    files, labels = [], []
+    for d in dirs:
+        if d.name not in names:
+            if class_names is not None and any(is_image_file(f) for f in d.rglob("*")):
+                raise TltfError(f"{option} {d}: class {d.name!r} is not among the training classes")
+            continue
+        for f in sorted(d.rglob("*")):
+            if f.is_file() and is_image_file(f):
+                files.append(str(f))
+                labels.append(names.index(d.name))
+    if not files:
+        raise TltfError(f"{option} {root}: no images found (expected class_name/*.jpg|png folders)")
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        ok = list(pool.map(lambda p: _readable(Path(p)), files))
+    bad = [f for f, good in zip(files, ok) if not good]
+    if bad:
+        warnings.warn(f"{root}: skipped {len(bad)} unreadable image(s), e.g. {bad[0]}", stacklevel=2)
+        print(f"warning: {root}: skipped {len(bad)} unreadable image(s), e.g. {bad[0]}", flush=True)
+        keep = [i for i, good in enumerate(ok) if good]
+        files, labels = [files[i] for i in keep], [labels[i] for i in keep]
+        if not files:
+            raise TltfError(f"{option} {root}: no readable images")
+    return names, files, np.asarray(labels, dtype=np.int32)
+
+
+def _file_split(files: list[str], labels: np.ndarray) -> Split:
+    paths = np.asarray(files)
+
+    def make(indices: np.ndarray) -> tf.data.Dataset:
+        ds = tf.data.Dataset.from_tensor_slices((paths[indices], labels[indices]))
+        ds = ds.map(lambda p, y: (decode(tf.io.read_file(p)), y), num_parallel_calls=AUTOTUNE)
+        return ds.ignore_errors()  # a file that passed the scan but fails to decode is dropped, not fatal
+
+    return Split(labels, make, image_bytes=256 * 256 * 3)
+
+
+def folder_source(path: str | Path, option: str = "--data") -> Source:
+    """``class_name/*.jpg|png`` under ``path``, or ``train/``, ``val/``, ``test/`` splits of that layout."""
+    root = Path(path)
+    if not root.is_dir():
+        raise TltfError(f"{option} {root}: no such folder")
+    subdirs = {d.name.lower(): d for d in _class_dirs(root)}
+    split_dirs = {k: next((subdirs[n] for n in names if n in subdirs), None) for k, names in SPLIT_DIRS.items()}
+    if split_dirs["train"] is not None:
+        names, files, labels = _scan(split_dirs["train"], None, option)
+        splits = {}
+        for key in ("val", "test"):
+            if split_dirs[key] is not None:
+                _, f, y = _scan(split_dirs[key], names, option)
+                splits[key] = _file_split(f, y)
+        source = Source(root.name, names, _file_split(files, labels), splits.get("val"), splits.get("test"))
+    else:
+        names, files, labels = _scan(root, None, option)
+        source = Source(root.name, names, _file_split(files, labels))
+    _check_classes(source, option, root)
+    return source
+
+
+def unlabelled_folder(path: str | Path, option: str = "--target-data") -> Split:
+    """All images under ``path`` (any layout) with label -1: unlabelled target data for domain adaptation."""
+    root = Path(path)
+    if not root.is_dir():
+        raise TltfError(f"{option} {root}: no such folder")
+    files = [str(f) for f in sorted(root.rglob("*")) if f.is_file() and is_image_file(f) and _readable(f)]
+    if not files:
+        raise TltfError(f"{option} {root}: no images found")
+    return _file_split(files, np.full(len(files), -1, np.int32))
+
+
+def _check_classes(source: Source, option: str, where) -> None:
+    if len(source.class_names) < 2:
+        found = source.class_names[0] if source.class_names else "none"
+        raise TltfError(f"{option} {where}: found a single class ({found}); a classifier needs at least two")
+
+
+# --- numpy arrays ---------------------------------------------------------------------------------------------
+
+def _as_images(x: np.ndarray, where: str) -> np.ndarray:
+    x = np.asarray(x)
+    if x.ndim == 3:
+        x = x[..., None]
+    if x.ndim != 4 or x.shape[-1] not in (1, 3):
+        raise TltfError(f"{where}: images must be (N, H, W), (N, H, W, 1) or (N, H, W, 3), got {x.shape}")
+    if x.dtype != np.uint8:
+        x = x.astype(np.float32)
+        if x.size and x.max() <= 1.0:
+            x = x * 255.0
+        x = np.clip(np.round(x), 0, 255).astype(np.uint8)
+    if x.shape[-1] == 1:
+        x = np.repeat(x, 3, axis=-1)
+    return x
+
+
+def array_split(x: np.ndarray, y: np.ndarray, where: str = "arrays") -> Split:
+    """In-memory images (uint8 or floats in [0, 1] / [0, 255], grey or RGB) and integer labels."""
+    images = _as_images(x, where)
+    labels = np.asarray(y).astype(np.int32).reshape(-1)
+    if len(images) != len(labels):
+        raise TltfError(f"{where}: {len(images)} images but {len(labels)} labels")
+
+    def make(indices: np.ndarray) -> tf.data.Dataset:
+        return tf.data.Dataset.from_tensor_slices((images[indices], labels[indices]))
+
+    return Split(labels, make, image_bytes=int(np.prod(images.shape[1:])))
+
+
+def npz_source(path: str | Path, option: str = "--data") -> Source:
+    """A ``.npz`` with ``x`` and ``y`` (optionally ``x_val``/``y_val``, ``x_test``/``y_test``, ``class_names``)."""
+    path = Path(path)
+    if not path.exists():
+        raise TltfError(f"{option} {path}: no such file")
+    try:
+        data = np.load(path, allow_pickle=False)
+    except Exception as e:
+        raise TltfError(f"{option} {path}: not a readable .npz ({type(e).__name__})") from None
+    if "x" not in data or "y" not in data:
+        raise TltfError(f"{option} {path}: expected arrays 'x' and 'y' (found: {', '.join(data.files) or 'none'})")
+    y = np.asarray(data["y"]).reshape(-1)
+    if y.size == 0:
+        raise TltfError(f"{option} {path}: 'y' is empty")
+    names = [str(c) for c in data["class_names"]] if "class_names" in data else \
+        [str(c) for c in range(int(y.max()) + 1)]
+    if y.min() < 0 or y.max() >= len(names):
+        raise TltfError(f"{option} {path}: labels must be integers in 0..{len(names) - 1}")
+    extra = {}
+    for key in ("val", "test"):
+        if f"x_{key}" in data and f"y_{key}" in data:
+            extra[key] = array_split(data[f"x_{key}"], data[f"y_{key}"], f"{path} x_{key}")
+    source = Source(path.stem, names, array_split(data["x"], y, str(path)), extra.get("val"), extra.get("test"))
+    present = np.unique(y)
+    if len(present) < 2:
+        raise TltfError(f"{option} {path}: found a single class ({names[int(present[0])]}); "
+                        "a classifier needs at least two")
+    return source
+
+
+# --- TensorFlow Datasets --------------------------------------------------------------------------------------
+
+def tfds_source(spec: str, data_dir: str | None = None, option: str = "--data") -> Source:
+    """``NAME`` or ``NAME:SPLIT`` (a TFDS split spec such as ``train[:500]``) from tensorflow-datasets.
+
+    With no split given, ``train`` trains and TFDS's ``validation`` / ``test`` splits are used when they exist.
+    Images stay encoded until the tltf pipeline decodes them in parallel.
+    """
+    import tensorflow_datasets as tfds
+
+    name, _, split = spec.partition(":")
+    try:
+        builder = tfds.builder(name, data_dir=data_dir)
+    except Exception as e:
+        raise TltfError(f"{option} tfds:{spec}: unknown or unavailable dataset ({_one_line(e)})") from None
+    info = builder.info
+    keys = info.supervised_keys
+    if not keys or len(keys) != 2:
+        raise TltfError(f"{option} tfds:{name}: has no (image, label) supervised keys")
+    image_key, label_key = keys
+    label_feature = info.features[label_key]
+    names = list(getattr(label_feature, "names", None) or range(label_feature.num_classes))
+    available = set(info.splits.keys()) if info.splits else None  # None: unknown (e.g. under mock data)
+    wanted = {"train": split or "train"}
+    if not split:
+        for key, tfds_split in (("val", "validation"), ("test", "test")):
+            if available is None or tfds_split in available:
+                wanted[key] = tfds_split
+    splits = {}
+    for key, tfds_split in wanted.items():
+        try:
+            ds = tfds.load(name, split=tfds_split, data_dir=data_dir, as_supervised=True,
+                           decoders={image_key: tfds.decode.SkipDecoding()}, shuffle_files=False)
+        except Exception as e:
+            if key != "train" and available is None:
+                continue  # an optional split that this dataset turned out not to have
+            raise TltfError(f"{option} tfds:{name}:{tfds_split}: could not load ({_one_line(e)})") from None
+        splits[key] = _tfds_split(ds)
+    source = Source(name, [str(n) for n in names], splits["train"], splits.get("val"), splits.get("test"))
+    _check_classes(source, option, f"tfds:{spec}")
+    return source
+
+
+def _tfds_split(ds: tf.data.Dataset) -> Split:
+    labels = np.fromiter(ds.map(lambda x, y: y).as_numpy_iterator(), dtype=np.int32)
+
+    def make(indices: np.ndarray) -> tf.data.Dataset:
+        mask = np.zeros(len(labels), bool)
+        mask[indices] = True
+        mask_t = tf.constant(mask)
+        picked = ds.enumerate().filter(lambda i, xy: tf.gather(mask_t, i)).map(lambda i, xy: xy)
+        return picked.map(lambda x, y: (decode(x) if x.dtype == tf.string else _rgb(x), tf.cast(y, tf.int32)),
+                          num_parallel_calls=AUTOTUNE)
+
+    return Split(labels, make, image_bytes=256 * 256 * 3)
+
+
+def _rgb(image: tf.Tensor) -> tf.Tensor:
+    image = tf.cast(image, tf.uint8)
+    return tf.image.grayscale_to_rgb(image) if image.shape[-1] == 1 else image
+
+
+def _one_line(e: BaseException) -> str:
+    lines = str(e).strip().splitlines()
+    return (lines[0] if lines else type(e).__name__)[:200]

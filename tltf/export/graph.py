@@ -1,0 +1,270 @@
+"""Graph clean-up for the Keras -> TensorFlow graph -> ONNX conversion, so exported graphs are lean and NCHW-native.
+
+tf2onnx converts every NHWC convolution to ``Transpose -> Conv (NCHW) -> Transpose`` and relies on its transpose
+optimizer to cancel the pairs. Out of the box (tf2onnx 1.17, Keras 3) that leaves tens to ~100 Transpose nodes, for
+four reasons, each fixed here:
+
+1. **MobileNetV3 crash** -- the optimizer's ``Add`` handler calls ``max(bias.shape)`` on the constant of an ``Add``
+   that follows a bias-free ``Conv``; for a *scalar* constant (the ``x + 3`` of hard-swish) the shape is empty,
+   ``max()`` raises "max() arg is an empty sequence", tf2onnx logs "Failed to apply optimize_transpose" and keeps the
+   un-optimised graph (~100 Transposes). :func:`patched_transpose_optimizer` wraps the handler for the duration of
+   an export: scalar (or one-element) constants take the generic broadcast path, everything else the original one.
+2. **ConvNeXt's depthwise convolutions** are Keras grouped ``Conv2D``\\ s, which Keras' TF backend runs inside a
+   ``tf.function(jit_compile=True)``; the resulting functions are marked ``_noinline``/``_XlaMustCompile`` so
+   grappler never inlines them and tf2onnx emits unsupported ``StatefulPartitionedCall`` nodes.
+   :func:`make_inlinable` clears those attributes in the frozen GraphDef so grappler inlines them.
+3. **Ops tf2onnx lacks or converts through transposes**: ``Erfc`` (exact GELU) has no handler -> ``1 - Erf``;
+   ``ReverseV2`` (the RGB->BGR flip of caffe preprocessing) becomes ``ReverseSequence`` wrapped in Transposes ->
+   a ``Slice`` with step -1, which the transpose optimizer can move through (:data:`CUSTOM_OP_HANDLERS`).
+4. **Dense layers on 4-D tensors** (ConvNeXt's pointwise MLPs) become ``tensordot``: ``Reshape -> MatMul ->
+   Reshape``, a wall the transpose optimizer cannot pass. :func:`tensordot_to_conv` rewrites each into
+   ``Transpose -> Conv 1x1 -> Transpose`` (mathematically identical), and :func:`reoptimize` runs tf2onnx's
+   optimizers again so the new pairs cancel.
+
+The result: one Transpose (at the NHWC input) for mobilenet_v2/v3, efficientnet, resnet, densenet and convnext.
+
+>>> count_ops(model_proto)["Transpose"]      # doctest: +SKIP
+1
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import threading
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+_XLA_ATTRS = ("_noinline", "_XlaMustCompile", "_XlaCompile", "_XlaScope", "_XlaSeparateCompiledGradients")
+_LOCK = threading.RLock()
+
+
+# --- 1. the transpose optimizer's Add handler --------------------------------------------------------------------
+
+@contextlib.contextmanager
+def patched_transpose_optimizer():
+    """Within the block, tf2onnx's ``TransposeOptimizer._add_handler`` survives scalar constants (MobileNetV3).
+
+    The original handler is restored on exit; the lock keeps concurrent exports in one process consistent.
+    """
+    from tf2onnx.optimizer import transpose_optimizer as topt
+
+    cls = topt.TransposeOptimizer
+    with _LOCK:
+        original = cls._add_handler
+        if getattr(original, "_tltf_patched", False):  # re-entrant use
+            yield
+            return
+
+        def _add_handler(self, trans, node):
+            other = node.inputs[1] if len(node.inputs) > 1 else None
+            if other is not None and other.is_const():
+                value = other.get_tensor_value(as_list=False)
+                if np.ndim(value) == 0 or np.size(value) == 1:
+                    # a broadcast scalar cannot become a Conv bias of size M: push the transpose through instead
+                    return self._handle_node_having_branches(trans, node)
+            return original(self, trans, node)
+
+        _add_handler._tltf_patched = True  # type: ignore[attr-defined]
+        cls._add_handler = _add_handler
+        try:
+            yield
+        finally:
+            cls._add_handler = original
+
+
+# --- 2. XLA-compiled functions -------------------------------------------------------------------------------------
+
+def make_inlinable(graph_def):
+    """Clear the XLA/no-inline attributes of the GraphDef's functions (in place) so grappler inlines them."""
+    nodes = list(graph_def.node) + [n for fn in graph_def.library.function for n in fn.node_def]
+    for fn in graph_def.library.function:
+        for key in _XLA_ATTRS:
+            if key in fn.attr:
+                del fn.attr[key]
+    for node in nodes:
+        for key in _XLA_ATTRS:
+            if key in node.attr:
+                del node.attr[key]
+    return graph_def
+
+
+# --- 3. custom op handlers -----------------------------------------------------------------------------------------
+
+def _erfc(ctx, node, name, args):
+    """``Erfc(x)`` -> ``1 - Erf(x)`` (TF's exact GELU is ``0.5 x erfc(-x / sqrt 2)``)."""
+    from tf2onnx import utils
+
+    dtype = utils.map_onnx_to_numpy_type(ctx.get_dtype(node.input[0]))
+    node.type = "Erf"
+    node.domain = ""
+    one = ctx.make_const(utils.make_name(f"{node.name}_one"), np.array(1, dtype))
+    sub = ctx.insert_new_node_on_output("Sub", node.output[0], name=utils.make_name(f"{node.name}_erfc"))
+    ctx.replace_inputs(sub, [one.output[0], node.output[0]])
+
+
+def _reverse_v2(ctx, node, name, args):
+    """``ReverseV2(x, axes)`` with constant axes -> ``Slice(x, -1, INT64_MIN, axes, -1)`` (no Transposes)."""
+    from tf2onnx import utils
+
+    axes = np.asarray(node.inputs[1].get_tensor_value(as_list=False)).reshape(-1).astype(np.int64)
+    if axes.size == 0:
+        node.type = "Identity"
+        node.domain = ""
+        ctx.replace_inputs(node, [node.input[0]])
+        return
+    k = axes.size
+    consts = [ctx.make_const(utils.make_name(f"{node.name}_{label}"), value).output[0] for label, value in
+              [("starts", np.full(k, -1, np.int64)), ("ends", np.full(k, np.iinfo(np.int64).min, np.int64)),
+               ("axes", axes), ("steps", np.full(k, -1, np.int64))]]
+    node.type = "Slice"
+    node.domain = ""
+    ctx.replace_inputs(node, [node.input[0], *consts])
+
+
+#: ``custom_op_handlers`` for ``tf2onnx.convert.from_graph_def`` (old-style ``{tf_op: (func, [])}``).
+CUSTOM_OP_HANDLERS = {"Erfc": (_erfc, []), "ReverseV2": (_reverse_v2, [])}
+
+
+# --- 4. tensordot -> 1x1 Conv --------------------------------------------------------------------------------------
+
+def _shapes(model: onnx.ModelProto) -> dict[str, list]:
+    """Tensor name -> list of dims (int, or the symbolic name / None) from ONNX shape inference."""
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
+    except Exception:  # shape inference is advisory here
+        inferred = model
+    out = {}
+    g = inferred.graph
+    for vi in list(g.value_info) + list(g.input) + list(g.output):
+        t = vi.type.tensor_type
+        if t.HasField("shape"):
+            out[vi.name] = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in t.shape.dim]
+    return out
+
+
+def _ancestors_contain_shape_of(start: str, target: str, producers: dict, limit: int = 40) -> bool:
+    """Whether the value ``start`` is computed from ``Shape(target)`` (the tensordot's output-shape expression)."""
+    todo, seen = [start], set()
+    while todo and len(seen) < limit:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        node = producers.get(name)
+        if node is None:
+            continue
+        if node.op_type == "Shape" and node.input[0] == target:
+            return True
+        todo.extend(node.input)
+    return False
+
+
+def tensordot_to_conv(model: onnx.ModelProto) -> int:
+    """Rewrite ``Reshape(x4d, [-1, C]) -> MatMul(W[C, K]) -> Reshape(back)`` as a 1x1 Conv between Transposes.
+
+    Works in place on ``model`` and returns how many were rewritten. ``x4d`` must be NHWC with a static last dim C;
+    the second Reshape must restore ``x``'s leading dims (checked through shape inference, or by its shape being
+    computed from ``Shape(x)``, as tensordot does).
+    """
+    g = model.graph
+    inits = {i.name: i for i in g.initializer}
+    producers = {o: n for n in g.node for o in n.output}
+    consumers = collections.defaultdict(list)
+    for n in g.node:
+        for i in n.input:
+            consumers[i].append(n)
+    shapes = _shapes(model)
+    graph_outputs = {o.name for o in g.output}
+    replaced: dict[int, list] = {}  # id(node to replace) -> new nodes
+    removed: set[int] = set()
+    new_inits = []
+    count = 0
+    for mm in g.node:
+        if mm.op_type != "MatMul" or mm.input[1] not in inits:
+            continue
+        w = numpy_helper.to_array(inits[mm.input[1]])
+        r1 = producers.get(mm.input[0])
+        cons = consumers.get(mm.output[0], [])
+        if w.ndim != 2 or r1 is None or r1.op_type != "Reshape" or len(cons) != 1 or cons[0].op_type != "Reshape":
+            continue
+        r2 = cons[0]
+        x = r1.input[0]
+        c, k = w.shape
+        xs, ys = shapes.get(x), shapes.get(r2.output[0])
+        if xs is None or len(xs) != 4 or xs[3] != c or mm.output[0] in graph_outputs:
+            continue
+        shape_ok = (ys is not None and len(ys) == 4 and ys[3] == k and isinstance(xs[1], int)
+                    and isinstance(xs[2], int) and ys[1:3] == xs[1:3])
+        if not shape_ok and not _ancestors_contain_shape_of(r2.input[1], x, producers):
+            continue
+        base = mm.name or mm.output[0]
+        kernel = numpy_helper.from_array(np.ascontiguousarray(w.T.reshape(k, c, 1, 1)), f"{base}/kernel_1x1")
+        new_inits.append(kernel)
+        nodes = [
+            helper.make_node("Transpose", [x], [f"{base}/nchw"], name=f"{base}/to_nchw", perm=[0, 3, 1, 2]),
+            helper.make_node("Conv", [f"{base}/nchw", kernel.name], [f"{base}/conv"], name=f"{base}/conv1x1",
+                             kernel_shape=[1, 1]),
+            helper.make_node("Transpose", [f"{base}/conv"], [r2.output[0]], name=f"{base}/to_nhwc",
+                             perm=[0, 2, 3, 1]),
+        ]
+        replaced[id(r2)] = nodes
+        removed.add(id(mm))
+        if len(consumers.get(r1.output[0], [])) == 1 and r1.output[0] not in graph_outputs:
+            removed.add(id(r1))
+        count += 1
+    if not count:
+        return 0
+    kept = []
+    for n in g.node:
+        if id(n) in replaced:
+            kept.extend(replaced[id(n)])
+        elif id(n) not in removed:
+            kept.append(n)
+    del g.node[:]
+    g.node.extend(kept)
+    g.initializer.extend(new_inits)
+    remove_dead_nodes(model)
+    return count
+
+
+def remove_dead_nodes(model: onnx.ModelProto) -> None:
+    """Drop nodes whose outputs nobody reads and initializers no node reads (in place)."""
+    g = model.graph
+    needed = {o.name for o in g.output}
+    kept = []
+    for n in reversed(list(g.node)):
+        if any(o in needed for o in n.output):
+            kept.append(n)
+            needed.update(i for i in n.input if i)
+            for a in n.attribute:  # subgraphs (If/Loop) read outer names
+                for sub in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
+                    needed.update(i for sn in sub.node for i in sn.input)
+    kept.reverse()
+    del g.node[:]
+    g.node.extend(kept)
+    inits = [i for i in g.initializer if i.name in needed]
+    del g.initializer[:]
+    g.initializer.extend(inits)
+
+
+def reoptimize(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Run tf2onnx's ONNX optimizers (transpose push-down and cancellation, constant folding...) once more."""
+    from tf2onnx.graph import GraphUtil
+
+    with patched_transpose_optimizer():
+        return GraphUtil.optimize_model_proto(model, catch_errors=False)
+
+
+def clean(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The post-conversion clean-up: tensordot -> 1x1 Conv, then (if anything changed) the optimizers again."""
+    if tensordot_to_conv(model):
+        model = reoptimize(model)
+    return model
+
+
+def count_ops(model: onnx.ModelProto) -> dict[str, int]:
+    """``{op_type: count}`` over the main graph, most frequent first."""
+    return dict(collections.Counter(n.op_type for n in model.graph.node).most_common())

@@ -1,0 +1,61 @@
+"""A transfer-learning classifier: raw pixels -> :class:`Preprocess` -> backbone -> :class:`ClassifierHead`.
+
+The backbone is a nested Keras model named after its registry entry, wrapped in a :class:`Backbone` layer that
+calls it in inference mode so its BatchNorm layers keep their moving statistics even when unfrozen (the Keras
+transfer-learning guide's advice, which plain ``base_model(x, training=False)`` no longer achieves in Keras 3),
+unless ``train_bn=True``. ``backbone_of(model)`` returns the nested network.
+
+>>> model = build_classifier("mobilenet_v2", ["cat", "dog"], image_size=96, weights="none")   # doctest: +SKIP
+>>> model.input_shape, model.output_shape                                                     # doctest: +SKIP
+((None, 96, 96, 3), (None, 1))
+"""
+
+from __future__ import annotations
+
+import keras
+
+from tltf import backbones
+from tltf.models.backbone import Backbone
+from tltf.models.head import ClassifierHead
+from tltf.models.preprocess import Preprocess
+
+INPUT_NAME = "pixels"
+HEAD_NAME = "head"
+PREPROCESS_NAME = "preprocess"
+BACKBONE_NAME = "backbone"
+
+
+def build_classifier(backbone: str | backbones.BackboneSpec, class_names, image_size=None, weights="imagenet",
+                     dropout: float = 0.2, train_bn: bool = False, preprocess: str | None = None) -> keras.Model:
+    """Build the model that ``tltf fit`` trains; ``weights`` is ``imagenet``, ``none`` or a file path."""
+    spec = backbone if isinstance(backbone, backbones.BackboneSpec) else backbones.get(backbone)
+    net = spec.build(image_size, weights=weights)
+    h, w = net.input_shape[1:3]
+    mode = preprocess or getattr(net, "_tltf_preprocess", None) or spec.preprocess
+    pre_kwargs = getattr(net, "_tltf_preprocess_kwargs", {}) or {}
+    inputs = keras.Input((h, w, 3), name=INPUT_NAME)
+    x = Preprocess(mode, name=PREPROCESS_NAME, **pre_kwargs)(inputs)
+    x = Backbone(net, bn_inference=not train_bn, name=BACKBONE_NAME)(x)
+    outputs = ClassifierHead(class_names, dropout=dropout, name=HEAD_NAME)(x)
+    return keras.Model(inputs, outputs, name=f"tltf_{spec.name}")
+
+
+def backbone_layer(model: keras.Model) -> Backbone:
+    """The :class:`Backbone` wrapper layer of a tltf classifier."""
+    for layer in model.layers:
+        if isinstance(layer, Backbone):
+            return layer
+    raise ValueError(f"{model.name} has no tltf Backbone layer")
+
+
+def backbone_of(model: keras.Model) -> keras.Model:
+    """The nested headless network (e.g. the Keras MobileNetV2) of a tltf classifier."""
+    return backbone_layer(model).net
+
+
+def head_of(model: keras.Model) -> ClassifierHead:
+    return model.get_layer(HEAD_NAME)
+
+
+def class_names_of(model: keras.Model) -> list[str]:
+    return list(head_of(model).class_names)

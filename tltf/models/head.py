@@ -1,0 +1,56 @@
+"""The classification head: global pooling, dropout, dense classifier; it carries the class names.
+
+Binary problems (two classes) get one sigmoid unit, others a softmax over the classes. The output is always
+float32, also under mixed precision. Class names live in the layer's config, so they travel inside ``model.keras``.
+
+>>> head = ClassifierHead(["cat", "dog"])
+>>> head(np.zeros((1, 7, 7, 32), "float32")).shape      # doctest: +SKIP
+(1, 1)
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+
+
+@keras.saving.register_keras_serializable(package="tltf")
+class ClassifierHead(keras.layers.Layer):
+    """``GlobalAveragePooling2D -> Dropout -> Dense`` with ``class_names`` in its config."""
+
+    def __init__(self, class_names, dropout: float = 0.2, **kwargs):
+        super().__init__(**kwargs)
+        self.class_names = [str(c) for c in class_names]
+        if len(self.class_names) < 2:
+            raise ValueError("a classifier needs at least two classes")
+        self.dropout_rate = float(dropout)
+        self.binary = len(self.class_names) == 2
+        self.pool = keras.layers.GlobalAveragePooling2D(name="pool")
+        self.drop = keras.layers.Dropout(self.dropout_rate, name="dropout")
+        self.dense = keras.layers.Dense(1 if self.binary else len(self.class_names),
+                                        activation="sigmoid" if self.binary else "softmax",
+                                        dtype="float32", name="classifier")
+
+    def build(self, input_shape):
+        self.dense.build((input_shape[0], input_shape[-1]))
+        self.built = True
+
+    def call(self, features, training=None):
+        x = self.pool(features) if len(features.shape) == 4 else features
+        return self.dense(self.drop(x, training=training))
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], 1 if self.binary else len(self.class_names))
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(class_names=self.class_names, dropout=self.dropout_rate)
+        return config
+
+
+def class_probabilities(outputs) -> np.ndarray:
+    """Model outputs as ``(N, num_classes)`` probabilities (a binary head's single sigmoid becomes two columns)."""
+    out = np.asarray(outputs, dtype=np.float32)
+    if out.ndim == 2 and out.shape[1] == 1:
+        return np.concatenate([1.0 - out, out], axis=1)
+    return out
