@@ -146,8 +146,11 @@ def save_model(model: keras.Model, path: Path) -> None:
             os.unlink(tmp)
 
 
-def fit(config: FitConfig, overwrite: bool = False, verbose: int = 1) -> dict:
-    """Train a classifier as ``config`` says; returns the metrics written to ``out/metrics.json``."""
+def fit(config: FitConfig, overwrite: bool = False, verbose: int = 1, callbacks=()) -> dict:
+    """Train a classifier as ``config`` says; returns the metrics written to ``out/metrics.json``.
+
+    ``callbacks`` are extra Keras callbacks, run after tltf's own (stages, timing, backup, CSV log).
+    """
     spec = backbones.get(config.backbone)
     out = Path(config.out)
     resuming = _run_state(out, config, overwrite)
@@ -188,11 +191,13 @@ def fit(config: FitConfig, overwrite: bool = False, verbose: int = 1) -> dict:
     else:
         (out / "history.csv").unlink(missing_ok=True)
     stager = StagedFineTuning(plan, verbose=verbose)
+    extra_callbacks = list(callbacks)
     callbacks = [stager, EpochTiming(len(data.train)),
                  keras.callbacks.BackupAndRestore(str(out / "backup"), delete_checkpoint=False),
                  keras.callbacks.CSVLogger(str(out / "history.csv"), append=resuming)]
     if config.tensorboard:
         callbacks.append(keras.callbacks.TensorBoard(str(out / "logs"), write_graph=False, profile_batch=0))
+    callbacks += extra_callbacks
     start = time.perf_counter()
     model.fit(train, validation_data=val, epochs=plan.epochs, callbacks=callbacks, verbose=verbose, shuffle=False)
     seconds = time.perf_counter() - start

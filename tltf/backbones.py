@@ -231,6 +231,19 @@ REGISTRY: dict[str, BackboneSpec] = {s.name: s for s in [
 ]}
 
 
+# Blocks per backbone (measured with benchmarks/backbone_params.py; `tltf backbones` shows them without building).
+BLOCK_COUNTS: dict[str, int] = {
+    "mobilenet": 14, "mobilenet_v2": 19, "mobilenet_v3_small": 13, "mobilenet_v3_large": 17, "resnet50": 5,
+    "resnet101": 5, "resnet152": 5, "resnet50_v2": 5, "resnet101_v2": 5, "resnet152_v2": 5, "vgg16": 5, "vgg19": 5,
+    "densenet121": 5, "densenet169": 5, "densenet201": 5, "efficientnet_b0": 9, "efficientnet_b1": 9,
+    "efficientnet_b2": 9, "efficientnet_b3": 9, "efficientnet_b4": 9, "efficientnet_b5": 9, "efficientnet_b6": 9,
+    "efficientnet_b7": 9, "efficientnet_v2_b0": 8, "efficientnet_v2_b1": 8, "efficientnet_v2_b2": 8,
+    "efficientnet_v2_b3": 8, "efficientnet_v2_s": 8, "efficientnet_v2_m": 9, "efficientnet_v2_l": 9,
+    "convnext_tiny": 5, "convnext_small": 5, "convnext_base": 5, "convnext_large": 5, "convnext_xlarge": 5,
+    "inception_v3": 11, "inception_resnet_v2": 6, "xception": 14, "nasnet_mobile": 16, "nasnet_large": 22,
+}
+
+
 def names() -> list[str]:
     return list(REGISTRY)
 

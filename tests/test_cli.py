@@ -1,0 +1,96 @@
+"""The CLI end to end: run folder, evaluate, one-line errors, resume after a kill."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import keras
+import numpy as np
+import pytest
+from conftest import cli
+
+FAST = ["--backbone", "mobilenet_v3_small", "--weights", "none", "--image-size", "32", "--batch-size", "16",
+        "--augment", "none"]
+
+
+def test_backbones_lists_the_registry():
+    result = cli("backbones", "--json")
+    rows = json.loads(result.stdout)
+    assert len(rows) >= 40
+    mnv2 = next(r for r in rows if r["name"] == "mobilenet_v2")
+    assert mnv2 == {**mnv2, "params": 2_257_984, "default_size": 224, "blocks": 19}
+
+
+def test_fit_writes_a_complete_run_folder_and_evaluate_reads_it(image_folder, tmp_path):
+    out = tmp_path / "run"
+    result = cli("fit", "--data", image_folder, *FAST, "--stage", "finetune", "--epochs", "2", "--out", out,
+                 "--quiet")
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["backbone"] == "mobilenet_v3_small" and metrics["classes"] == ["circle", "square", "triangle"]
+    assert [s["name"] for s in metrics["stages"]] == ["head", "all"]
+    head, full = metrics["stages"]
+    assert head["trainable_params"] < full["trainable_params"] and full["learning_rate"] == head["learning_rate"] / 10
+    assert all(s["val_accuracy"] is not None for s in metrics["stages"])
+    assert len((out / "history.csv").read_text().strip().splitlines()) == 3  # header + 2 epochs
+    assert (out / "curves.png").stat().st_size > 5000 and any((out / "logs").rglob("*tfevents*"))
+    assert not (out / "backup").exists()
+
+    import tltf  # noqa: F401  (registers the custom objects; nothing else needed)
+
+    model = keras.models.load_model(out / "model.keras")
+    probs = model.predict(np.full((2, 32, 32, 3), 128.0, "float32"), verbose=0)
+    assert probs.shape == (2, 3) and np.allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+
+    result = cli("evaluate", out / "model.keras", "--data", image_folder, "--json")
+    report = json.loads(result.stdout)
+    assert report["n"] == 36 and set(report["per_class"]) == {"circle", "square", "triangle"}
+    assert 0.0 <= report["accuracy"] <= 1.0 and np.array(report["confusion"]).sum() == 36
+    # a finished run is not overwritten by accident
+    again = cli("fit", "--data", image_folder, *FAST, "--epochs", "2", "--out", out)
+    assert again.exit_code == 2 and "already holds a finished run" in again.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--backbone", "mobilnet_v2"], "did you mean mobilenet_v2"),
+    (["--backbone", "inception_v3", "--image-size", "40"], "too small for inception_v3"),
+    (["--weights", "missing.weights.h5"], "--weights missing.weights.h5: no such file"),
+    (["--data", "nowhere/"], "--data nowhere/: no such file or folder"),
+])
+def test_bad_input_is_one_line_on_stderr(image_folder, tmp_path, args, message):
+    base = {"--data": str(image_folder), "--backbone": "mobilenet_v2", "--image-size": "32", "--weights": "none"}
+    for i in range(0, len(args), 2):
+        base[args[i]] = args[i + 1]
+    flat = [part for kv in base.items() for part in kv]
+    result = cli("fit", *flat, "--epochs", "1", "--out", tmp_path / "r")
+    assert result.exit_code == 2
+    assert result.stderr.count("\n") == 1 and message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_killed_fit_resumes_from_the_last_finished_epoch(image_folder, tmp_path):
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "tltf", "fit", "--data", str(image_folder), *FAST, "--stage", "gradual",
+           "--epochs", "6", "--out", str(out), "--quiet"]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    meta = out / "backup" / "training_metadata.json"
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if meta.exists() and json.loads(meta.read_text() or "{}").get("epoch", 0) >= 2:
+            break
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (out / "model.keras").exists()
+    done = json.loads(meta.read_text())["epoch"]
+    assert 2 <= done < 6
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"resuming {out} from epoch {done + 1}/6" in result.stdout
+    epochs = [int(line.split(",")[0]) for line in (out / "history.csv").read_text().splitlines()[1:]]
+    assert sorted(set(epochs)) == list(range(6))
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert [s["name"] for s in metrics["stages"]] == ["head", "top1", "top6", "all"]

@@ -1,0 +1,5 @@
+"""``python -m tltf`` runs the CLI."""
+
+from tltf.cli import main
+
+main()

@@ -1,0 +1,110 @@
+"""The DANN paper's schedules: the gradient-reversal weight lambda and the annealed learning rate.
+
+With ``p`` the training progress, from 0 at the first step to 1 at the last (Ganin et al., arXiv 1505.07818, §5.2.2):
+
+- ``lambda_p = lambda_max * (2 / (1 + exp(-gamma * p)) - 1)``, ``gamma = 10``: the domain signal reaching the features
+  starts at 0 (while the domain classifier is still random) and rises to ``lambda_max``: a warm-up;
+- ``mu_p = mu_0 / (1 + alpha * p) ** beta``, ``alpha = 10``, ``beta = 0.75``: the learning rate falls to ~18 % of
+  ``mu_0``.
+
+:class:`LambdaScheduler` applies both once per training step, with ``p = step / total_steps`` where ``step`` is the
+optimizer's iteration count, so a run resumed by ``keras.callbacks.BackupAndRestore`` carries on where it stopped.
+
+>>> round(dann_lambda(0.0), 3), round(dann_lambda(0.5), 3), round(dann_lambda(1.0), 3)
+(0.0, 0.987, 1.0)
+>>> round(annealed_lr(1.0, 0.01), 5)
+0.00166
+"""
+
+from __future__ import annotations
+
+import math
+
+import keras
+
+from tltf.models.gradient_reversal import reversal_layers
+
+
+def dann_lambda(p: float, gamma: float = 10.0, lambda_max: float = 1.0) -> float:
+    """``lambda_max * (2 / (1 + exp(-gamma p)) - 1)``, with ``p`` clipped to [0, 1]."""
+    p = min(max(float(p), 0.0), 1.0)
+    return float(lambda_max) * (2.0 / (1.0 + math.exp(-float(gamma) * p)) - 1.0)
+
+
+def annealed_lr(p: float, lr0: float, alpha: float = 10.0, beta: float = 0.75) -> float:
+    """``lr0 / (1 + alpha p) ** beta``, with ``p`` clipped to [0, 1]."""
+    p = min(max(float(p), 0.0), 1.0)
+    return float(lr0) / (1.0 + float(alpha) * p) ** float(beta)
+
+
+def _inner(optimizer):
+    return getattr(optimizer, "inner_optimizer", optimizer)  # LossScaleOptimizer under mixed_float16
+
+
+class LambdaScheduler(keras.callbacks.Callback):
+    """Set every :class:`GradientReversal` lambda (and, with ``anneal_lr``, the learning rate) before each step.
+
+    ``total_steps``: the number of optimizer steps of the whole run (default: ``epochs * steps`` from ``fit``).
+    The annealed rate multiplies the *base* rate, which is whatever the optimizer held at the start of the run, or
+    what another callback (tltf's :class:`~tltf.staging.StagedFineTuning`) set at an epoch boundary, so stage plans
+    keep their rates and annealing scales them. Each epoch's logs get ``grl_lambda`` (and ``lr`` when annealing).
+    """
+
+    def __init__(self, total_steps: int | None = None, gamma: float = 10.0, lambda_max: float = 1.0,
+                 anneal_lr: bool = False, alpha: float = 10.0, beta: float = 0.75):
+        super().__init__()
+        self.total_steps = total_steps
+        self.gamma = float(gamma)
+        self.lambda_max = float(lambda_max)
+        self.anneal_lr = bool(anneal_lr)
+        self.alpha = float(alpha)
+        self.beta = float(beta)
+        self._step: int | None = None
+        self._base_lr: float | None = None
+        self._last_lr: float | None = None
+        self._layers = []
+        self.lambda_ = 0.0
+
+    def on_train_begin(self, logs=None):
+        self._layers = reversal_layers(self.model)
+        if self.total_steps is None:
+            epochs, steps = self.params.get("epochs"), self.params.get("steps")
+            if not epochs or not steps:
+                raise ValueError("LambdaScheduler: give total_steps (fit does not know the steps per epoch)")
+            self.total_steps = int(epochs) * int(steps)
+        self._step = None  # read lazily: BackupAndRestore restores the optimizer in its own on_train_begin
+
+    def progress(self) -> float:
+        return min(1.0, self._step / max(1, self.total_steps)) if self._step is not None else 0.0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._check_base = True
+
+    def on_train_batch_begin(self, batch, logs=None):
+        optimizer = _inner(self.model.optimizer)
+        if self._step is None:
+            self._step = int(keras.ops.convert_to_numpy(optimizer.iterations))
+        p = self.progress()
+        self.lambda_ = dann_lambda(p, self.gamma, self.lambda_max)
+        for layer in self._layers:
+            layer.lambda_var.assign(self.lambda_)
+        if self.anneal_lr:
+            if getattr(self, "_check_base", True) or self._base_lr is None:
+                current = float(keras.ops.convert_to_numpy(optimizer.learning_rate))
+                if self._last_lr is None or abs(current - self._last_lr) > 1e-6 * max(abs(self._last_lr), 1e-30):
+                    # first step, or another callback set a new rate since our last step (a new stage)
+                    self._base_lr = current / self._factor(p) if self._last_lr is None and p > 0 else current
+                self._check_base = False
+            lr = self._base_lr * self._factor(p)
+            optimizer.learning_rate.assign(lr)
+            self._last_lr = float(keras.ops.convert_to_numpy(optimizer.learning_rate))
+        self._step += 1
+
+    def _factor(self, p: float) -> float:
+        return annealed_lr(p, 1.0, self.alpha, self.beta)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs["grl_lambda"] = self.lambda_
+            if self.anneal_lr and self._last_lr is not None:
+                logs["lr"] = self._last_lr

@@ -1,0 +1,409 @@
+"""Keras -> ONNX: the inference path of a tltf classifier as a clean, self-describing ONNX graph.
+
+The exported graph takes what every tltf model takes -- raw RGB pixels, float32 in ``[0, 255]``, NHWC, input
+``pixels`` of shape ``(batch, H, W, 3)`` with a dynamic batch -- because the normalisation (:class:`Preprocess`) is
+inside the model and so inside the graph. Its output ``probabilities`` is always ``(batch, num_classes)``: a binary
+head's single sigmoid unit ``p`` is exported as the two columns ``[1 - p, p]``, exactly what
+:func:`tltf.models.head.class_probabilities` gives for the Keras model. The ONNX ``metadata_props`` carry everything a
+consumer needs (:func:`metadata`): class names, input size, channel order, layout, input range, backbone, version.
+
+Only the inference path is exported: the model is traced with ``training=False`` (Dropout, BatchNorm statistics and
+random augmentation layers are inactive), augmentation layers are replaced by identities before tracing, and a
+domain-adversarial (DANN) model -- one with a gradient-reversal layer, a domain head, or several outputs -- is
+reduced to the plain tltf classifier nested inside it (its label path; :func:`inference_model`).
+
+>>> report = export_onnx("runs/flowers/model.keras", "exported/flowers.onnx")          # doctest: +SKIP
+>>> report["max_abs_diff"] < 1e-5, report["transpose_nodes"]                            # doctest: +SKIP
+(True, 1)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from tltf.errors import TltfError
+
+INPUT_NAME = "pixels"
+OUTPUT_NAME = "probabilities"
+DEFAULT_OPSET = 17
+MIN_OPSET, MAX_OPSET = 13, 18
+INPUT_RANGE = "0..255 float32, preprocessing inside the graph"
+OUTPUT_DOC = "probabilities (batch, num_classes); a binary sigmoid head is exported as [1 - p, p]"
+PRECISIONS = ("fp32", "fp16", "int8")
+
+
+# --- loading and choosing what to export ---------------------------------------------------------------------------
+
+def load_keras(path: str | Path):
+    """``keras.models.load_model`` with tltf's objects registered; a bad path is a one-line :class:`TltfError`."""
+    import keras
+
+    import tltf  # noqa: F401  (registers tltf's Keras objects)
+
+    path = Path(path)
+    if not path.is_file():
+        raise TltfError(f"{path}: no such model file")
+    if path.suffix.lower() != ".keras":
+        raise TltfError(f"{path}: expected a .keras model file")
+    try:
+        return keras.models.load_model(str(path), compile=False)
+    except Exception as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+        raise TltfError(f"{path}: not a loadable Keras model ({first})") from None
+
+
+def _is_tltf_classifier(model) -> bool:
+    """A single-output model with a ``ClassifierHead`` among its own layers and one image input."""
+    from tltf.models.head import ClassifierHead
+
+    try:
+        outputs = model.outputs
+        inputs = model.inputs
+    except (AttributeError, ValueError):
+        return False
+    if not outputs or len(outputs) != 1 or not inputs or len(inputs) != 1:
+        return False
+    return any(isinstance(layer, ClassifierHead) for layer in getattr(model, "layers", []))
+
+
+def _walk_models(model):
+    """Nested Keras models, depth first (attributes such as ``model.classifier`` first, then sub-layers)."""
+    import keras
+
+    seen = set()
+    todo = [getattr(model, name, None) for name in ("classifier", "label_model", "label_classifier")]
+    todo += list(getattr(model, "layers", []))
+    while todo:
+        m = todo.pop(0)
+        if not isinstance(m, keras.Model) or id(m) in seen:
+            continue
+        seen.add(id(m))
+        yield m
+        todo += list(getattr(m, "layers", []))
+
+
+def _training_only_layers(model) -> list[str]:
+    """Names of layers that only matter in training: gradient reversal, domain heads, augmentation."""
+    names = []
+    for layer in getattr(model, "layers", []):
+        cls = type(layer).__name__
+        if cls in ("GradientReversal", "GradientReversalLayer") or "domain" in layer.name.lower():
+            names.append(layer.name)
+    return names
+
+
+def _is_augmentation(layer) -> bool:
+    """Keras random image layers (RandomFlip, RandomCrop, ..., RandAugment, MixUp, CutMix)."""
+    cls = type(layer).__name__
+    return cls.startswith("Random") or cls in ("AugMix", "RandAugment", "MixUp", "CutMix", "Solarization")
+
+
+def _strip_augmentation(model):
+    """A functional clone whose augmentation layers are identities (other layers shared, weights included)."""
+    import keras
+
+    layers = getattr(model, "layers", [])
+    if not any(_is_augmentation(layer) for layer in layers):
+        return model
+    if not isinstance(model, keras.Sequential) and not hasattr(model, "_nodes_by_depth"):
+        raise TltfError(f"{model.name}: a subclassed model with augmentation layers cannot be exported; "
+                        "move augmentation to the data pipeline")
+
+    def clone(layer):
+        return keras.layers.Identity(name=layer.name) if _is_augmentation(layer) else layer
+
+    return keras.models.clone_model(model, clone_function=clone)
+
+
+def inference_model(model):
+    """What to export from ``model``: the model itself for a plain tltf classifier; for a DANN-style model (gradient
+    reversal, a domain head, or several outputs), the tltf classifier nested inside it (its label path).
+
+    Random augmentation layers are replaced by identities. Raises :class:`TltfError` if no single-output image
+    classifier can be found.
+    """
+    if _is_tltf_classifier(model) and not _training_only_layers(model):
+        return _strip_augmentation(model)
+    for sub in _walk_models(model):
+        if _is_tltf_classifier(sub) and not _training_only_layers(sub):
+            return _strip_augmentation(sub)
+    try:
+        single = len(model.outputs) == 1 and len(model.inputs) == 1
+    except (AttributeError, ValueError):
+        single = False
+    if single and not _training_only_layers(model):
+        return _strip_augmentation(model)  # a plain image model without a tltf head
+    raise TltfError(f"{model.name}: no single-output classifier found to export "
+                    "(a DANN model must contain its label classifier as a nested tltf model)")
+
+
+def model_info(model) -> dict:
+    """``class_names``, ``image_size`` (h, w), ``num_classes``, ``backbone``, ``preprocess`` of a Keras classifier."""
+    from tltf.models.head import ClassifierHead
+    from tltf.models.preprocess import Preprocess
+
+    shape = model.input_shape
+    if isinstance(shape, list) or len(shape) != 4 or shape[-1] != 3:
+        raise TltfError(f"{model.name}: not an RGB image model (input shape {shape})")
+    if shape[1] is None or shape[2] is None:
+        raise TltfError(f"{model.name}: the input size must be fixed to export (input shape {shape})")
+    head = next((layer for layer in model.layers if isinstance(layer, ClassifierHead)), None)
+    n_out = model.output_shape[-1]
+    class_names = list(head.class_names) if head is not None else [str(i) for i in range(max(2, n_out))]
+    try:
+        from tltf.models.classifier import backbone_of
+
+        backbone = backbone_of(model).name
+    except (ValueError, AttributeError, ImportError):
+        backbone = "unknown"
+    pre = next((layer for layer in model.layers if isinstance(layer, Preprocess)), None)
+    return {"class_names": class_names, "num_classes": len(class_names), "image_size": [int(shape[1]),
+            int(shape[2])], "backbone": backbone, "preprocess": pre.mode if pre is not None else "unknown",
+            "binary_sigmoid": n_out == 1}
+
+
+def metadata(info: dict, precision: str = "fp32") -> dict[str, str]:
+    """The ONNX ``metadata_props`` (all strings) describing the graph's contract."""
+    from tltf import __version__
+
+    return {
+        "class_names": json.dumps(info["class_names"]),
+        "num_classes": str(info["num_classes"]),
+        "image_size": json.dumps(info["image_size"]),
+        "input_name": INPUT_NAME,
+        "output_name": OUTPUT_NAME,
+        "channel_order": "RGB",
+        "layout": "NHWC",
+        "input_range": INPUT_RANGE,
+        "preprocessing": f"inside the graph ({info['preprocess']})",
+        "output": OUTPUT_DOC,
+        "backbone": info["backbone"],
+        "precision": precision,
+        "tltf_version": __version__,
+    }
+
+
+# --- conversion ----------------------------------------------------------------------------------------------------
+
+def _serving_function(model, h: int, w: int):
+    import tensorflow as tf
+
+    spec = tf.TensorSpec((None, h, w, 3), tf.float32, name=INPUT_NAME)
+
+    @tf.function(input_signature=[spec], autograph=False)
+    def serve(pixels):
+        probs = tf.cast(model(pixels, training=False), tf.float32)
+        if probs.shape[-1] == 1:  # binary sigmoid head -> [1 - p, p], as class_probabilities does
+            probs = tf.concat([1.0 - probs, probs], axis=-1)
+        return {OUTPUT_NAME: probs}
+
+    return serve
+
+
+def convert(model, opset: int = DEFAULT_OPSET):
+    """The float32 ONNX ``ModelProto`` of a Keras classifier's inference path, cleaned and with metadata.
+
+    ``model`` is a loaded Keras model (a tltf classifier or a DANN model holding one). Steps: trace
+    ``model(pixels, training=False)`` in a ``tf.function``, freeze it, make XLA-compiled sub-functions inlinable,
+    convert with tf2onnx (patched transpose optimizer, custom handlers for ``Erfc``/``ReverseV2``), then rewrite
+    tensordots as 1x1 convolutions and re-optimise (:mod:`tltf.export.graph`).
+    """
+    import onnx
+    import tensorflow as tf
+    import tf2onnx
+    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+    from tf2onnx import tf_loader
+    from tf2onnx.convert import tensor_names_from_structed
+
+    from tltf.export import graph
+
+    if not MIN_OPSET <= int(opset) <= MAX_OPSET:
+        raise TltfError(f"--opset {opset}: must be between {MIN_OPSET} and {MAX_OPSET}")
+    net = inference_model(model)
+    info = model_info(net)
+    h, w = info["image_size"]
+    net(np.zeros((1, h, w, 3), np.float32), training=False)  # a model must have been called once
+    concrete = _serving_function(net, h, w).get_concrete_function()
+    inputs = [concrete.inputs[0].name]  # captured tensors (e.g. Normalization constants) follow the real input
+    outputs = [t.name for t in concrete.outputs]
+    rename = tensor_names_from_structed(concrete, inputs, outputs)
+    with tf.device("/cpu:0"):
+        frozen = convert_variables_to_constants_v2(concrete, lower_control_flow=False, aggressive_inlining=True)
+        graph_def = tf_loader.fix_freezing_errors_part2(frozen.graph.as_graph_def(add_shapes=True))
+        graph.make_inlinable(graph_def)
+        with graph.patched_transpose_optimizer():
+            proto, _ = tf2onnx.convert.from_graph_def(
+                graph_def, name=net.name, input_names=inputs, output_names=outputs, opset=int(opset),
+                custom_op_handlers=graph.CUSTOM_OP_HANDLERS, tensors_to_rename=rename)
+    leftovers = sorted({n.op_type for n in proto.graph.node if n.domain not in ("", "ai.onnx")}
+                       | {n.op_type for n in proto.graph.node if n.op_type in ("StatefulPartitionedCall",
+                                                                               "PartitionedCall")})
+    if leftovers:
+        raise TltfError(f"{net.name}: tf2onnx could not convert TensorFlow ops {', '.join(leftovers)}")
+    proto = graph.clean(proto)
+    proto.producer_name = "tltf"
+    from tltf import __version__
+
+    proto.producer_version = __version__
+    proto.doc_string = (f"tltf classifier ({info['backbone']}, {info['num_classes']} classes). Input {INPUT_NAME}: "
+                        f"RGB NHWC float32 0..255, shape (batch, {h}, {w}, 3). Output {OUTPUT_NAME}: {OUTPUT_DOC}.")
+    set_metadata(proto, metadata(info))
+    onnx.checker.check_model(proto)
+    return proto
+
+
+def set_metadata(proto, props: dict[str, str]) -> None:
+    """Replace ``proto``'s metadata_props with ``props`` (in place)."""
+    import onnx
+
+    del proto.metadata_props[:]
+    onnx.helper.set_model_props(proto, {str(k): str(v) for k, v in props.items()})
+
+
+def read_metadata(proto) -> dict[str, str]:
+    return {p.key: p.value for p in proto.metadata_props}
+
+
+# --- the export with its parity gate -------------------------------------------------------------------------------
+
+def default_output(model_path: str | Path, out_dir: str | Path = "exported") -> Path:
+    """``exported/<name>.onnx``: the model's stem, or its run folder's name for a ``model.keras``."""
+    path = Path(model_path)
+    name = path.stem
+    if name == "model" and path.parent.name not in ("", "."):
+        name = path.parent.resolve().name
+    return Path(out_dir) / f"{name}.onnx"
+
+
+def _temp_beside(out: Path, suffix: str) -> Path:
+    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=suffix)
+    os.close(fd)
+    return Path(tmp)
+
+
+def export_onnx(model, out: str | Path, opset: int = DEFAULT_OPSET, precision: str = "fp32",
+                calibration_data: str | Path | None = None, parity_images: np.ndarray | None = None,
+                max_calibration: int = 256, seed: int = 0, progress=None) -> dict:
+    """Export ``model`` (a path to a ``.keras`` file or a Keras model) to ``out`` and verify it; returns the report.
+
+    ``precision``: ``fp32`` (parity gate: max |onnxruntime - Keras| <= 1e-4 x output range), ``fp16`` (float16
+    weights and compute, float32 I/O; top-1 agreement >= 99 %) or ``int8`` (static QDQ per-channel quantization
+    calibrated on the images of ``calibration_data``; top-1 agreement >= 97 %). The gate runs onnxruntime on
+    ``parity_images``, else the calibration images, else structured synthetic images. Nothing is written unless the
+    gate passes: the model goes to a temporary file beside ``out`` and is renamed into place; the report JSON
+    (``out`` + ``.json``) follows the same way. ``progress(message)`` is called at each step if given.
+    """
+    from tltf.export import parity, quantize
+    from tltf.reporting import write_json
+
+    say = progress or (lambda message: None)
+    if precision not in PRECISIONS:
+        raise TltfError(f"precision {precision!r}: must be one of {', '.join(PRECISIONS)}")
+    if precision == "int8" and calibration_data is None:
+        raise TltfError("--int8 needs --calibration-data DATA (a folder of images)")
+    out = Path(out)
+    if out.suffix.lower() != ".onnx":
+        raise TltfError(f"--out {out}: the file name must end in .onnx")
+    source = str(model) if isinstance(model, (str, Path)) else getattr(model, "name", "model")
+    if isinstance(model, (str, Path)):
+        say(f"loading {model}")
+        model = load_keras(model)
+    net = inference_model(model)
+    info = model_info(net)
+    h, w = info["image_size"]
+
+    calib = None
+    if calibration_data is not None:
+        say(f"reading calibration images from {calibration_data}")
+        calib = quantize.load_image_folder(calibration_data, (h, w), limit=max_calibration, seed=seed)
+    if parity_images is not None:
+        check = np.asarray(parity_images, np.float32)
+        if check.ndim != 4 or check.shape[1:] != (h, w, 3):
+            raise TltfError(f"parity images: expected shape (N, {h}, {w}, 3), got {check.shape}")
+        check_source = "given images"
+    elif calib is not None:
+        check, check_source = calib, f"calibration images ({calibration_data})"
+    else:
+        check, check_source = parity.synthetic_images(64, (h, w), seed=seed), "synthetic structured images"
+
+    timings = {}
+    t0 = time.perf_counter()
+    say(f"converting {source} to ONNX (opset {opset})")
+    proto = convert(net, opset=opset)
+    timings["convert_s"] = time.perf_counter() - t0
+    fp32_nodes = len(proto.graph.node)
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _temp_beside(out, ".part")
+    try:
+        t0 = time.perf_counter()
+        if precision == "fp16":
+            say("converting weights and compute to float16")
+            proto = quantize.to_fp16(proto)
+            set_metadata(proto, metadata(info, "fp16"))
+        elif precision == "int8":
+            say(f"quantizing to int8 (QDQ, per-channel) on {len(calib)} calibration images")
+            proto = quantize.to_int8(proto, calib, workdir=out.parent)
+            set_metadata(proto, metadata(info, "int8"))
+        timings["quantize_s"] = time.perf_counter() - t0
+        _save(proto, tmp)
+
+        say(f"checking parity with Keras on {len(check)} {check_source}")
+        t0 = time.perf_counter()
+        keras_probs = parity.keras_probabilities(net, check)
+        result = parity.compare(tmp, keras_probs, check, precision=precision)
+        timings["parity_s"] = time.perf_counter() - t0
+        report = _report(source, out, tmp, proto, precision, opset, info, result, check_source, fp32_nodes,
+                         timings)
+        parity.gate(result, precision, out)  # raises TltfError (and the finally removes the temp file)
+        os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    write_json(Path(str(out) + ".json"), report)
+    return report
+
+
+def _save(proto, path: Path) -> None:
+    with open(path, "wb") as f:
+        f.write(proto.SerializeToString())
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _report(source, out, tmp, proto, precision, opset, info, result, check_source, fp32_nodes, timings) -> dict:
+    from tltf.export.graph import count_ops
+
+    ops = count_ops(proto)
+    return {
+        "model": source,
+        "onnx": str(out),
+        "precision": precision,
+        "opset": int(opset),
+        "bytes": tmp.stat().st_size,
+        "input": {"name": INPUT_NAME, "shape": ["batch", *info["image_size"], 3], "dtype": "float32",
+                  "layout": "NHWC", "channel_order": "RGB", "range": INPUT_RANGE},
+        "output": {"name": OUTPUT_NAME, "shape": ["batch", info["num_classes"]], "doc": OUTPUT_DOC},
+        "class_names": info["class_names"],
+        "backbone": info["backbone"],
+        "max_abs_diff": result["max_abs_diff"],
+        "output_range": result["output_range"],
+        "relative_diff": result["relative_diff"],
+        "top1_agreement": result["top1_agreement"],
+        "output_std": result["output_std"],
+        "parity_images": result["n"],
+        "parity_source": check_source,
+        "threshold": result["threshold"],
+        "transpose_nodes": ops.get("Transpose", 0),
+        "nodes": sum(ops.values()),
+        "fp32_nodes": fp32_nodes,
+        "node_counts": ops,
+        "timings_s": {k: round(v, 3) for k, v in timings.items()} | {
+            "onnxruntime_ms_per_image": result["onnxruntime_ms_per_image"]},
+    }

@@ -1,0 +1,138 @@
+"""The parity gate: the exported file must answer like the Keras model before it is allowed to exist.
+
+onnxruntime runs the candidate file on the same images as Keras. fp32 passes when the largest absolute difference
+of any probability is at most 1e-4 of the Keras outputs' range; fp16 and int8, which change the numbers on purpose,
+pass on top-1 agreement (>= 99 % and >= 97 % of the images). Without real images the check uses
+:func:`synthetic_images` -- gratings, gradients, shapes and texture rather than noise, so that even a network with
+random weights gives outputs that vary from image to image (``output_std`` in the result says by how much).
+
+>>> images = synthetic_images(16, (96, 96))
+>>> images.shape, images.dtype, float(images.min()) >= 0.0, float(images.max()) <= 255.0
+((16, 96, 96, 3), dtype('float32'), True, True)
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+from tltf.errors import TltfError
+
+#: fp32: max |onnxruntime - keras| / (max - min of the Keras outputs); fp16/int8: minimum top-1 agreement.
+THRESHOLDS = {"fp32": 1e-4, "fp16": 0.99, "int8": 0.97}
+
+
+def synthetic_images(n: int, size: tuple[int, int], seed: int = 0) -> np.ndarray:
+    """``n`` structured RGB images, float32 ``(n, h, w, 3)`` in ``[0, 255]``, reproducible from ``seed``.
+
+    Each mixes a coloured sinusoidal grating (random orientation, frequency, phase), a colour gradient, a few
+    filled discs and rectangles, and a little texture noise: natural-ish statistics at every scale.
+    """
+    h, w = int(size[0]), int(size[1])
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    yy /= max(h - 1, 1)
+    xx /= max(w - 1, 1)
+    out = np.empty((n, h, w, 3), np.float32)
+    for i in range(n):
+        angle = rng.uniform(0, np.pi)
+        freq = rng.uniform(1.0, 12.0)
+        phase = rng.uniform(0, 2 * np.pi)
+        grating = 0.5 + 0.5 * np.sin(2 * np.pi * freq * (np.cos(angle) * xx + np.sin(angle) * yy) + phase)
+        c1, c2 = rng.uniform(0, 255, 3), rng.uniform(0, 255, 3)
+        img = grating[..., None] * c1 + (1 - grating[..., None]) * c2
+        g_angle = rng.uniform(0, 2 * np.pi)
+        ramp = (np.cos(g_angle) * xx + np.sin(g_angle) * yy)
+        ramp = (ramp - ramp.min()) / max(float(ramp.max() - ramp.min()), 1e-6)
+        img = 0.6 * img + 0.4 * ramp[..., None] * rng.uniform(0, 255, 3)
+        for _ in range(int(rng.integers(1, 5))):
+            colour = rng.uniform(0, 255, 3)
+            cy, cx = rng.uniform(0, 1, 2)
+            if rng.random() < 0.5:
+                r = rng.uniform(0.05, 0.3)
+                mask = (yy - cy) ** 2 + (xx - cx) ** 2 < r * r
+            else:
+                dy, dx = rng.uniform(0.05, 0.35, 2)
+                mask = (np.abs(yy - cy) < dy) & (np.abs(xx - cx) < dx)
+            img[mask] = colour
+        img += rng.normal(0, rng.uniform(2, 20), img.shape)
+        out[i] = np.clip(img, 0, 255)
+    return out
+
+
+def keras_probabilities(model, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
+    """``(N, num_classes)`` probabilities of a Keras classifier, in inference mode."""
+    from tltf.models.head import class_probabilities
+
+    parts = [np.asarray(model(images[i:i + batch_size], training=False))
+             for i in range(0, len(images), batch_size)]
+    return class_probabilities(np.concatenate(parts, axis=0))
+
+
+def compare(onnx_path: str | Path, keras_probs: np.ndarray, images: np.ndarray, precision: str = "fp32",
+            batch_size: int = 32) -> dict:
+    """Run ``onnx_path`` in onnxruntime (CPU) on ``images`` and compare with ``keras_probs``."""
+    from tltf.export.runtime import OnnxModel
+
+    try:
+        model = OnnxModel(onnx_path, provider="cpu")
+    except TltfError:
+        raise
+    except Exception as e:  # a file onnxruntime refuses is the export's failure, said in one line
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise TltfError(f"{onnx_path}: onnxruntime cannot load the exported graph ({first})") from None
+    t0 = time.perf_counter()
+    onnx_probs = model.predict(images, batch_size=batch_size)
+    elapsed = time.perf_counter() - t0
+    return measure(onnx_probs, keras_probs, precision) | {
+        "onnxruntime_ms_per_image": round(1000 * elapsed / max(len(images), 1), 3)}
+
+
+def measure(candidate: np.ndarray, reference: np.ndarray, precision: str = "fp32") -> dict:
+    """Differences between two ``(N, C)`` probability arrays: ``max_abs_diff``, ``output_range``,
+    ``relative_diff`` (their ratio), ``top1_agreement``, ``output_std`` (spread of the reference across images)."""
+    a = np.asarray(candidate, np.float64)
+    b = np.asarray(reference, np.float64)
+    if a.shape != b.shape:
+        raise TltfError(f"parity: onnxruntime output shape {a.shape} differs from Keras {b.shape}")
+    diff = float(np.max(np.abs(a - b))) if a.size else 0.0
+    out_range = float(b.max() - b.min()) if b.size else 0.0
+    agree = np.argmax(a, axis=1) == np.argmax(b, axis=1)
+    return {
+        "n": int(len(b)),
+        "max_abs_diff": diff,
+        "mean_abs_diff": float(np.mean(np.abs(a - b))) if a.size else 0.0,
+        "output_range": out_range,
+        "relative_diff": diff / out_range if out_range > 0 else (0.0 if diff == 0 else float("inf")),
+        "top1_agreement": float(np.mean(agree)) if len(agree) else 1.0,
+        "top1_disagreements": int(np.sum(~agree)),
+        "output_std": float(np.mean(np.std(b, axis=0))) if len(b) > 1 else 0.0,
+        "threshold": THRESHOLDS[precision],
+        "precision": precision,
+    }
+
+
+def passed(result: dict) -> bool:
+    precision = result["precision"]
+    if precision == "fp32":
+        return result["relative_diff"] <= THRESHOLDS["fp32"]
+    return result["top1_agreement"] >= THRESHOLDS[precision]
+
+
+def gate(result: dict, precision: str, out: str | Path) -> None:
+    """Raise a one-line :class:`TltfError` saying by how much ``result`` misses its precision's threshold."""
+    if passed(result):
+        return
+    if precision == "fp32":
+        over = result["relative_diff"] / THRESHOLDS["fp32"]
+        raise TltfError(
+            f"{out}: parity check failed, nothing written: max |onnxruntime - keras| = {result['max_abs_diff']:.3g}"
+            f" is {result['relative_diff']:.3g} of the output range {result['output_range']:.3g}, "
+            f"{over:.1f}x the {THRESHOLDS['fp32']:g} tolerance ({result['n']} images)")
+    need = THRESHOLDS[precision]
+    raise TltfError(
+        f"{out}: {precision} parity check failed, nothing written: top-1 agreement with Keras "
+        f"{100 * result['top1_agreement']:.1f}% < {100 * need:.0f}% ({result['top1_disagreements']} of "
+        f"{result['n']} images differ; max |diff| {result['max_abs_diff']:.3g})")

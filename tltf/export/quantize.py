@@ -1,0 +1,161 @@
+"""Reduced precision for exported graphs: float16 (GPU) and int8 static quantization (CPU), float32 I/O kept.
+
+- :func:`to_fp16`: weights and compute in float16 through the float16 converter that ships inside onnxruntime
+  (``onnxruntime.transformers.float16``, the same code as onnxconverter-common's), ``keep_io_types=True`` so the
+  graph still takes float32 pixels and returns float32 probabilities; the preprocessing arithmetic on raw 0..255
+  pixels stays float32 (values such as 255^2 are not float16-safe) -- everything from the first convolution on runs
+  in float16. Made for GPUs (CUDA/TensorRT); onnxruntime's CPU provider runs it but casts to float32 where it lacks
+  float16 kernels.
+- :func:`to_int8`: onnxruntime static quantization in QDQ format, per-channel weights (int8, symmetric) and uint8
+  activations, with ranges calibrated on real images (:class:`ImageCalibrationReader` over
+  :func:`load_image_folder`). The graph is first pre-processed as onnxruntime advises (shape inference and graph
+  optimisation), so BatchNorm-folded Conv+activation patterns quantize as units.
+
+>>> images = load_image_folder("data/flowers/val", (224, 224), limit=128)     # doctest: +SKIP
+>>> int8 = to_int8(fp32_model, images)                                      # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from tltf.errors import TltfError
+
+
+# --- calibration images --------------------------------------------------------------------------------------------
+
+def image_files(folder: str | Path, option: str = "--calibration-data") -> list[Path]:
+    """Image files in ``folder`` -- flat, or in class sub-folders -- interleaved across sub-folders so that any
+    prefix of the list covers the classes evenly."""
+    from tltf.data.images import is_image_file
+
+    root = Path(folder)
+    if not root.is_dir():
+        raise TltfError(f"{option} {folder}: not a folder of images")
+    flat = sorted(p for p in root.iterdir() if p.is_file() and is_image_file(p))
+    groups = [flat] if flat else []
+    for sub in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        files = sorted(p for p in sub.rglob("*") if p.is_file() and is_image_file(p))
+        if files:
+            groups.append(files)
+    out = []
+    for i in range(max((len(g) for g in groups), default=0)):
+        out += [g[i] for g in groups if i < len(g)]
+    if not out:
+        raise TltfError(f"{option} {folder}: no image files (.jpg, .jpeg, .png, .bmp, .gif) found")
+    return out
+
+
+def load_image_folder(folder: str | Path, size: tuple[int, int], limit: int | None = 256, seed: int = 0,
+                      option: str = "--calibration-data") -> np.ndarray:
+    """Up to ``limit`` images of ``folder`` as float32 RGB ``(N, h, w, 3)`` in ``[0, 255]``, decoded and resized
+    exactly as in training (:func:`tltf.data.images.load_images`); classes are sampled evenly."""
+    from tltf.data.images import load_images
+
+    files = image_files(folder, option)
+    if limit is not None and len(files) > limit:
+        files = files[:limit]
+    return load_images([str(f) for f in files], tuple(size))
+
+
+class ImageCalibrationReader:
+    """An onnxruntime ``CalibrationDataReader`` over an array of images, ``batch_size`` at a time."""
+
+    def __init__(self, images: np.ndarray, input_name: str = "pixels", batch_size: int = 8):
+        self.images = np.ascontiguousarray(images, dtype=np.float32)
+        self.input_name = input_name
+        self.batch_size = max(1, int(batch_size))
+        self._next = 0
+
+    def get_next(self) -> dict | None:
+        if self._next >= len(self.images):
+            return None
+        batch = self.images[self._next:self._next + self.batch_size]
+        self._next += self.batch_size
+        return {self.input_name: batch}
+
+    def rewind(self) -> None:
+        self._next = 0
+
+    def __len__(self) -> int:
+        return -(-len(self.images) // self.batch_size)
+
+
+def _as_reader(images, input_name):
+    from onnxruntime.quantization import CalibrationDataReader
+
+    class Reader(ImageCalibrationReader, CalibrationDataReader):
+        pass
+
+    return Reader(images, input_name)
+
+
+# --- fp16 ---------------------------------------------------------------------------------------------------------
+
+def _first_conv_inputs(proto) -> list[str]:
+    """Nodes before the first Conv (the preprocessing on raw pixels), kept in float32."""
+    names = []
+    for node in proto.graph.node:
+        if node.op_type in ("Conv", "ConvTranspose", "MatMul", "Gemm"):
+            break
+        names.append(node.name)
+    return names
+
+
+def to_fp16(proto):
+    """A float16 copy of the float32 ``proto`` with float32 inputs and outputs."""
+    from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
+
+    try:
+        return convert_float_to_float16(proto, keep_io_types=True, op_block_list=list(DEFAULT_OP_BLOCK_LIST),
+                                        node_block_list=_first_conv_inputs(proto))
+    except Exception as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise TltfError(f"--fp16: float16 conversion failed ({first})") from None
+
+
+# --- int8 ---------------------------------------------------------------------------------------------------------
+
+def to_int8(proto, images: np.ndarray, workdir: str | Path | None = None, per_channel: bool = True,
+            method: str = "minmax"):
+    """Static QDQ int8 quantization of the float32 ``proto`` calibrated on ``images`` (float32 RGB 0..255).
+
+    ``method``: ``minmax`` (default), ``entropy`` or ``percentile`` calibration. Temporary files live in a private
+    temporary folder that is always removed.
+    """
+    import onnx
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    if images is None or len(images) == 0:
+        raise TltfError("--calibration-data: no calibration images")
+    methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+               "percentile": CalibrationMethod.Percentile}
+    if method not in methods:
+        raise TltfError(f"calibration method {method!r}: choose from {', '.join(methods)}")
+    input_name = proto.graph.input[0].name
+    with tempfile.TemporaryDirectory(prefix="tltf-int8-") as tmp:
+        src, pre, dst = (Path(tmp) / name for name in ("fp32.onnx", "pre.onnx", "int8.onnx"))
+        onnx.save(proto, str(src))
+        try:
+            quant_pre_process(str(src), str(pre), skip_symbolic_shape=False)
+        except Exception:  # pre-processing is an optimisation; quantize the plain graph if it fails
+            pre = src
+        try:
+            quantize_static(
+                str(pre), str(dst), _as_reader(images, input_name),
+                quant_format=QuantFormat.QDQ, per_channel=per_channel,
+                activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                calibrate_method=methods[method],
+                extra_options={"WeightSymmetric": True, "ActivationSymmetric": False},
+            )
+        except Exception as e:
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+            raise TltfError(f"--int8: quantization failed ({first})") from None
+        out = onnx.load(str(dst))
+    for key in ("producer_name", "producer_version", "doc_string"):
+        setattr(out, key, getattr(proto, key))
+    return out
