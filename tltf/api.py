@@ -18,6 +18,7 @@ import os
 import shutil
 import tempfile
 import time
+import warnings
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -53,7 +54,7 @@ class FitConfig:
     seed: int = 0
     val_split: float = 0.2
     weights: str = "imagenet"
-    plan: str | None = None
+    plan: str | dict | None = None  # a YAML file or an inline {"stages": [...]}
     train_bn: bool | None = None  # None: train BN only when starting from random weights
     dropout: float = 0.2
     augment: str = "flip,crop,color"
@@ -94,9 +95,37 @@ class EpochTiming(keras.callbacks.Callback):
 
 def resolve_plan(config: FitConfig, num_blocks: int) -> StagePlan:
     if config.plan:
-        plan = StagePlan.from_yaml(config.plan)
+        plan = (StagePlan.from_dict(config.plan, "plan") if isinstance(config.plan, dict)
+                else StagePlan.from_yaml(config.plan))
         return plan.scaled(config.epochs) if config.epochs else plan
     return preset(config.stage, config.epochs or 6, config.learning_rate, num_blocks)
+
+
+def load_recipe(path: str | Path) -> dict:
+    """A ``pipelines/*.yaml`` recipe: FitConfig fields (unknown keys are errors naming the key)."""
+    import yaml
+
+    path = Path(path)
+    if not path.exists():
+        raise TltfError(f"--config {path}: no such file")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise TltfError(f"--config {path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise TltfError(f"--config {path}: expected a mapping of fit options")
+    data = {k.replace("-", "_"): v for k, v in data.items()}
+    FitConfig.from_dict(data, source=f"--config {path}")  # validates the keys
+    return data
+
+
+def describe(config: FitConfig) -> dict:
+    """The resolved settings and stage plan of ``config``, without loading data or building the model."""
+    spec = backbones.get(config.backbone)
+    plan = resolve_plan(config, spec.num_blocks)
+    return {"config": asdict(config), "backbone_blocks": spec.num_blocks,
+            "image_size": config.image_size or spec.default_size, "plan": plan.to_dict(),
+            "first_epochs": plan.boundaries()}
 
 
 def _set_precision(precision: str) -> None:
@@ -199,6 +228,7 @@ def fit(config: FitConfig, overwrite: bool = False, verbose: int = 1, callbacks=
         callbacks.append(keras.callbacks.TensorBoard(str(out / "logs"), write_graph=False, profile_batch=0))
     callbacks += extra_callbacks
     start = time.perf_counter()
+    warnings.filterwarnings("ignore", message="Your input ran out of data")  # unknown cardinality (ignore_errors)
     model.fit(train, validation_data=val, epochs=plan.epochs, callbacks=callbacks, verbose=verbose, shuffle=False)
     seconds = time.perf_counter() - start
 

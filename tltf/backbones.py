@@ -122,6 +122,10 @@ class BackboneSpec:
         Raises :class:`TltfError` (one line, naming the option) for an image size the network refuses, a download
         that fails, or a weights file that does not fit the architecture.
         """
+        from tltf.weights import pretrained
+
+        if pretrained.is_named(weights):  # e.g. torchvision:mobilenet_v2, fetched and imported once, cached
+            weights = str(pretrained.resolve(weights))
         h, w = _hw(image_size or self.default_size)
         if min(h, w) < self.min_size:
             raise TltfError(f"--image-size {h}x{w} is too small for {self.name} (minimum {self.min_size})")

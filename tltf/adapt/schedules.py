@@ -45,13 +45,16 @@ class LambdaScheduler(keras.callbacks.Callback):
     """Set every :class:`GradientReversal` lambda (and, with ``anneal_lr``, the learning rate) before each step.
 
     ``total_steps``: the number of optimizer steps of the whole run (default: ``epochs * steps`` from ``fit``).
-    The annealed rate multiplies the *base* rate, which is whatever the optimizer held at the start of the run, or
-    what another callback (tltf's :class:`~tltf.staging.StagedFineTuning`) set at an epoch boundary, so stage plans
-    keep their rates and annealing scales them. Each epoch's logs get ``grl_lambda`` (and ``lr`` when annealing).
+
+    The annealed rate is ``base_lr * (1 + alpha p) ** -beta``. The base rate is ``base_lr`` (default: what the
+    optimizer holds at the first step); when another callback sets a new rate at an epoch boundary (tltf's
+    :class:`~tltf.staging.StagedFineTuning` entering a stage), that rate becomes the base, so stage plans keep their
+    rates and annealing scales them. On a resumed run, a restored rate equal to ``base_lr``'s annealed value keeps
+    ``base_lr``; any other rate is taken as a newly set base. Each epoch's logs get ``grl_lambda`` (and ``lr``).
     """
 
     def __init__(self, total_steps: int | None = None, gamma: float = 10.0, lambda_max: float = 1.0,
-                 anneal_lr: bool = False, alpha: float = 10.0, beta: float = 0.75):
+                 anneal_lr: bool = False, alpha: float = 10.0, beta: float = 0.75, base_lr: float | None = None):
         super().__init__()
         self.total_steps = total_steps
         self.gamma = float(gamma)
@@ -59,9 +62,10 @@ class LambdaScheduler(keras.callbacks.Callback):
         self.anneal_lr = bool(anneal_lr)
         self.alpha = float(alpha)
         self.beta = float(beta)
+        self.base_lr = base_lr
         self._step: int | None = None
-        self._base_lr: float | None = None
         self._last_lr: float | None = None
+        self._check_base = True
         self._layers = []
         self.lambda_ = 0.0
 
@@ -73,8 +77,11 @@ class LambdaScheduler(keras.callbacks.Callback):
                 raise ValueError("LambdaScheduler: give total_steps (fit does not know the steps per epoch)")
             self.total_steps = int(epochs) * int(steps)
         self._step = None  # read lazily: BackupAndRestore restores the optimizer in its own on_train_begin
+        self._last_lr = None
+        self._check_base = True
 
     def progress(self) -> float:
+        """Training progress ``p`` in [0, 1] of the next step."""
         return min(1.0, self._step / max(1, self.total_steps)) if self._step is not None else 0.0
 
     def on_epoch_begin(self, epoch, logs=None):
@@ -89,16 +96,27 @@ class LambdaScheduler(keras.callbacks.Callback):
         for layer in self._layers:
             layer.lambda_var.assign(self.lambda_)
         if self.anneal_lr:
-            if getattr(self, "_check_base", True) or self._base_lr is None:
-                current = float(keras.ops.convert_to_numpy(optimizer.learning_rate))
-                if self._last_lr is None or abs(current - self._last_lr) > 1e-6 * max(abs(self._last_lr), 1e-30):
-                    # first step, or another callback set a new rate since our last step (a new stage)
-                    self._base_lr = current / self._factor(p) if self._last_lr is None and p > 0 else current
+            if self._check_base:
+                self._update_base(float(keras.ops.convert_to_numpy(optimizer.learning_rate)), p)
                 self._check_base = False
-            lr = self._base_lr * self._factor(p)
-            optimizer.learning_rate.assign(lr)
+            optimizer.learning_rate.assign(self.base_lr * self._factor(p))
             self._last_lr = float(keras.ops.convert_to_numpy(optimizer.learning_rate))
         self._step += 1
+
+    def _update_base(self, current: float, p: float) -> None:
+        def close(a, b):
+            return abs(a - b) <= 1e-5 * max(abs(a), abs(b), 1e-30)
+
+        if self._last_lr is not None:  # mid-run: a rate other than ours was set by someone else
+            if not close(current, self._last_lr):
+                self.base_lr = current
+        elif self.base_lr is None:
+            self.base_lr = current
+        elif not close(current, self.base_lr * self._factor(p)) and not (p == 0 and close(current, self.base_lr)):
+            # first step of a (resumed) run: a restored annealed rate keeps base_lr; anything else is a new base
+            prev = self._factor(max(0.0, p - 1.0 / max(1, self.total_steps)))
+            if not close(current, self.base_lr * prev):
+                self.base_lr = current
 
     def _factor(self, p: float) -> float:
         return annealed_lr(p, 1.0, self.alpha, self.beta)

@@ -6,7 +6,10 @@ import click
 
 
 @click.command("fit")
-@click.option("--data", required=True, help="Image folder, .npz, tfds:NAME[:SPLIT] or builtin:shapes.")
+@click.option("--config", "recipe", type=click.Path(dir_okay=False),
+              help="A pipelines/*.yaml recipe; flags given on the command line override its values.")
+@click.option("--dry-run", is_flag=True, help="Validate the settings and print the stage plan; do not train.")
+@click.option("--data", help="Image folder, .npz, tfds:NAME[:SPLIT] or builtin:shapes.")
 @click.option("--backbone", default="mobilenet_v2", show_default=True, help="Registry name (see `tltf backbones`).")
 @click.option("--stage", type=click.Choice(["feature", "finetune", "gradual", "scratch"]), default="gradual", show_default=True,
               help="Stage plan preset (ignored with --plan).")
@@ -31,11 +34,27 @@ import click
 @click.option("--precision", default="float32", show_default=True, help="float32, mixed or mixed_bfloat16.")
 @click.option("--overwrite", is_flag=True, help="Start over even if --out holds a run.")
 @click.option("--quiet", is_flag=True, help="No per-epoch progress output.")
-def command(quiet, overwrite, **options):
+@click.pass_context
+def command(ctx, recipe, dry_run, quiet, overwrite, **options):
     """Train a classifier on a pretrained backbone with a staged plan (head, top blocks, all)."""
-    from tltf.api import FitConfig, fit
+    import json
 
-    config = FitConfig(**options)
+    from click.core import ParameterSource
+
+    from tltf.api import FitConfig, describe, fit, load_recipe
+    from tltf.errors import TltfError
+
+    values = load_recipe(recipe) if recipe else {}
+    for name, value in options.items():  # flags typed on the command line win over the recipe
+        if name not in values or ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE:
+            values[name] = value
+    values = {k: v for k, v in values.items() if v is not None or k in ("train_bn", "jit", "epochs")}
+    if not values.get("data"):
+        raise TltfError("--data is required (or a --config recipe that sets data)")
+    config = FitConfig.from_dict(values, source=f"--config {recipe}" if recipe else "options")
+    if dry_run:
+        click.echo(json.dumps(describe(config), indent=2, default=str))
+        return
     metrics = fit(config, overwrite=overwrite, verbose=0 if quiet else 2)
     click.echo(f"\n{'stage':<10}{'epochs':>7}{'trainable':>12}{'lr':>10}{'val_acc':>9}")
     for s in metrics["stages"]:

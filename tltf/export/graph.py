@@ -176,6 +176,9 @@ def tensordot_to_conv(model: onnx.ModelProto) -> int:
     for n in g.node:
         for i in n.input:
             consumers[i].append(n)
+    if not any(n.op_type == "MatMul" and n.input[1] in inits and n.input[0] in producers
+               and producers[n.input[0]].op_type == "Reshape" for n in g.node):
+        return 0
     shapes = _shapes(model)
     graph_outputs = {o.name for o in g.output}
     replaced: dict[int, list] = {}  # id(node to replace) -> new nodes

@@ -136,3 +136,63 @@ def gate(result: dict, precision: str, out: str | Path) -> None:
         f"{out}: {precision} parity check failed, nothing written: top-1 agreement with Keras "
         f"{100 * result['top1_agreement']:.1f}% < {100 * need:.0f}% ({result['top1_disagreements']} of "
         f"{result['n']} images differ; max |diff| {result['max_abs_diff']:.3g})")
+
+
+
+def spread_random_model(model, images: np.ndarray | None = None, seed: int = 0, logit_std: float = 2.0):
+    """Make a randomly initialised tltf classifier's outputs differ from image to image (in place; returns it).
+
+    Freshly initialised networks often give (nearly) the same probabilities for every input -- unit BatchNorm
+    statistics that do not match the activations, saturated ReLU6s, a small head -- and a parity tolerance on
+    constant outputs proves nothing. This (1) draws BatchNorm scales and offsets from fixed-seed distributions,
+    (2) sets every BatchNorm's moving statistics to the batch statistics of ``images`` (default:
+    :func:`synthetic_images`) with one training-mode pass at momentum 0, so each layer sees normalised activations,
+    and (3) scales the classifier's Dense kernel so its logits spread with standard deviation ``logit_std``, centred
+    per class. For tests and benchmarks with ``weights="none"`` models only.
+    """
+    import keras
+
+    from tltf.models.classifier import backbone_of, head_of
+
+    rng = np.random.default_rng(seed)
+    net = backbone_of(model)
+    h, w = model.input_shape[1:3]
+    if images is None:
+        images = synthetic_images(32, (h, w), seed=seed)
+    bns = [layer for layer in _all_layers(net) if isinstance(layer, keras.layers.BatchNormalization)]
+    for layer in bns:
+        if layer.gamma is not None:
+            layer.gamma.assign(rng.uniform(0.6, 1.6, tuple(layer.gamma.shape)).astype(np.float32))
+        if layer.beta is not None:
+            layer.beta.assign(rng.normal(0.0, 0.2, tuple(layer.beta.shape)).astype(np.float32))
+    x = model.get_layer("preprocess")(images) if _has_layer(model, "preprocess") else images
+    if bns:
+        momenta = [layer.momentum for layer in bns]
+        for layer in bns:
+            layer.momentum = 0.0
+        try:
+            net(x, training=True)
+        finally:
+            for layer, momentum in zip(bns, momenta):
+                layer.momentum = momentum
+    head = head_of(model)
+    features = np.asarray(net(x, training=False))
+    pooled = features.mean(axis=(1, 2)) if features.ndim == 4 else features
+    centred = (pooled - pooled.mean(axis=0)) / (pooled.std(axis=0) + 1e-6)
+    kernel = rng.normal(0.0, 1.0, (pooled.shape[1], head.dense.units)).astype(np.float32)
+    logits = centred @ kernel
+    scale = logit_std / (float(logits.std()) + 1e-6)
+    kernel = kernel * scale / (pooled.std(axis=0)[:, None] + 1e-6)
+    bias = -(pooled @ kernel).mean(axis=0)
+    head.dense.set_weights([kernel.astype(np.float32), bias.astype(np.float32)])
+    return model
+
+
+def _all_layers(model):
+    for layer in getattr(model, "layers", []):
+        yield layer
+        yield from _all_layers(layer)
+
+
+def _has_layer(model, name: str) -> bool:
+    return any(layer.name == name for layer in model.layers)

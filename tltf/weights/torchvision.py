@@ -156,10 +156,10 @@ def check_state_dict(state: dict[str, np.ndarray], spec: ArchSpec, model: keras.
                                 f"for torchvision {spec.arch}")
         elif not (key.endswith(".num_batches_tracked") and key.rsplit(".", 1)[0] in bn_prefixes
                   and value.size == 1):
-            raise TltfError(f"{source}: unexpected tensor {key} (not in torchvision {spec.arch})")
+            raise TltfError(f"{source}: unexpected tensor {key} for torchvision {spec.arch}")
     for key in expected:
         if key not in state:
-            raise TltfError(f"{source}: missing tensor {key} of torchvision {spec.arch}")
+            raise TltfError(f"{source}: missing tensor {key} for torchvision {spec.arch}")
 
 
 def convert(state: dict[str, np.ndarray], arch: str, image_size=224, source: str = "checkpoint") -> keras.Model:

