@@ -293,3 +293,28 @@ def test_malicious_pickle_is_refused_and_has_no_effect(tmp_path, where):
     # the marker command itself works: its absence above is the refusal, not a broken payload
     pickle.loads(pickle.dumps(_System(f"touch {marker}")))
     assert marker.exists()
+
+
+def test_pickle_cannot_tamper_with_tensors_after_the_checks(tmp_path):
+    """BUILD (the pickle opcode that sets attributes) cannot widen a rebuilt tensor past its storage after its
+    checks, nor alter a stand-in global (the FloatStorage type) for later loads: refused, nothing read."""
+    storage = _tuple([_str("storage"), _global("torch", "FloatStorage"), _str("0"), _str("cpu"), _int(4)]) + b"Q"
+    tensor = (_global("torch._utils", "_rebuild_tensor_v2")
+              + _tuple([storage, _int(0), _tuple([_int(4)]), _tuple([_int(1)]), b"\x89", b"N"]) + b"R")
+    widen = b"h\x07N}" + _str("size") + _tuple([_int(1 << 28)]) + b"s\x86b0"  # BINGET 7, (None, {...}), BUILD, POP
+    body = (b"\x80\x02" + _global("collections", "OrderedDict") + b")R(" + _str("w") + tensor + b"q\x07u"
+            + widen + b".")
+    path = tmp_path / "tampered.pth"
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("archive/data.pkl", body)
+        zf.writestr("archive/data/0", np.arange(4, dtype=np.float32).tobytes())
+    with pytest.raises(TltfError, match=r"tampered\.pth: not a readable .*refused to modify a TensorRef"):
+        read_pth(path)
+    # renaming the FloatStorage stand-in is refused, and the next load is unaffected
+    rename = _global("torch", "FloatStorage") + b"N}" + _str("name") + _str("LongStorage") + b"s\x86b0"
+    with zipfile.ZipFile(tmp_path / "rename.pth", "w") as zf:
+        zf.writestr("archive/data.pkl", b"\x80\x02" + rename + _global("collections", "OrderedDict") + b")R.")
+    with pytest.raises(TltfError, match=r"rename\.pth: not a readable .*refused to modify a StorageType"):
+        read_pth(tmp_path / "rename.pth")
+    got = read_pth(write_state_dict(tmp_path / "ok.pth", {"w": np.array([1.5, 2.5], np.float32)}))
+    assert got["w"].dtype == np.float32 and got["w"].tolist() == [1.5, 2.5]

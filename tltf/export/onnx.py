@@ -121,15 +121,45 @@ def _strip_augmentation(model):
     return keras.models.clone_model(model, clone_function=clone)
 
 
-def inference_model(model):
-    """What to export from ``model``: the model itself for a plain tltf classifier; for a DANN-style model (gradient
-    reversal, a domain head, or several outputs), the tltf classifier nested inside it (its label path).
+def _label_path(model):
+    """``inputs -> ... -> ClassifierHead`` of a functional model whose head is one of its own layers (a DANN model
+    from :func:`tltf.adapt.dann.build_dann` shares ``preprocess``/``backbone``/``head`` with its domain branch);
+    the sub-graph stops at the head, so the reversal layer and the domain classifier are left out."""
+    import keras
 
-    Random augmentation layers are replaced by identities. Raises :class:`TltfError` if no single-output image
-    classifier can be found.
+    from tltf.models.head import ClassifierHead
+
+    head = next((layer for layer in getattr(model, "layers", []) if isinstance(layer, ClassifierHead)), None)
+    if head is None:
+        return None
+    try:
+        inputs = model.inputs
+        output = head.output
+    except (AttributeError, ValueError):  # subclassed model, or a head called more than once
+        return None
+    if not inputs or len(inputs) != 1:
+        return None
+    name = getattr(model, "classifier_name", None) or model.name.removesuffix("_dann")
+    return keras.Model(inputs[0], output, name=name)
+
+
+def inference_model(model):
+    """What to export from ``model``: only its inference path.
+
+    - a plain tltf classifier: the model itself;
+    - a DANN-style model (gradient reversal, a domain head, or several outputs) whose classifier head is one of
+      its layers: the functional sub-graph from the input to the head (the label path, as
+      :func:`tltf.adapt.dann.label_model` builds it), sharing the trained layers;
+    - a model that holds a tltf classifier as a nested model (or as ``model.classifier``): that classifier.
+
+    Random augmentation layers are replaced by identities in every case. Raises :class:`TltfError` if no
+    single-output image classifier can be found.
     """
     if _is_tltf_classifier(model) and not _training_only_layers(model):
         return _strip_augmentation(model)
+    label = _label_path(model)
+    if label is not None:
+        return _strip_augmentation(label)
     for sub in _walk_models(model):
         if _is_tltf_classifier(sub) and not _training_only_layers(sub):
             return _strip_augmentation(sub)
@@ -140,7 +170,7 @@ def inference_model(model):
     if single and not _training_only_layers(model):
         return _strip_augmentation(model)  # a plain image model without a tltf head
     raise TltfError(f"{model.name}: no single-output classifier found to export "
-                    "(a DANN model must contain its label classifier as a nested tltf model)")
+                    "(a DANN model must contain its label classifier head)")
 
 
 def model_info(model) -> dict:
@@ -282,9 +312,26 @@ def default_output(model_path: str | Path, out_dir: str | Path = "exported") -> 
 
 
 def _temp_beside(out: Path, suffix: str) -> Path:
+    """An empty temporary file in ``out``'s folder (same file system, so ``os.replace`` is atomic), with the
+    permissions a plain ``open(..., "w")`` would give (``mkstemp`` makes 0600)."""
     fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=suffix)
     os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
     return Path(tmp)
+
+
+def write_json_atomic(path: str | Path, data: dict) -> None:
+    """``data`` as indented JSON at ``path``, via a temporary file and ``os.replace``."""
+    path = Path(path)
+    tmp = _temp_beside(path, ".part")
+    try:
+        tmp.write_text(json.dumps(data, indent=2) + "\n")
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
 
 
 def export_onnx(model, out: str | Path, opset: int = DEFAULT_OPSET, precision: str = "fp32",
@@ -300,7 +347,6 @@ def export_onnx(model, out: str | Path, opset: int = DEFAULT_OPSET, precision: s
     (``out`` + ``.json``) follows the same way. ``progress(message)`` is called at each step if given.
     """
     from tltf.export import parity, quantize
-    from tltf.reporting import write_json
 
     say = progress or (lambda message: None)
     if precision not in PRECISIONS:
@@ -366,7 +412,7 @@ def export_onnx(model, out: str | Path, opset: int = DEFAULT_OPSET, precision: s
     finally:
         if tmp.exists():
             tmp.unlink()
-    write_json(Path(str(out) + ".json"), report)
+    write_json_atomic(Path(str(out) + ".json"), report)
     return report
 
 

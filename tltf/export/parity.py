@@ -139,7 +139,8 @@ def gate(result: dict, precision: str, out: str | Path) -> None:
 
 
 
-def spread_random_model(model, images: np.ndarray | None = None, seed: int = 0, logit_std: float = 2.0):
+def spread_random_model(model, images: np.ndarray | None = None, seed: int = 0, logit_std: float = 1.5,
+                        gamma: tuple[float, float] = (0.6, 1.6)):
     """Make a randomly initialised tltf classifier's outputs differ from image to image (in place; returns it).
 
     Freshly initialised networks often give (nearly) the same probabilities for every input -- unit BatchNorm
@@ -162,7 +163,7 @@ def spread_random_model(model, images: np.ndarray | None = None, seed: int = 0, 
     bns = [layer for layer in _all_layers(net) if isinstance(layer, keras.layers.BatchNormalization)]
     for layer in bns:
         if layer.gamma is not None:
-            layer.gamma.assign(rng.uniform(0.6, 1.6, tuple(layer.gamma.shape)).astype(np.float32))
+            layer.gamma.assign(rng.uniform(*gamma, tuple(layer.gamma.shape)).astype(np.float32))
         if layer.beta is not None:
             layer.beta.assign(rng.normal(0.0, 0.2, tuple(layer.beta.shape)).astype(np.float32))
     x = model.get_layer("preprocess")(images) if _has_layer(model, "preprocess") else images
@@ -175,18 +176,21 @@ def spread_random_model(model, images: np.ndarray | None = None, seed: int = 0, 
         finally:
             for layer, momentum in zip(bns, momenta):
                 layer.momentum = momentum
+        for layer in bns:  # near-dead channels would amplify rounding noise by 1/sqrt(var): floor their variance
+            var = np.asarray(layer.moving_variance)
+            layer.moving_variance.assign(np.maximum(var, VAR_FLOOR * float(np.median(var)) + 1e-3))
     head = head_of(model)
     features = np.asarray(net(x, training=False))
     pooled = features.mean(axis=(1, 2)) if features.ndim == 4 else features
-    centred = (pooled - pooled.mean(axis=0)) / (pooled.std(axis=0) + 1e-6)
     kernel = rng.normal(0.0, 1.0, (pooled.shape[1], head.dense.units)).astype(np.float32)
-    logits = centred @ kernel
-    scale = logit_std / (float(logits.std()) + 1e-6)
-    kernel = kernel * scale / (pooled.std(axis=0)[:, None] + 1e-6)
+    logits = (pooled - pooled.mean(axis=0)) @ kernel  # one scale for all features: no near-constant one is boosted
+    kernel = kernel * (logit_std / (float(logits.std()) + 1e-12))
     bias = -(pooled @ kernel).mean(axis=0)
     head.dense.set_weights([kernel.astype(np.float32), bias.astype(np.float32)])
     return model
 
+
+VAR_FLOOR = 0.5  # moving variance >= VAR_FLOOR x the layer's median variance
 
 def _all_layers(model):
     for layer in getattr(model, "layers", []):

@@ -84,13 +84,13 @@ class ImageCalibrationReader:
         return -(-len(self.images) // self.batch_size)
 
 
-def _as_reader(images, input_name):
+def _as_reader(images, input_name, batch_size=8):
     from onnxruntime.quantization import CalibrationDataReader
 
     class Reader(ImageCalibrationReader, CalibrationDataReader):
         pass
 
-    return Reader(images, input_name)
+    return Reader(images, input_name, batch_size)
 
 
 # --- fp16 ---------------------------------------------------------------------------------------------------------
@@ -141,12 +141,12 @@ def to_int8(proto, images: np.ndarray, workdir: str | Path | None = None, per_ch
         src, pre, dst = (Path(tmp) / name for name in ("fp32.onnx", "pre.onnx", "int8.onnx"))
         onnx.save(proto, str(src))
         try:
-            quant_pre_process(str(src), str(pre), skip_symbolic_shape=False)
+            quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
         except Exception:  # pre-processing is an optimisation; quantize the plain graph if it fails
             pre = src
         try:
             quantize_static(
-                str(pre), str(dst), _as_reader(images, input_name),
+                str(pre), str(dst), _as_reader(images, input_name, 8 if method == "minmax" else 1),
                 quant_format=QuantFormat.QDQ, per_channel=per_channel,
                 activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                 calibrate_method=methods[method],

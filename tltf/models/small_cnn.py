@@ -26,8 +26,8 @@ def small_cnn(include_top: bool = False, weights=None, input_shape=(28, 28, 3), 
               top_units: int = 100, input_tensor=None, pooling=None, **kwargs) -> keras.Model:
     """The headless digit CNN; ``weights`` must be ``None`` (or ``"none"``): it is always trained from scratch.
 
-    ``include_top`` must be False (tltf adds its own head). ``pooling`` is accepted for compatibility with
-    ``keras.applications`` (``"avg"``/``"max"`` pool the conv features, only when ``top_units=0``).
+    ``include_top`` must be False (tltf adds its own head). With ``top_units=0``, ``pooling`` shapes the conv
+    features as in ``keras.applications`` (``"avg"``/``"max"``), or ``"flatten"`` (the paper's 768 features).
     """
     if weights not in (None, "none"):
         raise TltfError(f"--weights {weights}: cnn_small has no pretrained weights; use --weights none")
@@ -46,6 +46,8 @@ def small_cnn(include_top: bool = False, weights=None, input_shape=(28, 28, 3), 
     if top_units:
         x = keras.layers.Flatten(name="block3_flatten")(x)
         x = keras.layers.Dense(int(top_units), activation="relu", name="block3_dense")(x)
+    elif pooling == "flatten":
+        x = keras.layers.Flatten(name="block2_flatten")(x)
     elif pooling == "avg":
         x = keras.layers.GlobalAveragePooling2D(name="block3_pool")(x)
     elif pooling == "max":

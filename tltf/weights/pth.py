@@ -13,7 +13,9 @@ Tensors are pickled as ``torch._utils._rebuild_tensor_v2(storage, offset, size, 
 :class:`_RestrictedUnpickler` resolves exactly those globals to harmless local stand-ins (plus
 ``collections.OrderedDict``) and refuses every other global -- ``os.system``, ``builtins.eval``,
 ``torch.storage._load_from_bytes`` … -- *before* anything is called, with a :class:`TltfError` naming the file and
-the global. Tensor views are checked against their storage's bounds before numpy reads them.
+the global. Tensor views are checked against their storage's bounds before numpy reads them; the stand-ins refuse
+the BUILD opcode (``__setstate__``) and each load gets fresh ones, so a pickle can neither alter a tensor after
+those checks nor leave anything changed for later loads.
 
 >>> state = read_pth("mobilenet_v2-b0353104.pth")           # doctest: +SKIP
 >>> state["features.0.0.weight"].shape, state["features.0.0.weight"].dtype   # doctest: +SKIP
@@ -52,19 +54,35 @@ STORAGE_DTYPES: dict[str, np.dtype] = {
 }
 
 
-@dataclass
-class _StorageType:
+class _Sealed:
+    """Base of the stand-ins: a pickle's BUILD opcode (``__setstate__``) cannot alter them after they are made."""
+
+    __slots__ = ()
+
+    def __setstate__(self, state):
+        raise pickle.UnpicklingError(f"refused to modify a {type(self).__name__.strip('_')}")
+
+
+class _StorageType(_Sealed):
     """Stand-in for ``torch.FloatStorage`` & co.: only its name (and so its dtype) matters."""
 
-    name: str
+    __slots__ = ("name",)
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def __eq__(self, other):
+        return isinstance(other, _StorageType) and other.name == self.name
+
+    __hash__ = None
 
     @property
     def dtype(self) -> np.dtype:
         return STORAGE_DTYPES[self.name]
 
 
-@dataclass
-class _Storage:
+@dataclass(slots=True, eq=False)
+class _Storage(_Sealed):
     """A storage named by the pickle; its bytes arrive later (legacy) or are read from the zip (zip format)."""
 
     type: _StorageType
@@ -73,8 +91,8 @@ class _Storage:
     data: np.ndarray | None = None  # 1-D, ``numel`` elements, once read
 
 
-@dataclass
-class _TensorRef:
+@dataclass(slots=True, eq=False)
+class _TensorRef(_Sealed):
     """What ``_rebuild_tensor_v2`` returns here: a strided view of a storage, materialised after loading."""
 
     storage: _Storage
@@ -103,8 +121,8 @@ def _rebuild_parameter(data, requires_grad=False, backward_hooks=None, *_ignored
     return data
 
 
-@dataclass
-class _ViewStorage:
+@dataclass(slots=True, eq=False)
+class _ViewStorage(_Sealed):
     """A legacy storage view: ``numel`` elements of ``root`` starting at ``offset``."""
 
     root: _Storage
@@ -112,14 +130,24 @@ class _ViewStorage:
     numel: int
 
 
-# (module, name) -> object the unpickler may hand out. Nothing here executes anything on load.
-_ALLOWED = {
-    ("collections", "OrderedDict"): collections.OrderedDict,
+# The globals a torch state_dict pickle needs. find_class hands out a *fresh* stand-in for each request, so a
+# pickle that mutates what it got (the BUILD opcode) changes nothing outside its own load.
+_REBUILDERS = {
     ("torch._utils", "_rebuild_tensor"): _rebuild_tensor,
     ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
     ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
-    **{("torch", name): _StorageType(name) for name in STORAGE_DTYPES},
 }
+
+
+def _allowed_global(module: str, name: str):
+    if (module, name) == ("collections", "OrderedDict"):
+        return collections.OrderedDict  # a builtin type: immutable
+    if (module, name) in _REBUILDERS:
+        function = _REBUILDERS[(module, name)]
+        return lambda *args: function(*args)
+    if module == "torch" and name in STORAGE_DTYPES:
+        return _StorageType(name)
+    return None
 
 
 class RefusedGlobal(pickle.UnpicklingError):
@@ -135,10 +163,10 @@ class _RestrictedUnpickler(pickle.Unpickler):
         self.open_storage = open_storage  # zip format: key, dtype, numel -> 1-D array
 
     def find_class(self, module, name):
-        try:
-            return _ALLOWED[(module, name)]
-        except KeyError:
-            raise RefusedGlobal(f"{module}.{name}") from None
+        found = _allowed_global(module, name)
+        if found is None:
+            raise RefusedGlobal(f"{module}.{name}")
+        return found
 
     def persistent_load(self, pid):
         if not (isinstance(pid, tuple) and len(pid) in (5, 6) and pid[0] == "storage"):
@@ -183,8 +211,7 @@ def read_pth(path: str | Path) -> dict[str, np.ndarray]:
                         "allowed; this file may try to run code)") from None
     except TltfError:
         raise
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, KeyError, IndexError, AttributeError,
-            struct.error, zipfile.BadZipFile, OSError, MemoryError) as e:
+    except Exception as e:  # anything else a malformed file can raise while being parsed
         raise TltfError(f"{path}: not a readable torch checkpoint ({type(e).__name__}: {str(e)[:120]})") from None
     return _state_dict(obj, path)
 
@@ -267,23 +294,33 @@ def _materialise(obj):
     return obj
 
 
+def _is_count(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
 def _to_array(ref: _TensorRef) -> np.ndarray:
+    """The tensor as a new C-contiguous array; every index it reads is checked against the storage's real data
+    (re-validated here because a pickle can alter the records it created with BUILD)."""
     storage = ref.storage
-    if storage.data is None:
-        raise pickle.UnpicklingError(f"storage {storage.key} has no data")
+    data = getattr(storage, "data", None)
+    if not isinstance(storage, _Storage) or not isinstance(data, np.ndarray) or data.ndim != 1:
+        raise pickle.UnpicklingError("tensor without storage data")
+    size, stride = ref.size, ref.stride
+    if not (isinstance(size, tuple) and isinstance(stride, tuple) and len(size) == len(stride)
+            and all(map(_is_count, (*size, *stride, ref.offset, ref.view_offset)))):
+        raise pickle.UnpicklingError(f"malformed tensor on storage {storage.key}")
     start = ref.view_offset + ref.offset
-    last = start + sum((n - 1) * s for n, s in zip(ref.size, ref.stride)) if all(ref.size) else start - 1
-    if start < 0 or last >= storage.numel:
-        raise pickle.UnpicklingError(f"tensor outside its storage {storage.key}")
-    data = storage.data
-    if not all(ref.size):
-        array = np.zeros(ref.size, dtype=data.dtype)
-    else:
+    if all(size):
+        last = start + sum((n - 1) * s for n, s in zip(size, stride))
+        if last >= data.size:
+            raise pickle.UnpicklingError(f"tensor outside its storage {storage.key}")
         item = data.itemsize
-        array = np.lib.stride_tricks.as_strided(data[start:], shape=ref.size,
-                                                strides=tuple(s * item for s in ref.stride), writeable=False)
+        array = np.lib.stride_tricks.as_strided(data[start:], shape=size, strides=tuple(s * item for s in stride),
+                                                writeable=False)
         array = np.array(array, copy=True, order="C")
-    if storage.type.name == "BFloat16Storage":
+    else:
+        array = np.zeros(size, dtype=data.dtype)
+    if isinstance(storage.type, _StorageType) and storage.type.name == "BFloat16Storage":
         array = (array.astype(np.uint32) << 16).view(np.float32)
     return array
 

@@ -1,0 +1,80 @@
+"""Showing benchmark results: a rich table, the JSON file and a latency/throughput plot.
+
+>>> table(results)                               # doctest: +SKIP
+>>> write(results, "bench.json", "bench.png")    # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+RUNTIME_COLOURS = {"onnxruntime": "tab:blue", "keras": "tab:orange"}
+
+
+def table(bench: dict):
+    """A ``rich.table.Table`` of the results, with the speed-up over Keras per batch size."""
+    from rich.table import Table
+
+    ratios = {s["batch_size"]: s["p50_ratio"] for s in bench.get("speedups", [])}
+    t = Table("runtime", "provider", "batch", "p50 ms", "p90 ms", "p99 ms", "images/s", "vs keras",
+              title=f"{Path(str(bench.get('model', ''))).name}", box=None)
+    for r in bench["results"]:
+        provider = r["provider"] + (" +xla" if r.get("xla") else "")
+        ratio = f"{ratios[r['batch_size']]:.2f}x" if r["runtime"] == "onnxruntime" and r["batch_size"] in ratios \
+            else ""
+        t.add_row(r["runtime"], provider, str(r["batch_size"]), f"{r['p50_ms']:.2f}", f"{r['p90_ms']:.2f}",
+                  f"{r['p99_ms']:.2f}", f"{r['images_per_s']:.1f}", ratio)
+    return t
+
+
+def plot(bench: dict, path: str | Path) -> Path:
+    """p50 latency (p90 as error bar) and throughput against batch size, one line per runtime; PNG, atomic."""
+    import os
+    import tempfile
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig, (lat, thr) = plt.subplots(1, 2, figsize=(10, 4))
+    for runtime in dict.fromkeys(r["runtime"] for r in bench["results"]):
+        rows = sorted((r for r in bench["results"] if r["runtime"] == runtime), key=lambda r: r["batch_size"])
+        b = [r["batch_size"] for r in rows]
+        p50 = [r["p50_ms"] for r in rows]
+        p90 = [r["p90_ms"] - r["p50_ms"] for r in rows]
+        label = f"{runtime} ({rows[0]['provider']})"
+        colour = RUNTIME_COLOURS.get(runtime)
+        lat.errorbar(b, p50, yerr=[[0] * len(p90), p90], marker="o", capsize=3, label=label, color=colour)
+        thr.plot(b, [r["images_per_s"] for r in rows], marker="o", label=label, color=colour)
+    for ax, ylabel in ((lat, "latency p50 (ms, bar to p90)"), (thr, "throughput (images/s)")):
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("batch size")
+        ax.set_ylabel(ylabel)
+        ax.grid(True, alpha=0.3)
+        ax.legend()
+    lat.set_yscale("log")
+    fig.suptitle(f"{Path(str(bench.get('model', ''))).name}: onnxruntime vs Keras")
+    fig.tight_layout()
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=120)
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def write(bench: dict, json_path: str | Path | None = None, png_path: str | Path | None = None) -> None:
+    """Write the JSON (atomically) and/or the plot."""
+    from tltf.reporting import write_json
+
+    if json_path:
+        write_json(json_path, bench)
+    if png_path:
+        plot(bench, png_path)

@@ -1,0 +1,269 @@
+"""Latency and throughput of an exported model in onnxruntime and, side by side, of its Keras original.
+
+Each (runtime, batch size) pair gets a warm-up, then timed forward passes on a fixed random batch of raw pixels
+(float32 RGB 0..255, the models' shared input): at least ``min_iters``, then more until ``min_time_s`` has passed
+or ``max_iters`` are done. Each pass is timed alone (``time.perf_counter``), so p50/p90/p99 are per-call
+latencies; ``images_per_s`` is ``batch_size x passes / total time``.
+
+- onnxruntime: a tuned session (:mod:`tltf.export.runtime`). On CUDA/TensorRT the input is copied to the device
+  once and bound with IO binding, outputs stay on the device, so the timing is the model, not PCIe copies.
+- Keras: ``model(x, training=False)`` inside a ``tf.function`` with a fixed input signature, the fast path for
+  a Keras model (``model.predict`` adds per-call overhead). XLA (``jit_compile=True``) is measured too when
+  ``xla="auto"`` and the faster of the two is reported (``"xla": true/false`` in the result): on CPU XLA often
+  loses for convnets, on GPU it usually wins.
+
+>>> results = run_bench("exported/flowers.onnx", keras_model="runs/flowers/model.keras", batch_sizes=(1, 8))  # doctest: +SKIP
+>>> [(r["runtime"], r["batch_size"], round(r["p50_ms"], 1)) for r in results["results"]]                   # doctest: +SKIP
+[('onnxruntime', 1, 2.1), ('keras', 1, 9.8), ('onnxruntime', 8, 9.5), ('keras', 8, 30.2)]
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from tltf.errors import TltfError
+
+
+@dataclass
+class Timing:
+    """How long to measure each (runtime, batch size)."""
+
+    warmup: int = 10
+    min_iters: int = 10
+    max_iters: int = 300
+    min_time_s: float = 3.0
+
+
+def parse_batch_sizes(text: str | None, option: str = "--batch-sizes") -> list[int]:
+    """``"1,8,32"`` -> ``[1, 8, 32]``; anything else is a one-line error."""
+    if text is None or not str(text).strip():
+        return [1, 8, 32]
+    try:
+        sizes = [int(part) for part in str(text).split(",") if part.strip()]
+    except ValueError:
+        raise TltfError(f"{option} {text}: expected comma-separated integers, e.g. 1,8,32") from None
+    if not sizes or any(s < 1 for s in sizes):
+        raise TltfError(f"{option} {text}: batch sizes must be positive integers")
+    return sorted(set(sizes))
+
+
+def summarise(times_s: list[float], batch_size: int) -> dict:
+    """p50/p90/p99 in milliseconds, mean, and throughput from per-call times."""
+    t = np.asarray(times_s, np.float64) * 1000.0
+    return {
+        "p50_ms": float(np.percentile(t, 50)),
+        "p90_ms": float(np.percentile(t, 90)),
+        "p99_ms": float(np.percentile(t, 99)),
+        "mean_ms": float(t.mean()),
+        "min_ms": float(t.min()),
+        "images_per_s": float(batch_size * len(t) / (t.sum() / 1000.0)),
+        "iterations": int(len(t)),
+    }
+
+
+def measure(step: Callable[[], object], timing: Timing, advance: Callable[[int], None] | None = None) -> list[float]:
+    """Warm up, then time ``step()`` calls one by one; ``advance(n)`` reports progress."""
+    for _ in range(timing.warmup):
+        step()
+    if advance:
+        advance(timing.warmup)
+    times = []
+    start = time.perf_counter()
+    while len(times) < timing.max_iters and (len(times) < timing.min_iters
+                                              or time.perf_counter() - start < timing.min_time_s):
+        t0 = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t0)
+        if advance:
+            advance(1)
+    return times
+
+
+# --- onnxruntime ---------------------------------------------------------------------------------------------------
+
+class OnnxRunner:
+    """An onnxruntime session prepared per batch size (IO binding on GPU providers)."""
+
+    runtime = "onnxruntime"
+
+    def __init__(self, path: str | Path, provider: str = "cpu", threads: int | None = None, max_batch: int = 32):
+        from tltf.export.runtime import OnnxModel
+
+        self.model = OnnxModel(path, provider=provider, threads=threads, max_batch=max_batch)
+        self.provider = provider
+        self.image_size = tuple(self.model.image_size)
+        self.label = provider
+
+    def step_for(self, pixels: np.ndarray) -> Callable[[], object]:
+        session, name, out = self.model.session, self.model.input_name, self.model.output_name
+        x = np.ascontiguousarray(pixels, dtype=self.model.input_dtype)
+        if self.provider == "cpu":
+            return lambda: session.run([out], {name: x})
+        import onnxruntime as ort
+
+        binding = session.io_binding()
+        device = ort.OrtValue.ortvalue_from_numpy(x, "cuda", 0)
+        binding.bind_ortvalue_input(name, device)
+        binding.bind_output(out, "cuda", 0)
+
+        def step():
+            session.run_with_iobinding(binding)
+            binding.synchronize_outputs()
+
+        return step
+
+
+# --- Keras ---------------------------------------------------------------------------------------------------------
+
+class KerasRunner:
+    """A Keras model called as ``tf.function`` (optionally XLA-compiled) with a fixed input signature."""
+
+    runtime = "keras"
+
+    def __init__(self, model, xla: str | bool = "auto"):
+        import tensorflow as tf
+
+        from tltf.export.onnx import inference_model, load_keras, model_info
+
+        if isinstance(model, (str, Path)):
+            model = load_keras(model)
+        self.model = inference_model(model)
+        self.image_size = tuple(model_info(self.model)["image_size"])
+        self.xla = xla
+        self.device = "gpu" if tf.config.list_physical_devices("GPU") else "cpu"
+        self.label = self.device
+        self.chosen_xla: dict[int, bool] = {}
+
+    def _function(self, batch: int, jit: bool):
+        import tensorflow as tf
+
+        h, w = self.image_size
+        model = self.model
+        spec = tf.TensorSpec((batch, h, w, 3), tf.float32)
+
+        @tf.function(input_signature=[spec], jit_compile=jit, reduce_retracing=True)
+        def forward(x):
+            return model(x, training=False)
+
+        return forward
+
+    def step_for(self, pixels: np.ndarray, probe: Timing | None = None) -> Callable[[], object]:
+        """The timed step for this batch; with ``xla="auto"`` XLA and plain graphs race on ``probe`` first."""
+        import tensorflow as tf
+
+        x = tf.constant(np.ascontiguousarray(pixels, np.float32))
+        batch = int(pixels.shape[0])
+        options = {"auto": [False, True], True: [True], False: [False]}.get(self.xla, [False])
+        best, best_time = None, float("inf")
+        for jit in options:
+            fn = self._function(batch, jit)
+            try:
+                fn(x).numpy()  # trace / compile outside the timing
+            except Exception:  # XLA may refuse an op: keep the graph without it
+                if len(options) == 1:
+                    raise
+                continue
+            if len(options) == 1:
+                best = (jit, fn)
+                break
+            t = float(np.median(measure(lambda: fn(x).numpy(), probe or Timing(3, 5, 10, 0.5))))
+            if t < best_time:
+                best, best_time = (jit, fn), t
+        jit, fn = best
+        self.chosen_xla[batch] = jit
+        return lambda: fn(x).numpy()
+
+
+# --- the whole benchmark -------------------------------------------------------------------------------------------
+
+def run_bench(onnx_path: str | Path, keras_model=None, batch_sizes=(1, 8, 32), provider: str = "cpu",
+              timing: Timing | None = None, xla: str | bool = "auto", threads: int | None = None,
+              progress: bool = False, seed: int = 0) -> dict:
+    """Benchmark ``onnx_path`` (and ``keras_model``, a path or a model, if given) at each batch size.
+
+    Returns ``{"results": [{"runtime", "provider", "batch_size", "p50_ms", "p90_ms", "p99_ms", "images_per_s",
+    ...}], "speedups": [...], "environment": {...}}``. ``progress=True`` shows a rich progress bar.
+    """
+    timing = timing or Timing()
+    sizes = [int(b) for b in batch_sizes]
+    runners: list = [OnnxRunner(onnx_path, provider=provider, threads=threads, max_batch=max(sizes))]
+    if keras_model is not None:
+        keras_runner = KerasRunner(keras_model, xla=xla)
+        if keras_runner.image_size != runners[0].image_size:
+            raise TltfError(f"--keras: input size {keras_runner.image_size} differs from {onnx_path}'s "
+                            f"{runners[0].image_size}")
+        runners.append(keras_runner)
+    h, w = runners[0].image_size
+    rng = np.random.default_rng(seed)
+    results = []
+    with _progress(progress) as bar:
+        for batch in sizes:
+            pixels = rng.uniform(0, 255, (batch, h, w, 3)).astype(np.float32)
+            for runner in runners:
+                desc = f"{runner.runtime} batch {batch}"
+                task = bar.add_task(desc, total=timing.warmup + timing.max_iters) if bar else None
+                step = runner.step_for(pixels)
+                times = measure(step, timing, (lambda n, t=task: bar.advance(t, n)) if bar else None)
+                if bar:
+                    bar.update(task, total=timing.warmup + len(times), completed=timing.warmup + len(times))
+                row = {"runtime": runner.runtime, "provider": runner.label, "batch_size": batch,
+                       **summarise(times, batch)}
+                if runner.runtime == "keras":
+                    row["xla"] = bool(runner.chosen_xla.get(batch, False))
+                results.append(row)
+    return {"results": results, "speedups": speedups(results), "model": str(onnx_path),
+            "keras_model": str(keras_model) if isinstance(keras_model, (str, Path)) else
+            (getattr(keras_model, "name", None) if keras_model is not None else None),
+            "environment": environment(provider, threads)}
+
+
+def speedups(results: list[dict]) -> list[dict]:
+    """Per batch size, Keras p50 / onnxruntime p50 (how many times faster onnxruntime is)."""
+    out = []
+    by = {(r["runtime"], r["batch_size"]): r for r in results}
+    for (runtime, batch), ort_row in sorted(by.items(), key=lambda kv: kv[0][1]):
+        keras_row = by.get(("keras", batch))
+        if runtime == "onnxruntime" and keras_row:
+            out.append({"batch_size": batch, "p50_ratio": keras_row["p50_ms"] / ort_row["p50_ms"],
+                        "throughput_ratio": ort_row["images_per_s"] / keras_row["images_per_s"]})
+    return out
+
+
+def environment(provider: str = "cpu", threads: int | None = None) -> dict:
+    import onnxruntime as ort
+
+    from tltf.export.runtime import cpu_threads
+
+    env = {"machine": platform.machine(), "processor": platform.processor() or platform.machine(),
+           "python": platform.python_version(), "onnxruntime": ort.__version__, "provider": provider,
+           "threads": int(threads or cpu_threads())}
+    try:
+        import tensorflow as tf
+
+        env["tensorflow"] = tf.__version__
+    except ImportError:  # pragma: no cover
+        pass
+    return env
+
+
+class _NoBar:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _progress(enabled: bool):
+    if not enabled:
+        return _NoBar()
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(TextColumn("{task.description:<24}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    transient=False)

@@ -1,0 +1,53 @@
+"""``tltf bench MODEL.onnx [--keras RUN_DIR/model.keras] [--batch-sizes 1,8,32] [--provider cpu|cuda|tensorrt]
+[--json OUT]``."""
+
+import click
+
+
+@click.command("bench")
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("--keras", "keras_model", type=click.Path(dir_okay=False),
+              help="The Keras original, timed side by side (tf.function, XLA when it is faster).")
+@click.option("--batch-sizes", default="1,8,32", show_default=True, help="Comma-separated batch sizes.")
+@click.option("--provider", type=click.Choice(["cpu", "cuda", "tensorrt"]), default="cpu", show_default=True,
+              help="onnxruntime execution provider (cuda/tensorrt need onnxruntime-gpu).")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Write the results as JSON here.")
+@click.option("--plot", "plot_out", type=click.Path(dir_okay=False),
+              help="PNG plot [default: the --json path with .png, else MODEL.bench.png].")
+@click.option("--warmup", type=int, default=10, show_default=True, help="Untimed passes per batch size.")
+@click.option("--iterations", type=int, default=None, help="Timed passes per batch size [default: 10 or more, "
+              "until 3 s have passed, at most 300].")
+@click.option("--seconds", type=float, default=3.0, show_default=True, help="Minimum timed seconds per batch size.")
+@click.option("--threads", type=int, help="onnxruntime CPU threads [default: the cores this process may use].")
+@click.option("--xla", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True,
+              help="Keras: XLA-compile (auto: measure both, keep the faster).")
+def command(model, keras_model, batch_sizes, provider, json_out, plot_out, warmup, iterations, seconds, threads,
+            xla):
+    """Latency (p50/p90/p99) and throughput of MODEL (.onnx) in onnxruntime, and of its Keras original."""
+    from pathlib import Path
+
+    from rich.console import Console
+
+    from tltf.bench.report import table, write
+    from tltf.bench.runner import Timing, parse_batch_sizes, run_bench
+    from tltf.errors import TltfError
+
+    if not Path(model).is_file():
+        raise TltfError(f"{model}: no such model file")
+    if Path(model).suffix.lower() != ".onnx":
+        raise TltfError(f"{model}: expected an .onnx file (export one with `tltf export MODEL.keras --onnx`)")
+    if warmup < 0 or (iterations is not None and iterations < 1) or seconds < 0:
+        raise TltfError("--warmup, --iterations and --seconds must be positive")
+    sizes = parse_batch_sizes(batch_sizes)
+    timing = Timing(warmup=warmup, min_iters=iterations or 10, max_iters=iterations or 300,
+                    min_time_s=0.0 if iterations else seconds)
+    bench = run_bench(model, keras_model=keras_model, batch_sizes=sizes, provider=provider, timing=timing,
+                      xla={"on": True, "off": False}.get(xla, "auto"), threads=threads, progress=True)
+    console = Console()
+    console.print(table(bench))
+    png = plot_out or (str(Path(json_out).with_suffix(".png")) if json_out else str(Path(model).with_suffix(
+        ".bench.png")))
+    write(bench, json_out, png)
+    for s in bench["speedups"]:
+        console.print(f"batch {s['batch_size']}: onnxruntime is {s['p50_ratio']:.2f}x faster than Keras (p50)")
+    console.print(f"plot: {png}" + (f", json: {json_out}" if json_out else ""))
