@@ -418,13 +418,22 @@ def backbone_spec(name: str):
                                   key_fn=backbones._VGG_XCEPTION, min_size=16, params=117_780, family="cnn")
 
 
-def _image_size(source) -> tuple[int, int]:
+def _image_size(data, labelled: bool = True) -> tuple:
+    """``(H, W)`` of the images in numpy ``(x, y)`` / ``x`` or a batched dataset (None where unknown)."""
     tf = _tf()
-    if isinstance(source, tf.data.Dataset):
-        spec = source.element_spec[0]
-        return int(spec.shape[1]), int(spec.shape[2])
-    x = np.asarray(source[0])
+    if isinstance(data, tf.data.Dataset):
+        spec = data.element_spec
+        spec = spec[0] if isinstance(spec, (tuple, list)) else spec
+        return tuple(None if d is None else int(d) for d in spec.shape[1:3])
+    x = np.asarray(data[0] if isinstance(data, (tuple, list)) else data)
     return int(x.shape[1]), int(x.shape[2])
+
+
+def _check_size(model: keras.Model, data, what: str) -> None:
+    want = tuple(model.input_shape[1:3])
+    have = _image_size(data)
+    if None not in want and None not in have and have != want:
+        raise TltfError(f"{what}: images are {have[0]}x{have[1]} but the model takes {want[0]}x{want[1]}")
 
 
 # --- the training API ----------------------------------------------------------------------------------------------
@@ -491,10 +500,14 @@ def train_dann(source, target, *, target_eval=None, source_val=None, model: kera
                     raise TltfError("class_names: required when the source is a tf.data pipeline")
                 class_names = [str(c) for c in range(int(np.max(source[1])) + 1)]
             size = image_size or _image_size(source)
+            if isinstance(size, tuple) and None in size:
+                raise TltfError("--image-size: required (the source pipeline's image size is unknown)")
             train_bn = (weights == "none") if train_bn is None else train_bn
             model = build_classifier(backbone_spec(backbone), class_names, size, weights, dropout, train_bn)
         model = build_dann(model, domain_hidden, domain_dropout, mode, domain_weight, domain_norm=domain_norm)
     model.set_mode(mode)
+    _check_size(model, source, "source data")
+    _check_size(model, target, "target data")
     if not model.compiled:
         from tltf.staging import make_optimizer
 
@@ -527,8 +540,8 @@ def train_dann(source, target, *, target_eval=None, source_val=None, model: kera
                         callbacks=[*own, *callbacks], verbose=verbose)
     seconds = time.perf_counter() - start
     hist = {k: [float(v) for v in vals] for k, vals in history.history.items()}
-    metrics = evaluate_adaptation(model, source_val if source_val is not None else source, target,
-                                  target_eval, batch_size)
+    metrics = evaluate_adaptation(model, source_val if source_val is not None else source, target, target_eval,
+                                  batch_size, source_is_validation=source_val is not None)
     losses = hist.get("loss", [])
     metrics.update(adapt="dann" if mode == "dann" else "none", epochs_run=len(losses),
                    source_accuracy=hist.get("accuracy", [None])[-1] if hist.get("accuracy") else None,
@@ -563,19 +576,22 @@ def _diverged(hist: dict, epochs: int) -> bool:
     return bool(acc) and acc[-1] < 0.5 * max(acc)
 
 
-def evaluate_adaptation(model: DANN, source_eval, target, target_eval=None, batch_size: int = 64) -> dict:
+def evaluate_adaptation(model: DANN, source_eval, target, target_eval=None, batch_size: int = 64,
+                        source_is_validation: bool = True) -> dict:
     """Final numbers: ``source_val_accuracy``, ``target_accuracy`` (with labels), ``domain_accuracy``.
 
     ``domain_accuracy`` is the domain classifier's accuracy, in inference mode, on source_eval vs target images
     zipped batch by batch (equal numbers from each domain): 0.5 means the features no longer tell the domains apart.
+    With ``source_is_validation=False`` (no held-out source data) only the domain accuracy uses ``source_eval``.
     """
     out: dict = {}
     src = as_dataset(source_eval, batch_size, True, "source validation data")
     tgt = as_dataset(target, batch_size, False, "target data")
     if src is not None:
-        res = model.evaluate(src, verbose=0, return_dict=True)
-        out["source_val_accuracy"] = float(res["accuracy"])
-        out["source_val_loss"] = float(res["loss"])
+        if source_is_validation:
+            res = model.evaluate(src, verbose=0, return_dict=True)
+            out["source_val_accuracy"] = float(res["accuracy"])
+            out["source_val_loss"] = float(res["loss"])
         both = model.evaluate(_tf().data.Dataset.zip((src, tgt)), verbose=0, return_dict=True)
         out["domain_accuracy"] = float(both["domain_accuracy"])
     if target_eval is not None:

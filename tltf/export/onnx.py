@@ -271,9 +271,9 @@ def convert(model, opset: int = DEFAULT_OPSET):
             proto, _ = tf2onnx.convert.from_graph_def(
                 graph_def, name=net.name, input_names=inputs, output_names=outputs, opset=int(opset),
                 custom_op_handlers=graph.CUSTOM_OP_HANDLERS, tensors_to_rename=rename)
-    leftovers = sorted({n.op_type for n in proto.graph.node if n.domain not in ("", "ai.onnx")}
-                       | {n.op_type for n in proto.graph.node if n.op_type in ("StatefulPartitionedCall",
-                                                                               "PartitionedCall")})
+    leftovers = sorted({n.op_type for n in proto.graph.node
+                        if (n.domain in ("", "ai.onnx") and not onnx.defs.has(n.op_type))
+                        or n.domain not in ("", "ai.onnx", "com.microsoft")})
     if leftovers:
         raise TltfError(f"{net.name}: tf2onnx could not convert TensorFlow ops {', '.join(leftovers)}")
     proto = graph.clean(proto)
