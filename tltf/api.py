@@ -14,9 +14,7 @@ again after an interruption resumes from it.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 import time
 import warnings
 from dataclasses import asdict, dataclass, field, fields
@@ -26,6 +24,7 @@ import keras
 import numpy as np
 
 from tltf import __version__, backbones
+from tltf.atomic import save_model
 from tltf.data import Augment, load_data, load_source, make_pipeline
 from tltf.errors import TltfError
 from tltf.models.classifier import build_classifier, class_names_of
@@ -161,18 +160,6 @@ def _run_state(out: Path, config: FitConfig, overwrite: bool) -> bool:
     if (out / "model.keras").exists():
         raise TltfError(f"--out {out}: already holds a finished run; use another --out or --overwrite")
     return False
-
-
-def save_model(model: keras.Model, path: Path) -> None:
-    """``model.save`` to a temp file in the same folder, then rename: never a half-written ``.keras``."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".keras")
-    os.close(fd)
-    try:
-        model.save(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def fit(config: FitConfig, overwrite: bool = False, verbose: int = 1, callbacks=()) -> dict:

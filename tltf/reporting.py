@@ -4,22 +4,17 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from tltf.atomic import replacing
+
 
 def write_json(path: str | Path, data) -> None:
     """Write JSON atomically (temp file in the same folder, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=2, default=_jsonable)
-        f.write("\n")
-    os.replace(tmp, path)
+    with replacing(path, ".part") as tmp:
+        tmp.write_text(json.dumps(data, indent=2, default=_jsonable) + "\n")
 
 
 def _jsonable(value):
@@ -72,11 +67,11 @@ def plot_history(history: list[dict], boundaries: list[tuple[int, str]], path: s
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    path = Path(path)
-    tmp = path.with_name(f".{path.stem}.part.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        with replacing(path, ".png") as tmp:
+            fig.savefig(tmp, dpi=100)
+    finally:
+        plt.close(fig)
 
 
 def confusion_matrix(true: np.ndarray, pred: np.ndarray, n: int) -> np.ndarray:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from tltf.atomic import replacing
+
 RUNTIME_COLOURS = {"onnxruntime": "tab:blue", "keras": "tab:orange"}
 
 
@@ -29,9 +31,6 @@ def table(bench: dict):
 
 def plot(bench: dict, path: str | Path) -> Path:
     """p50 latency (p90 as error bar) and throughput against batch size, one line per runtime; PNG, atomic."""
-    import os
-    import tempfile
-
     import matplotlib
 
     matplotlib.use("Agg")
@@ -58,15 +57,11 @@ def plot(bench: dict, path: str | Path) -> Path:
     lat.set_yscale("log")
     fig.suptitle(f"{Path(str(bench.get('model', ''))).name}: onnxruntime vs Keras")
     fig.tight_layout()
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=120)
-        os.replace(tmp, path)
+        with replacing(path, ".png") as tmp:
+            fig.savefig(tmp, dpi=120)
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return path
 
 

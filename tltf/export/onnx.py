@@ -21,13 +21,14 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
+from tltf.atomic import replacing
 from tltf.errors import TltfError
+from tltf.reporting import write_json
 
 INPUT_NAME = "pixels"
 OUTPUT_NAME = "probabilities"
@@ -311,29 +312,6 @@ def default_output(model_path: str | Path, out_dir: str | Path = "exported") -> 
     return Path(out_dir) / f"{name}.onnx"
 
 
-def _temp_beside(out: Path, suffix: str) -> Path:
-    """An empty temporary file in ``out``'s folder (same file system, so ``os.replace`` is atomic), with the
-    permissions a plain ``open(..., "w")`` would give (``mkstemp`` makes 0600)."""
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=suffix)
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
-    return Path(tmp)
-
-
-def write_json_atomic(path: str | Path, data: dict) -> None:
-    """``data`` as indented JSON at ``path``, via a temporary file and ``os.replace``."""
-    path = Path(path)
-    tmp = _temp_beside(path, ".part")
-    try:
-        tmp.write_text(json.dumps(data, indent=2) + "\n")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def export_onnx(model, out: str | Path, opset: int = DEFAULT_OPSET, precision: str = "fp32",
                 calibration_data: str | Path | None = None, parity_images: np.ndarray | None = None,
                 max_calibration: int = 256, seed: int = 0, progress=None) -> dict:
@@ -385,9 +363,7 @@ def export_onnx(model, out: str | Path, opset: int = DEFAULT_OPSET, precision: s
     timings["convert_s"] = time.perf_counter() - t0
     fp32_nodes = len(proto.graph.node)
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temp_beside(out, ".part")
-    try:
+    with replacing(out, ".part") as tmp:  # a failed gate or an interruption leaves no file
         t0 = time.perf_counter()
         if precision == "fp16":
             say("converting weights and compute to float16")
@@ -407,12 +383,8 @@ def export_onnx(model, out: str | Path, opset: int = DEFAULT_OPSET, precision: s
         timings["parity_s"] = time.perf_counter() - t0
         report = _report(source, out, tmp, proto, precision, opset, info, result, check_source, fp32_nodes,
                          timings)
-        parity.gate(result, precision, out)  # raises TltfError (and the finally removes the temp file)
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    write_json_atomic(Path(str(out) + ".json"), report)
+        parity.gate(result, precision, out)  # raises TltfError before the file is put in place
+    write_json(Path(str(out) + ".json"), report)
     return report
 
 

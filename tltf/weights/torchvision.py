@@ -30,8 +30,6 @@ then copy, shape for shape, into the v1 network with a silently different functi
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -39,6 +37,7 @@ from typing import Callable
 import keras
 import numpy as np
 
+from tltf.atomic import save_model
 from tltf.errors import TltfError
 
 TORCH_BN_EPSILON = 1e-5
@@ -189,17 +188,7 @@ def import_torchvision(pth: str | Path, arch: str, out: str | Path, image_size=2
         raise TltfError(f"--out {out}: folder {out.parent} does not exist")
     arch_spec(arch)  # refuse an unknown --arch before reading anything
     model = convert(read_pth(pth), arch, image_size, source=str(pth))
-    save_atomic(model, out)
+    save_model(model, out)
     return model
 
 
-def save_atomic(model: keras.Model, out: Path) -> None:
-    """``model.save(out)`` through a temporary ``.keras`` file in the same folder and :func:`os.replace`."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.stem}.", suffix=".tmp.keras", dir=out.parent)
-    os.close(fd)
-    try:
-        model.save(tmp)
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
