@@ -43,6 +43,9 @@ def test_run_bench_times_both_runtimes_per_batch_size(tiny):
     _check_rows(bench["results"], ["onnxruntime", "keras"], [1, 3])
     assert all(r["iterations"] == 4 for r in bench["results"])
     assert [r["xla"] for r in bench["results"] if r["runtime"] == "keras"] == [False, False]
+    for r in bench["results"]:
+        if r["runtime"] == "onnxruntime":  # the fastest of the probed thread/spinning settings
+            assert r["threads"] >= 1 and isinstance(r["spinning"], bool)
     ratios = {s["batch_size"]: s["p50_ratio"] for s in bench["speedups"]}
     by = {(r["runtime"], r["batch_size"]): r for r in bench["results"]}
     assert ratios[3] == pytest.approx(by["keras", 3]["p50_ms"] / by["onnxruntime", 3]["p50_ms"])

@@ -15,15 +15,16 @@ from __future__ import annotations
 
 import json
 import shutil
+import tempfile
 import time
 import warnings
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import keras
 import numpy as np
 
-from tltf import __version__, backbones
+from tltf import __version__, backbones, distribution
 from tltf.atomic import save_model
 from tltf.data import Augment, load_data, load_source, make_pipeline
 from tltf.errors import TltfError
@@ -35,7 +36,8 @@ from tltf.staging.freezing import blocks_of, freeze_to, trainable_count
 
 # Settings that must match for an interrupted run to be resumed.
 RESUME_KEYS = ("backbone", "data", "stage", "epochs", "image_size", "batch_size", "learning_rate", "seed",
-               "val_split", "weights", "plan", "train_bn", "dropout", "optimizer")
+               "val_split", "weights", "plan", "train_bn", "dropout", "optimizer", "distribute", "adapt",
+               "target_data", "lambda_max", "gamma", "anneal_lr", "ema")
 
 
 @dataclass
@@ -64,7 +66,16 @@ class FitConfig:
     precision: str = "float32"
     tensorboard: bool = True
     cache: bool = True
-    extra: dict = field(default_factory=dict)
+    distribute: str = "none"  # none | mirrored | multiworker (tf.distribute); batch_size is per replica
+    # domain adaptation (tltf.adapt): --adapt dann|none with --target-data
+    adapt: str = "none"
+    target_data: str | None = None
+    target_labels_for_eval: bool = False
+    compare_source_only: bool = False
+    lambda_max: float = 0.3  # the gradient-reversal weight's ceiling (the paper's schedule times this)
+    gamma: float = 10.0  # the schedule's steepness
+    anneal_lr: bool = False  # the paper's lr / (1 + 10 p) ** 0.75
+    ema: str | float | None = "auto"  # weight averaging for DANN (see tltf.adapt.dann.ema_momentum)
 
     @classmethod
     def from_dict(cls, data: dict, source: str = "config") -> "FitConfig":
@@ -167,8 +178,13 @@ def fit(config: FitConfig, overwrite: bool = False, verbose: int = 1, callbacks=
 
     ``callbacks`` are extra Keras callbacks, run after tltf's own (stages, timing, backup, CSV log).
     """
+    if config.adapt != "none" or config.target_data:
+        from tltf.adapt.fit import fit_adapted
+
+        return fit_adapted(config, overwrite=overwrite, verbose=verbose, callbacks=callbacks)
     spec = backbones.get(config.backbone)
-    out = Path(config.out)
+    dist = distribution.setup(config.distribute, config.batch_size)  # first: multi-worker needs it before any op
+    out = Path(config.out) if dist.is_chief else Path(tempfile.mkdtemp(prefix="tltf-worker-"))
     resuming = _run_state(out, config, overwrite)
     Augment.parse(config.augment)  # validate early
     _set_precision(config.precision)
@@ -176,29 +192,35 @@ def fit(config: FitConfig, overwrite: bool = False, verbose: int = 1, callbacks=
 
     data = load_data(config.data, config.val_split, config.seed, config.data_dir)
     train_bn = config.train_bn if config.train_bn is not None else config.weights == "none"
-    model = build_classifier(spec, data.class_names, config.image_size, config.weights, config.dropout, train_bn)
+    with dist.scope():
+        model = build_classifier(spec, data.class_names, config.image_size, config.weights, config.dropout,
+                                 train_bn)
     size = tuple(model.input_shape[1:3])
-    plan = resolve_plan(config, len(blocks_of(model, spec)))
+    plan = dist.scale_plan(resolve_plan(config, len(blocks_of(model, spec))))
     if config.weights == "none" and plan.stages[0].unfreeze != "all":
         print("warning: --weights none with a plan that starts frozen: a random backbone gives the head little to "
               "work with; --stage scratch trains everything from the start", flush=True)
     jit = config.jit if config.jit is not None else _gpu_available()
     binary = len(data.class_names) == 2
-    model.compile(optimizer=make_optimizer(config.optimizer, plan.stages[0].learning_rate, config.clipnorm),
-                  loss=keras.losses.BinaryCrossentropy() if binary else keras.losses.SparseCategoricalCrossentropy(),
-                  metrics=[keras.metrics.BinaryAccuracy(name="accuracy") if binary
-                           else keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
-                  jit_compile=jit)
-    prepare(model, plan)
+    with dist.scope():
+        model.compile(optimizer=make_optimizer(config.optimizer, plan.stages[0].learning_rate, config.clipnorm),
+                      loss=keras.losses.BinaryCrossentropy() if binary
+                      else keras.losses.SparseCategoricalCrossentropy(),
+                      metrics=[keras.metrics.BinaryAccuracy(name="accuracy") if binary
+                               else keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+                      jit_compile=jit)
+        prepare(model, plan)
 
     augment = Augment.parse(config.augment)
-    train = make_pipeline(data.train, size, config.batch_size, training=True, augment=augment, seed=config.seed,
+    train = make_pipeline(data.train, size, dist.global_batch, training=True, augment=augment, seed=config.seed,
                           cache=config.cache)
-    val = make_pipeline(data.val, size, config.batch_size, cache=config.cache) if data.val is not None else None
+    val = (make_pipeline(data.val, size, dist.global_batch, cache=config.cache) if data.val is not None
+           else None)
 
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "config.json", {**asdict(config), "resolved_plan": plan.to_dict(), "image_size_hw": size,
-                                     "train_bn_effective": train_bn, "jit_effective": jit})
+                                     "train_bn_effective": train_bn, "jit_effective": jit,
+                                     "replicas": dist.replicas, "global_batch_size": dist.global_batch})
     if resuming:
         meta = json.loads((out / "backup" / "training_metadata.json").read_text())
         epoch = int(meta.get("epoch", 0))

@@ -23,6 +23,7 @@ from typing import Callable
 import keras
 
 from tltf.errors import TltfError
+from tltf.models.small_cnn import small_cnn
 
 A = keras.applications
 
@@ -133,6 +134,8 @@ class BackboneSpec:
         try:
             model = self.constructor(include_top=False, weights=keras_weights, input_shape=(h, w, 3),
                                      **self.kwargs)
+        except TltfError:
+            raise
         except ValueError as e:
             raise TltfError(f"--image-size {h}x{w}: {self.name} refuses it ({_first_line(e)})") from None
         except Exception as e:  # a failed ImageNet download is an OSError/URLError/HTTPError/Exception
@@ -232,6 +235,8 @@ REGISTRY: dict[str, BackboneSpec] = {s.name: s for s in [
     _spec("xception", A.Xception, "tf", 299, _VGG_XCEPTION, min_size=71, params=20_861_480, family="xception"),
     _spec("nasnet_mobile", A.NASNetMobile, "tf", 224, _NASNET, params=4_269_716, family="nasnet"),
     _spec("nasnet_large", A.NASNetLarge, "tf", 331, _NASNET, params=84_916_818, family="nasnet"),
+    # Not a Keras Application: the DANN paper's digit CNN, trained from scratch (--weights none).
+    _spec("cnn_small", small_cnn, "tf", 28, _VGG_XCEPTION, min_size=16, params=117_780, family="cnn"),
 ]}
 
 
@@ -245,6 +250,7 @@ BLOCK_COUNTS: dict[str, int] = {
     "efficientnet_v2_b3": 8, "efficientnet_v2_s": 8, "efficientnet_v2_m": 9, "efficientnet_v2_l": 9,
     "convnext_tiny": 5, "convnext_small": 5, "convnext_base": 5, "convnext_large": 5, "convnext_xlarge": 5,
     "inception_v3": 11, "inception_resnet_v2": 6, "xception": 14, "nasnet_mobile": 16, "nasnet_large": 22,
+    "cnn_small": 3,
 }
 
 

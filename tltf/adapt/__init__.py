@@ -6,10 +6,11 @@
 - :mod:`tltf.adapt.digits`: the MNIST -> UCI digits domain pair as tltf pixels.
 """
 
-from tltf.adapt.dann import (DANN, AdaptResult, DomainClassifier, RestoreBest, TargetEvaluation, build_dann,
-                             evaluate_adaptation, label_model, train_dann, train_source_only, zip_domains)
+from tltf.adapt.dann import (DANN, AdaptResult, DomainClassifier, RestoreBest, TargetEvaluation, adapt_optimizer,
+                             build_dann, ema_momentum, evaluate_adaptation, label_model, train_dann,
+                             train_source_only, zip_domains)
 from tltf.adapt.schedules import LambdaScheduler, annealed_lr, dann_lambda
 
 __all__ = ["DANN", "AdaptResult", "DomainClassifier", "LambdaScheduler", "RestoreBest", "TargetEvaluation",
-           "annealed_lr", "build_dann", "dann_lambda", "evaluate_adaptation", "label_model", "train_dann",
-           "train_source_only", "zip_domains"]
+           "adapt_optimizer", "annealed_lr", "build_dann", "dann_lambda", "ema_momentum", "evaluate_adaptation",
+           "label_model", "train_dann", "train_source_only", "zip_domains"]

@@ -19,6 +19,21 @@ aligned features), ``grl_lambda``; with validation data ``val_loss``/``val_accur
 
 :func:`label_model` returns the plain classifier (no reversal layer, no domain classifier) for prediction and export.
 
+Stability, measured on MNIST 5k -> UCI digits (``benchmarks/dann_digits.py``, cnn_small, 10 epochs, 5 seeds; with
+the defaults DANN scores 0.892 +- 0.009 on the target vs 0.799 +- 0.035 source-only, better on every seed):
+
+- the paper's plain recipe with Adam (lambda up to 1, a plain MLP domain classifier) diverged in 5/5 runs: the
+  reversed gradient inflates the features (norms ~10 -> ~10^4 in two epochs) and the label head collapses to chance;
+  with SGD + momentum + annealed rate (the paper's optimiser) 1/5 diverged;
+- a LayerNormalization in each hidden layer of the domain classifier (``domain_norm="layer"``, the default) makes
+  it blind to feature scale and removed the divergence (0 of all such runs); lambda_max 0.3 (default) beat 1.0, 0.1;
+- the adversarial game keeps the target accuracy swinging by +-0.05 from epoch to epoch even when nothing diverges;
+  averaging the weights (``ema="auto"``, the default) removed most of it: 0.849 +- 0.034 -> 0.892 +- 0.009;
+- the lambda warm-up (gamma=10) is always on; LR annealing (``anneal_lr``) made DANN beat source-only on 5/5 seeds
+  (4/5 without) but lowered both; per-variable ``clipnorm=1`` hurt (0.42/0.64 vs 0.76/0.80, 2 seeds, SGD);
+  restoring the weights of the best *source* validation loss (``restore_best``) lowered target accuracy (0.796 vs
+  0.822 mean): source validation loss does not track target accuracy. ``TerminateOnNaN`` is always on.
+
 >>> result = train_dann((x_mnist, y_mnist), x_uci, target_eval=(x_uci, y_uci), epochs=8)   # doctest: +SKIP
 >>> result.metrics["target_accuracy"]                                                       # doctest: +SKIP
 """
@@ -387,7 +402,7 @@ def zip_domains(source, target):
         elif ns < nt:
             source = source.repeat()
     elif ns == tf.data.INFINITE_CARDINALITY and nt == tf.data.INFINITE_CARDINALITY:
-        raise TltfError("--data/--target-data: both pipelines are infinite; give steps_per_epoch")
+        pass  # both repeat: the caller sets steps_per_epoch
     elif nt != tf.data.INFINITE_CARDINALITY:
         target = target.repeat()
     return tf.data.Dataset.zip((source, target))
@@ -457,10 +472,11 @@ def train_dann(source, target, *, target_eval=None, source_val=None, model: kera
                dropout: float = 0.0, train_bn: bool | None = None, epochs: int = 10, batch_size: int = 64,
                steps_per_epoch: int | None = None, learning_rate: float = 1e-3, optimizer: str = "adam",
                clipnorm: float | None = None, jit_compile: bool = False, gamma: float = 10.0,
-               lambda_max: float = 1.0, anneal_lr: bool = False, alpha: float = 10.0, beta: float = 0.75,
+               lambda_max: float = 0.3, anneal_lr: bool = False, alpha: float = 10.0, beta: float = 0.75,
                domain_hidden=(100,), domain_dropout: float = 0.0, domain_weight: float = 1.0,
-               domain_norm: str = "layer", restore_best: bool = False, early_stopping: int = 0, val_split: float = 0.1, callbacks=(),
-               seed: int = 0, verbose: int = 0, mode: str = "dann") -> AdaptResult:
+               domain_norm: str = "layer", restore_best: bool = False, early_stopping: int = 0,
+               val_split: float = 0.1, ema: float | str | None = "auto", callbacks=(), seed: int = 0,
+               verbose: int = 0, mode: str = "dann", domain_eval=None) -> AdaptResult:
     """Domain-adversarial training; returns an :class:`AdaptResult` (``model``, ``history``, ``metrics``).
 
     Data: ``source`` is labelled (numpy ``(x, y)`` or a batched ``tf.data.Dataset`` of ``(pixels, label)``),
@@ -475,12 +491,15 @@ def train_dann(source, target, *, target_eval=None, source_val=None, model: kera
 
     Stability: ``gamma``/``lambda_max`` (the lambda warm-up), ``anneal_lr`` (``alpha``, ``beta``), ``clipnorm``,
     ``restore_best`` (weights of the lowest source ``val_loss``), ``early_stopping`` (patience on ``val_loss``; 0 =
-    off); ``keras.callbacks.TerminateOnNaN`` is always on. ``callbacks`` are appended after tltf's own (a stage
+    off), ``ema`` (weight averaging, see :func:`ema_momentum`; ``"auto"`` by default, None = off; only when
+    train_dann compiles the model, otherwise compile with :func:`adapt_optimizer`); ``TerminateOnNaN`` is always on.
+    Per-epoch ``target_accuracy`` uses the raw weights; the final ``metrics`` the averaged ones. ``callbacks`` are appended after tltf's own (a stage
     callback, ``BackupAndRestore``, loggers). ``mode="source_only"`` is the baseline (see :func:`train_source_only`).
 
     ``metrics``: ``adapt``, ``epochs_run``, ``source_accuracy`` (last epoch, training), ``source_val_accuracy``,
     ``target_accuracy`` (when ``target_eval``), ``target_accuracy_best_epoch``, ``domain_accuracy`` (the domain
-    classifier on held-out source vs target, inference mode), ``grl_lambda``, ``diverged``, ``seconds``.
+    classifier on held-out source vs target, inference mode; ``domain_eval`` are the target images for it, when
+    ``target`` is an endless augmented pipeline), ``grl_lambda``, ``diverged``, ``seconds``.
     """
     tf = _tf()
     if mode not in MODES:
@@ -508,10 +527,6 @@ def train_dann(source, target, *, target_eval=None, source_val=None, model: kera
     model.set_mode(mode)
     _check_size(model, source, "source data")
     _check_size(model, target, "target data")
-    if not model.compiled:
-        from tltf.staging import make_optimizer
-
-        model.compile(optimizer=make_optimizer(optimizer, learning_rate, clipnorm), jit_compile=jit_compile)
 
     train_src = as_dataset(source, batch_size, True, "source data", shuffle=True, seed=seed)
     train_tgt = as_dataset(target, batch_size, False, "target data", shuffle=True, seed=seed + 1)
@@ -519,6 +534,15 @@ def train_dann(source, target, *, target_eval=None, source_val=None, model: kera
     tgt_eval = as_dataset(target_eval, batch_size, True, "target evaluation data")
     train = zip_domains(train_src, train_tgt)
     steps = steps_per_epoch or (int(train.cardinality()) if int(train.cardinality()) > 0 else None)
+    if steps is None and int(train.cardinality()) == tf.data.INFINITE_CARDINALITY:
+        raise TltfError("--data/--target-data: both pipelines repeat forever; give steps_per_epoch")
+    if steps is None and (mode == "dann" or anneal_lr):
+        raise TltfError("--data/--target-data: the number of batches per epoch is unknown (a filtered pipeline?); "
+                        "give steps_per_epoch so the lambda schedule knows the run's length")
+    if not model.compiled:
+        momentum = ema_momentum(epochs * steps if steps else 0, ema)
+        model.compile(optimizer=adapt_optimizer(optimizer, learning_rate, clipnorm, momentum),
+                      jit_compile=jit_compile)
 
     own = [keras.callbacks.TerminateOnNaN()]
     schedule = None
@@ -537,16 +561,17 @@ def train_dann(source, target, *, target_eval=None, source_val=None, model: kera
 
     start = time.perf_counter()
     history = model.fit(train, validation_data=val, epochs=epochs, steps_per_epoch=steps_per_epoch,
-                        callbacks=[*own, *callbacks], verbose=verbose)
+                        callbacks=[*own, *callbacks], verbose=verbose, shuffle=False)
     seconds = time.perf_counter() - start
     hist = {k: [float(v) for v in vals] for k, vals in history.history.items()}
-    metrics = evaluate_adaptation(model, source_val if source_val is not None else source, target, target_eval,
+    metrics = evaluate_adaptation(model, source_val if source_val is not None else source,
+                                  domain_eval if domain_eval is not None else target, target_eval,
                                   batch_size, source_is_validation=source_val is not None)
     losses = hist.get("loss", [])
     metrics.update(adapt="dann" if mode == "dann" else "none", epochs_run=len(losses),
                    source_accuracy=hist.get("accuracy", [None])[-1] if hist.get("accuracy") else None,
                    grl_lambda=schedule.lambda_ if schedule and mode == "dann" else 0.0,
-                   diverged=_diverged(hist, epochs), seconds=seconds)
+                   diverged=_diverged(hist), seconds=seconds)
     if best is not None:
         metrics["best_epoch"] = best.best_epoch
     if "target_accuracy" in hist:
@@ -554,6 +579,38 @@ def train_dann(source, target, *, target_eval=None, source_val=None, model: kera
         metrics["target_accuracy_best_epoch"] = int(np.argmax(curve))
         metrics["target_accuracy_peak"] = float(max(curve))
     return AdaptResult(model, hist, metrics)
+
+
+def ema_momentum(total_steps: int, ema: float | str | None = "auto") -> float | None:
+    """The weight-averaging momentum for a run of ``total_steps`` optimizer steps.
+
+    ``"auto"``: ``min(0.99, 1 - 10 / total_steps)``, i.e. an average over the last ~10 % of the run (at most ~100
+    steps) in which the initial weights keep a negligible ``e^-10`` share; off for runs under 100 steps. A number is
+    used as is; None is off. Measured (MNIST -> UCI, 10 epochs, 5 seeds, momentum 0.99): DANN's final target
+    accuracy 0.849 +- 0.034 -> 0.890 +- 0.009; source-only 0.808 -> 0.795.
+    """
+    if ema is None or ema is False:
+        return None
+    if ema == "auto":
+        return min(0.99, 1.0 - 10.0 / total_steps) if total_steps >= 100 else None
+    value = float(ema)
+    if not 0 < value < 1:
+        raise TltfError(f"--ema {ema}: must be in (0, 1), e.g. 0.99, or auto")
+    return value
+
+
+def adapt_optimizer(name: str, learning_rate: float, clipnorm: float | None = None, ema: float | None = None):
+    """tltf's optimizer (:func:`tltf.staging.make_optimizer`: per-block learning rates for stage plans), keeping an
+    exponential moving average of the weights when ``ema`` (a momentum) is given: ``fit`` ends with the averaged
+    weights (``keras.optimizers.Optimizer(use_ema=True)``)."""
+    from tltf.staging import make_optimizer
+    from tltf.staging.optimizers import OPTIMIZERS
+
+    base = make_optimizer(name, learning_rate, clipnorm)  # validates the name
+    if not ema:
+        return base
+    config = {**base.get_config(), "use_ema": True, "ema_momentum": float(ema)}
+    return OPTIMIZERS[name.lower()].from_config(config)
 
 
 def train_source_only(source, target, **kwargs) -> AdaptResult:
@@ -567,7 +624,7 @@ def train_source_only(source, target, **kwargs) -> AdaptResult:
     return train_dann(source, target, **kwargs)
 
 
-def _diverged(hist: dict, epochs: int) -> bool:
+def _diverged(hist: dict) -> bool:
     """Non-finite loss (training stopped by TerminateOnNaN) or source accuracy collapsed (< half its best)."""
     losses = hist.get("loss", [])
     if not losses or any(not math.isfinite(v) for v in losses):

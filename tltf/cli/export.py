@@ -1,4 +1,5 @@
-"""``tltf export MODEL.keras --onnx [--out exported/NAME.onnx] [--opset N] [--fp16 | --int8 --calibration-data DATA]``."""
+"""``tltf export MODEL.keras --onnx [--out exported/NAME.onnx] [--opset N] [--fp16 | --int8
+--calibration-data DATA]``: a thin layer over :func:`tltf.export.onnx.export_onnx`."""
 
 import click
 

