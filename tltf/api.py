@@ -287,10 +287,13 @@ def _metrics(model, config, plan, data, size, history, test, seconds) -> dict:
 
 def evaluate_model(model: keras.Model, dataset, data_classes: list[str], model_classes: list[str]) -> dict:
     """Accuracy, per-class accuracy and confusion matrix of ``model`` over a batched ``(pixels, labels)`` dataset."""
+    import tensorflow as tf
+
     mapping = _label_mapping(data_classes, model_classes)
-    true, pred = [], []
+    forward = tf.function(lambda x: model(x, training=False))  # not predict_on_batch: under tf.distribute it
+    true, pred = [], []                                        # returns every replica's copy of the batch
     for x, y in dataset:
-        probs = class_probabilities(model.predict_on_batch(x))
+        probs = class_probabilities(np.asarray(forward(x)))
         pred.append(probs.argmax(axis=1))
         true.append(mapping[np.asarray(y)])
     true_a = np.concatenate(true) if true else np.zeros(0, int)

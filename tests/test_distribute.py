@@ -1,0 +1,89 @@
+"""--distribute: MirroredStrategy over two logical CPU devices trains as well as one device, with the global batch
+and learning rate scaled; bad choices are one-line errors."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from tests.conftest import cli
+from tltf.distribution import Distribution, is_chief, setup
+from tltf.errors import TltfError
+from tltf.staging import preset
+
+SCRIPT = """
+import json, sys
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+from tltf.api import FitConfig, fit
+config = FitConfig(**json.loads(sys.argv[1]))
+metrics = fit(config, verbose=0)
+saved = json.load(open(config.out + "/config.json"))
+print("RESULT " + json.dumps({"val_accuracy": metrics["val_accuracy"], "replicas": saved["replicas"],
+                             "global_batch": saved["global_batch_size"], "plan": saved["resolved_plan"]}))
+"""
+
+
+def _toy_npz(path, n=240, size=24, seed=0):
+    """Three classes told apart by where a bright square sits."""
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(0, 60, (n, size, size, 3))
+    y = np.arange(n) % 3
+    for k, (r, c) in enumerate([(2, 2), (2, 14), (14, 8)]):
+        x[y == k, r:r + 8, c:c + 8] += 160
+    np.savez(path, x=np.clip(x, 0, 255).astype(np.uint8), y=y)
+    return path
+
+
+def _fit_in_subprocess(config: dict) -> dict:
+    proc = subprocess.run([sys.executable, "-c", SCRIPT, json.dumps(config)], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    line = next(l for l in proc.stdout.splitlines() if l.startswith("RESULT "))
+    return json.loads(line[len("RESULT "):])
+
+
+@pytest.mark.slow
+def test_mirrored_over_two_logical_cpus_converges_like_one_device(tmp_path):
+    data = str(_toy_npz(tmp_path / "toy.npz"))
+    common = dict(data=data, backbone="cnn_small", weights="none", stage="scratch", epochs=4, image_size=24,
+                  batch_size=16, learning_rate=1e-3, augment="none", tensorboard=False, dropout=0.0)
+    one = _fit_in_subprocess({**common, "out": str(tmp_path / "one")})
+    two = _fit_in_subprocess({**common, "out": str(tmp_path / "two"), "distribute": "mirrored"})
+    assert one["replicas"] == 1 and one["global_batch"] == 16
+    assert two["replicas"] == 2 and two["global_batch"] == 32
+    assert two["plan"]["stages"][0]["learning_rate"] == pytest.approx(2e-3)  # linear scaling rule
+    assert one["val_accuracy"] > 0.9 and two["val_accuracy"] > 0.9, (one, two)  # chance is 1/3
+
+
+def test_distribution_scaling_and_choices(monkeypatch):
+    plan = preset("gradual", 6, 1e-3, 5)
+
+    class Two:
+        num_replicas_in_sync = 2
+
+    dist = Distribution("mirrored", Two(), 16)
+    assert dist.global_batch == 32
+    assert [s.learning_rate for s in dist.scale_plan(plan).stages] == pytest.approx(
+        [2 * s.learning_rate for s in plan.stages])
+    none = setup("none", 16)
+    assert none.replicas == 1 and none.scale_plan(plan) is plan
+    with pytest.raises(TltfError, match="--distribute ring: choose none, mirrored, multiworker"):
+        setup("ring", 16)
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    with pytest.raises(TltfError, match="set TF_CONFIG on every worker"):
+        setup("multiworker", 16)
+    assert is_chief()
+    cluster = {"worker": ["a:1", "b:2"]}
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": cluster, "task": {"type": "worker", "index": 1}}))
+    assert not is_chief()
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": cluster, "task": {"type": "worker", "index": 0}}))
+    assert is_chief()
+
+
+def test_cli_rejects_unknown_strategy(tmp_path):
+    result = cli("fit", "--data", "builtin:shapes", "--distribute", "ring", "--out", tmp_path / "r")
+    assert result.exit_code == 2 and "--distribute" in result.output
