@@ -19,6 +19,8 @@ reduced to the plain tltf classifier nested inside it (its label path; :func:`in
 
 from __future__ import annotations
 
+import contextlib
+
 import json
 import os
 import time
@@ -237,6 +239,14 @@ def _serving_function(model, h: int, w: int):
     return serve
 
 
+@contextlib.contextmanager
+def _restore_level(logger, level):
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def convert(model, opset: int = DEFAULT_OPSET):
     """The float32 ONNX ``ModelProto`` of a Keras classifier's inference path, cleaned and with metadata.
 
@@ -264,7 +274,9 @@ def convert(model, opset: int = DEFAULT_OPSET):
     inputs = [concrete.inputs[0].name]  # captured tensors (e.g. Normalization constants) follow the real input
     outputs = [t.name for t in concrete.outputs]
     rename = tensor_names_from_structed(concrete, inputs, outputs)
-    with tf.device("/cpu:0"):
+    logger, level = tf.get_logger(), tf.get_logger().level
+    logger.setLevel("ERROR")  # TF1-API deprecation notices from the freezing tf2onnx relies on
+    with tf.device("/cpu:0"), _restore_level(logger, level):
         frozen = convert_variables_to_constants_v2(concrete, lower_control_flow=False, aggressive_inlining=True)
         graph_def = tf_loader.fix_freezing_errors_part2(frozen.graph.as_graph_def(add_shapes=True))
         graph.make_inlinable(graph_def)
