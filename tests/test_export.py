@@ -333,3 +333,18 @@ def test_cli_export_errors(small, tmp_path):
     result = cli("export", tmp_path / "nope.keras", "--onnx")
     assert result.exit_code == 2 and "nope.keras: no such model file" in result.stderr
     assert _files(tmp_path) == []
+
+
+def test_calibration_images_from_any_data_spec(tmp_path):
+    from tltf.export.quantize import load_calibration_images
+
+    x = np.random.default_rng(0).integers(0, 256, (40, 20, 20, 3)).astype(np.uint8)
+    np.savez(tmp_path / "d.npz", x=x, y=np.arange(40) % 2)
+    images = load_calibration_images(tmp_path / "d.npz", (20, 20), limit=16, seed=3)
+    assert images.shape == (16, 20, 20, 3) and images.dtype == np.float32
+    # drawn from the data, at random but reproducibly
+    assert all(any(np.array_equal(im, ref) for ref in x.astype(np.float32)) for im in images)
+    assert np.array_equal(images, load_calibration_images(tmp_path / "d.npz", (20, 20), limit=16, seed=3))
+    assert load_calibration_images("builtin:shapes", (32, 32), limit=5).shape == (5, 32, 32, 3)
+    with pytest.raises(TltfError, match="--calibration-data nope.npz"):
+        load_calibration_images("nope.npz", (20, 20))

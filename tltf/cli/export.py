@@ -12,8 +12,8 @@ import click
 @click.option("--opset", type=int, default=17, show_default=True, help="ONNX opset (13-18).")
 @click.option("--fp16", is_flag=True, help="Float16 weights and compute (for GPUs); float32 input and output.")
 @click.option("--int8", is_flag=True, help="Static int8 quantization (QDQ, per-channel); needs --calibration-data.")
-@click.option("--calibration-data", type=click.Path(), help="Image folder (class sub-folders or flat) used to "
-              "calibrate --int8 and to check parity.")
+@click.option("--calibration-data", help="Real images to calibrate --int8 and to check parity on: an image folder "
+              "(class sub-folders or flat), builtin:NAME, tfds:NAME[:SPLIT] or a .npz.")
 @click.option("--max-calibration", type=int, default=256, show_default=True, help="At most this many images.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of a table.")
 def command(model, to_onnx, out, opset, fp16, int8, calibration_data, max_calibration, as_json):
@@ -33,7 +33,7 @@ def command(model, to_onnx, out, opset, fp16, int8, calibration_data, max_calibr
     if fp16 and int8:
         raise TltfError("--fp16 and --int8: choose one")
     if int8 and not calibration_data:
-        raise TltfError("--int8 needs --calibration-data DATA (a folder of images)")
+        raise TltfError("--int8 needs --calibration-data DATA (an image folder, builtin:NAME, tfds:NAME or .npz)")
     if max_calibration < 1:
         raise TltfError(f"--max-calibration {max_calibration}: must be at least 1")
     precision = "fp16" if fp16 else "int8" if int8 else "fp32"

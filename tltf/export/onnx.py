@@ -342,7 +342,7 @@ def export_onnx(model, out: str | Path, opset: int = DEFAULT_OPSET, precision: s
     if precision not in PRECISIONS:
         raise TltfError(f"precision {precision!r}: must be one of {', '.join(PRECISIONS)}")
     if precision == "int8" and calibration_data is None:
-        raise TltfError("--int8 needs --calibration-data DATA (a folder of images)")
+        raise TltfError("--int8 needs --calibration-data DATA (an image folder, builtin:NAME, tfds:NAME or .npz)")
     out = Path(out)
     if out.suffix.lower() != ".onnx":
         raise TltfError(f"--out {out}: the file name must end in .onnx")
@@ -357,7 +357,7 @@ def export_onnx(model, out: str | Path, opset: int = DEFAULT_OPSET, precision: s
     calib = None
     if calibration_data is not None:
         say(f"reading calibration images from {calibration_data}")
-        calib = quantize.load_image_folder(calibration_data, (h, w), limit=max_calibration, seed=seed)
+        calib = quantize.load_calibration_images(calibration_data, (h, w), limit=max_calibration, seed=seed)
     if parity_images is not None:
         check = np.asarray(parity_images, np.float32)
         if check.ndim != 4 or check.shape[1:] != (h, w, 3):

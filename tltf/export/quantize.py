@@ -61,6 +61,24 @@ def load_image_folder(folder: str | Path, size: tuple[int, int], limit: int | No
     return load_images([str(f) for f in files], tuple(size))
 
 
+def load_calibration_images(data: str | Path, size: tuple[int, int], limit: int | None = 256, seed: int = 0,
+                            option: str = "--calibration-data") -> np.ndarray:
+    """Calibration/parity images from ``data``: an image folder (flat or class folders), or any ``--data`` spec
+    (``builtin:NAME``, ``tfds:NAME[:SPLIT]``, a ``.npz``): up to ``limit`` of its training images, drawn at random
+    (seeded), decoded and resized as in training."""
+    if Path(str(data)).is_dir():
+        return load_image_folder(data, size, limit, seed, option)
+    from tltf.data import load_source, make_pipeline
+
+    split = load_source(str(data), option=option).train
+    order = np.random.default_rng(seed).permutation(len(split))
+    split = split.select(order[:limit] if limit is not None else order)
+    batches = [x.numpy() for x, _ in make_pipeline(split, tuple(size), 64, cache=False)]
+    if not batches:
+        raise TltfError(f"{option} {data}: no images")
+    return np.concatenate(batches).astype(np.float32)
+
+
 class ImageCalibrationReader:
     """An onnxruntime ``CalibrationDataReader`` over an array of images, ``batch_size`` at a time."""
 
