@@ -29,7 +29,7 @@ def test_gradual_on_builtin_shapes_beats_chance_clearly(torchvision_weights, tmp
     params = [s["trainable_params"] for s in metrics["stages"]]
     assert params == sorted(params) and len(set(params)) == 4
     # three balanced classes: chance is 1/3
-    # the pretrained features alone separate the shapes after one head-only epoch (measured 0.59..0.92 over runs)
+    # the pretrained features alone separate the shapes after one head-only epoch (0.59 was seen once)
     assert metrics["stages"][0]["val_accuracy"] > 0.5
     assert metrics["val_accuracy"] > 0.8 and metrics["test_accuracy"] > 0.8
     config = json.loads((out / "config.json").read_text())
