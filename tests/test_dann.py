@@ -389,3 +389,31 @@ def test_cli_mnist_to_uci_digits(tmp_path, digits):
     assert metrics["target_accuracy"] > 0.6  # chance is 0.1
     # aligned features: the domain classifier separates source-only features, not DANN's
     assert baseline["domain_accuracy"] > 0.85 and metrics["domain_accuracy"] < 0.75
+
+
+def test_interrupted_dann_run_resumes(toy_domains, tmp_path):
+    """Killed after epoch 2 of 3, the same fit resumes at epoch 3 with the lambda schedule where it was."""
+    from tltf.api import FitConfig, fit
+
+    source, _, flat = toy_domains
+
+    class Interrupt(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 1:
+                raise KeyboardInterrupt
+
+    config = FitConfig(data=str(source), target_data=str(flat), adapt="dann", backbone="cnn_small", weights="none",
+                       stage="scratch", epochs=3, batch_size=16, image_size=32, augment="none", out=str(tmp_path / "r"),
+                       tensorboard=False)
+    with pytest.raises(KeyboardInterrupt):
+        fit(config, verbose=0, callbacks=[Interrupt()])
+    assert not (tmp_path / "r" / "model.keras").exists() and (tmp_path / "r" / "backup").is_dir()
+    first = (tmp_path / "r" / "history.csv").read_text().splitlines()
+    metrics = fit(config, verbose=0)
+    rows = (tmp_path / "r" / "history.csv").read_text().splitlines()
+    assert len(first) == 3 and len(rows) == 4 and rows[:3] == first  # epochs 1-2 kept, epoch 3 appended
+    header = rows[0].split(",")
+    lambdas = [float(r.split(",")[header.index("grl_lambda")]) for r in rows[1:]]
+    assert lambdas[0] < lambdas[1] < lambdas[2] <= 0.3  # the schedule went on from the restored step
+    assert metrics["epochs"] == 3 and (tmp_path / "r" / "model.keras").exists()
+    assert not (tmp_path / "r" / "backup").exists()
