@@ -364,6 +364,7 @@ def test_cli_target_labels_for_eval_and_source_only_comparison(toy_domains, tmp_
     (("--target-data", "FLAT", "--target-labels-for-eval"), "has no class folders"),
     (("--target-data", "MISSING"), "--target-data MISSING: no such file or folder"),
     (("--target-data", "FLAT", "--distribute", "mirrored"), "--distribute: not supported with --adapt"),
+    (("--target-data", "FLAT", "--l2sp", "0.1"), "--l2sp: not supported with --adapt"),
 ])
 def test_cli_adapt_errors(toy_domains, tmp_path, args, message):
     from tests.conftest import cli

@@ -33,11 +33,13 @@ from tltf.models.head import class_probabilities
 from tltf.reporting import confusion_matrix, plot_history, read_history, write_json
 from tltf.staging import StagedFineTuning, StagePlan, make_optimizer, prepare, preset
 from tltf.staging.freezing import blocks_of, freeze_to, trainable_count
+from tltf.strategies.apply import Strategies, apply_strategies
 
 # Settings that must match for an interrupted run to be resumed.
 RESUME_KEYS = ("backbone", "data", "stage", "epochs", "image_size", "batch_size", "learning_rate", "seed",
                "val_split", "weights", "plan", "train_bn", "dropout", "optimizer", "distribute", "adapt",
-               "target_data", "lambda_max", "gamma", "anneal_lr", "ema")
+               "target_data", "lambda_max", "gamma", "anneal_lr", "ema",
+               "freeze_until", "reinit_top", "l2sp", "lwf", "lwf_temperature")
 
 
 @dataclass
@@ -76,6 +78,13 @@ class FitConfig:
     gamma: float = 10.0  # the schedule's steepness
     anneal_lr: bool = False  # the paper's lr / (1 + 10 p) ** 0.75
     ema: str | float | None = "auto"  # weight averaging for DANN (see tltf.adapt.dann.ema_momentum)
+    # transfer strategies (tltf.strategies)
+    feature_cache: bool = True  # no stage trains the backbone: train the head on cached backbone features
+    freeze_until: str | None = None  # block index, block or layer name: the backbone up to it stays frozen
+    reinit_top: int = 0  # re-initialise the top K backbone blocks before training
+    l2sp: float = 0.0  # L2-SP alpha: alpha/2 ||w - w0||^2 over the backbone weights that train
+    lwf: float = 0.0  # learning without forgetting: weight of the source-output distillation loss
+    lwf_temperature: float = 2.0  # its softmax temperature
 
     @classmethod
     def from_dict(cls, data: dict, source: str = "config") -> "FitConfig":
@@ -200,16 +209,22 @@ def fit(config: FitConfig, overwrite: bool = False, verbose: int = 1, callbacks=
     if config.weights == "none" and plan.stages[0].unfreeze != "all":
         print("warning: --weights none with a plan that starts frozen: a random backbone gives the head little to "
               "work with; --stage scratch trains everything from the start", flush=True)
+    with dist.scope():  # --freeze-until, --reinit-top, --lwf, --l2sp; the feature cache (tltf.strategies)
+        strategy = apply_strategies(model, plan, config, train_bn, distributed=config.distribute != "none")
+    if strategy.feature_cache:
+        return _fit_on_features(model, strategy, config, plan, data, size, out, spec, train_bn, verbose, callbacks)
+    train_model = strategy.train_model  # the classifier itself, or an LwF wrapper sharing its layers
     jit = config.jit if config.jit is not None else _gpu_available()
     binary = len(data.class_names) == 2
     with dist.scope():
-        model.compile(optimizer=make_optimizer(config.optimizer, plan.stages[0].learning_rate, config.clipnorm),
-                      loss=keras.losses.BinaryCrossentropy() if binary
-                      else keras.losses.SparseCategoricalCrossentropy(),
-                      metrics=[keras.metrics.BinaryAccuracy(name="accuracy") if binary
-                               else keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
-                      jit_compile=jit)
-        prepare(model, plan)
+        train_model.compile(optimizer=make_optimizer(config.optimizer, plan.stages[0].learning_rate,
+                                                     config.clipnorm),
+                            loss=keras.losses.BinaryCrossentropy() if binary
+                            else keras.losses.SparseCategoricalCrossentropy(),
+                            metrics=[keras.metrics.BinaryAccuracy(name="accuracy") if binary
+                                     else keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+                            jit_compile=jit)
+        prepare(train_model, plan)
 
     augment = Augment.parse(config.augment)
     train = make_pipeline(data.train, size, dist.global_batch, training=True, augment=augment, seed=config.seed,
@@ -220,7 +235,8 @@ def fit(config: FitConfig, overwrite: bool = False, verbose: int = 1, callbacks=
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "config.json", {**asdict(config), "resolved_plan": plan.to_dict(), "image_size_hw": size,
                                      "train_bn_effective": train_bn, "jit_effective": jit,
-                                     "replicas": dist.replicas, "global_batch_size": dist.global_batch})
+                                     "replicas": dist.replicas, "global_batch_size": dist.global_batch,
+                                     "feature_cache_effective": False})
     if resuming:
         meta = json.loads((out / "backup" / "training_metadata.json").read_text())
         epoch = int(meta.get("epoch", 0))
@@ -230,7 +246,7 @@ def fit(config: FitConfig, overwrite: bool = False, verbose: int = 1, callbacks=
         (out / "history.csv").unlink(missing_ok=True)
     stager = StagedFineTuning(plan, verbose=verbose)
     extra_callbacks = list(callbacks)
-    callbacks = [stager, EpochTiming(len(data.train)),
+    callbacks = [stager, *strategy.callbacks(verbose), EpochTiming(len(data.train)),
                  keras.callbacks.BackupAndRestore(str(out / "backup"), delete_checkpoint=False),
                  keras.callbacks.CSVLogger(str(out / "history.csv"), append=resuming)]
     if config.tensorboard:
@@ -238,15 +254,41 @@ def fit(config: FitConfig, overwrite: bool = False, verbose: int = 1, callbacks=
     callbacks += extra_callbacks
     start = time.perf_counter()
     warnings.filterwarnings("ignore", message="Your input ran out of data")  # unknown cardinality (ignore_errors)
-    model.fit(train, validation_data=val, epochs=plan.epochs, callbacks=callbacks, verbose=verbose, shuffle=False)
+    train_model.fit(train, validation_data=val, epochs=plan.epochs, callbacks=callbacks, verbose=verbose,
+                    shuffle=False)
     seconds = time.perf_counter() - start
 
     test = None
     if data.test is not None:
         test = evaluate_model(model, make_pipeline(data.test, size, config.batch_size, cache=False),
                               data.class_names, data.class_names)
+    return _finish(model, config, plan, data, size, out, spec, test, seconds, strategy)
+
+
+def _fit_on_features(model, strategy: Strategies, config, plan, data, size, out, spec, train_bn, verbose,
+                     callbacks) -> dict:
+    """``fit`` when no stage trains the backbone: the head trains on cached features (tltf.strategies)."""
+    from tltf.strategies.head_on_features import fit_head_on_features
+
+    out.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(out / "backup", ignore_errors=True)  # nothing to resume: the head trains in seconds
+    (out / "history.csv").unlink(missing_ok=True)
+    write_json(out / "config.json", {**asdict(config), "resolved_plan": plan.to_dict(), "image_size_hw": size,
+                                     "train_bn_effective": train_bn, "jit_effective": False, "replicas": 1,
+                                     "global_batch_size": config.batch_size, "feature_cache_effective": True})
+    start = time.perf_counter()
+    test, report = fit_head_on_features(model, config, plan, data, out, verbose, callbacks)
+    return _finish(model, config, plan, data, size, out, spec, test, time.perf_counter() - start, strategy, report)
+
+
+def _finish(model, config, plan, data, size, out, spec, test, seconds, strategy: Strategies,
+            feature_cache: dict | None = None) -> dict:
+    """Save the model, metrics.json and curves.png of a finished run; returns the metrics."""
     save_model(model, out / "model.keras")
-    metrics = _metrics(model, config, plan, data, size, read_history(out / "history.csv"), test, seconds)
+    metrics = _metrics(model, config, plan, data, size, read_history(out / "history.csv"), test, seconds,
+                       strategy.frozen)
+    metrics["strategies"] = strategy.report()
+    metrics["feature_cache"] = feature_cache
     write_json(out / "metrics.json", metrics)
     plot_history(read_history(out / "history.csv"), [(b, s.name) for b, s in zip(plan.boundaries(), plan.stages)],
                  out / "curves.png", title=f"{spec.name} on {config.data}")
@@ -254,11 +296,13 @@ def fit(config: FitConfig, overwrite: bool = False, verbose: int = 1, callbacks=
     return metrics
 
 
-def _metrics(model, config, plan, data, size, history, test, seconds) -> dict:
+def _metrics(model, config, plan, data, size, history, test, seconds, frozen=()) -> dict:
     blocks = blocks_of(model)
     stages = []
     for first, stage in zip(plan.boundaries(), plan.stages):
         freeze_to(model, stage.unfreeze, stage.discriminative, blocks)
+        for layer in frozen:  # --freeze-until caps every stage
+            layer.trainable = False
         rows = [r for r in history if first <= r["epoch"] < first + stage.epochs]
         last = rows[-1] if rows else {}
         stages.append({"name": stage.name, "epochs": stage.epochs, "first_epoch": first,

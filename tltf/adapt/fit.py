@@ -94,6 +94,10 @@ def fit_adapted(config, overwrite: bool = False, verbose: int = 1, callbacks=())
         raise TltfError("--adapt dann needs --target-data (the unlabelled target images)")
     if config.distribute != "none":
         raise TltfError("--distribute: not supported with --adapt/--target-data yet (the DANN step is custom)")
+    for option, value in (("--freeze-until", config.freeze_until), ("--reinit-top", config.reinit_top),
+                          ("--l2sp", config.l2sp), ("--lwf", config.lwf)):
+        if value:
+            raise TltfError(f"{option}: not supported with --adapt/--target-data yet")
     spec = backbones.get(config.backbone)
     out = Path(config.out)
     resuming = _run_state(out, config, overwrite)

@@ -45,6 +45,16 @@ import click
 @click.option("--gamma", type=float, help="DANN: steepness of the lambda schedule 2/(1+exp(-gamma p))-1 [10].")
 @click.option("--anneal-lr", is_flag=True, default=None, help="DANN: the paper's lr/(1+10p)^0.75 annealing.")
 @click.option("--ema", help="DANN: weight-averaging momentum, auto or off [default: auto].")
+@click.option("--feature-cache/--no-feature-cache", "feature_cache", default=None,
+              help="When no stage trains the backbone, train the head on cached backbone features [default: on].")
+@click.option("--freeze-until", help="Keep the backbone frozen up to and including this block (0-based index or "
+              "name) or layer, in every stage.")
+@click.option("--reinit-top", type=int, help="Re-initialise the top K backbone blocks before training [default: 0].")
+@click.option("--l2sp", type=float, help="L2-SP: add alpha/2 ||w - w0||^2 pulling the backbone weights that train "
+              "toward the pretrained ones [default: 0, off].")
+@click.option("--lwf", type=float, help="Learning without forgetting: weight of the loss keeping the source model's "
+              "outputs on the target images [default: 0, off].")
+@click.option("--lwf-temperature", type=float, help="LwF: softmax temperature [default: 2].")
 @click.option("--overwrite", is_flag=True, help="Start over even if --out holds a run.")
 @click.option("--quiet", is_flag=True, help="No per-epoch progress output.")
 @click.pass_context
