@@ -7,3 +7,4 @@ works after ``import tltf``.
 __version__ = "0.1.0"
 
 from tltf import models as _models  # noqa: E402,F401  (registers custom Keras objects)
+from tltf.staging import optimizers as _optimizers  # noqa: E402,F401  (tltf>Adam etc., saved with compiled models)

@@ -32,6 +32,7 @@ from tltf.models.classifier import build_classifier, class_names_of
 from tltf.models.head import class_probabilities
 from tltf.reporting import confusion_matrix, plot_history, read_history, write_json
 from tltf.staging import StagedFineTuning, StagePlan, make_optimizer, prepare, preset
+from tltf.staging.batchnorm import PreciseBatchNorm
 from tltf.staging.freezing import blocks_of, freeze_to, trainable_count
 from tltf.strategies.apply import Strategies, apply_strategies
 
@@ -246,6 +247,8 @@ def fit(config: FitConfig, overwrite: bool = False, verbose: int = 1, callbacks=
         (out / "history.csv").unlink(missing_ok=True)
     stager = StagedFineTuning(plan, verbose=verbose)
     extra_callbacks = list(callbacks)
+    if train_bn:  # evaluate and save with BatchNorm statistics of the final weights (tltf.staging.batchnorm)
+        extra_callbacks.insert(0, PreciseBatchNorm(model, train))
     callbacks = [stager, *strategy.callbacks(verbose), EpochTiming(len(data.train)),
                  keras.callbacks.BackupAndRestore(str(out / "backup"), delete_checkpoint=False),
                  keras.callbacks.CSVLogger(str(out / "history.csv"), append=resuming)]

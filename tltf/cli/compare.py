@@ -1,0 +1,36 @@
+"""``tltf compare``: flags -> :func:`tltf.compare.compare`; prints the markdown table."""
+
+from __future__ import annotations
+
+import click
+
+
+@click.command("compare")
+@click.option("--data", required=True, help="Image folder, .npz, tfds:NAME[:SPLIT] or builtin:NAME.")
+@click.option("--backbone", default="mobilenet_v2", show_default=True, help="Registry name (see `tltf backbones`).")
+@click.option("--weights", default="imagenet", show_default=True,
+              help="Pretrained weights of the transfer strategies (scratch always uses none).")
+@click.option("--strategies", default="scratch,feature,finetune,gradual,l2sp",
+              help="Comma-separated: scratch, feature, finetune, gradual, l2sp[:COEF], lwf[:WEIGHT].")
+@click.option("--seeds", type=int, default=3, show_default=True, help="Seeds per strategy (0, 1, …).")
+@click.option("--epochs", type=int, help="Epoch budget of every run [default: 6].")
+@click.option("--image-size", type=int, help="Input size in pixels [default: the backbone's].")
+@click.option("--batch-size", type=int, default=32, show_default=True)
+@click.option("--learning-rate", "--lr", "learning_rate", type=float, default=1e-3, show_default=True)
+@click.option("--val-split", type=float, default=0.2, show_default=True)
+@click.option("--augment", default="flip,crop,color", show_default=True)
+@click.option("--data-dir", help="tensorflow-datasets data folder.")
+@click.option("--out", required=True, help="Comparison folder (one run folder per strategy and seed under runs/).")
+@click.option("--overwrite", is_flag=True, help="Retrain every run even where a finished one exists.")
+@click.option("--verbose", is_flag=True, help="Per-epoch progress of each run.")
+def command(data, backbone, weights, strategies, seeds, epochs, image_size, batch_size, learning_rate, val_split,
+            augment, data_dir, out, overwrite, verbose):
+    """Compare transfer strategies with training from scratch: same splits, seeds and epoch budget."""
+    from tltf.compare import compare, format_markdown
+
+    result = compare(data, out, backbone=backbone, weights=weights, strategies=strategies, seeds=seeds,
+                     epochs=epochs, image_size=image_size, batch_size=batch_size, overwrite=overwrite,
+                     verbose=2 if verbose else 0, log=lambda line: click.echo(line, err=True),
+                     learning_rate=learning_rate, val_split=val_split, augment=augment, data_dir=data_dir)
+    click.echo(format_markdown(result))
+    click.echo(f"\nsaved {out}/compare.md, compare.json, curves.png")

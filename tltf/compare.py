@@ -1,0 +1,337 @@
+"""``tltf compare``: every transfer strategy against training from scratch, same data, seeds and epoch budget.
+
+Each (strategy, seed) pair is one ordinary :func:`tltf.api.fit` run in ``out/runs/<strategy>/seed<k>/``: the
+validation split is drawn by ``seed`` (so every strategy of a seed trains and validates on the same images), and
+a run folder that already holds a finished run of the same settings is read back instead of retrained, while an
+interrupted one resumes from its last epoch (``fit``'s own backup). The summary goes to ``out/compare.json``,
+``out/compare.md`` (mean ± sample standard deviation over the seeds) and ``out/curves.png`` (validation accuracy
+per epoch, mean over seeds, one line per strategy). A transfer strategy whose mean accuracy is below the scratch
+baseline's is flagged as negative transfer, with the gap.
+
+>>> result = compare("builtin:shapes", "runs/cmp", weights="torchvision:mobilenet_v2", image_size=64,
+...                  strategies=["scratch", "feature", "finetune"], seeds=2, epochs=4)   # doctest: +SKIP
+>>> [row["strategy"] for row in result["summary"]]                                     # doctest: +SKIP
+['scratch', 'feature', 'finetune']
+
+Strategies are rows of :data:`STRATEGIES` (FitConfig overrides). One with a ``param`` takes a value after a colon
+(``l2sp:0.1`` sets ``FitConfig.l2sp = 0.1``); without one its default applies.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+
+from tltf.errors import TltfError
+from tltf.reporting import read_history, write_json
+
+
+@dataclass(frozen=True)
+class Strategy:
+    """A way to train: ``FitConfig`` overrides; ``param`` is the field a ``name:value`` spec sets."""
+
+    name: str
+    overrides: dict = field(default_factory=dict)
+    transfer: bool = True  # False for the from-scratch baseline, which the others are judged against
+    param: str | None = None
+    default: object = None
+    doc: str = ""
+
+
+#: The strategies ``tltf compare`` knows; add a row to add one (e.g. a ``freeze_until`` variant).
+STRATEGIES: dict[str, Strategy] = {s.name: s for s in (
+    Strategy("scratch", {"weights": "none", "stage": "scratch", "train_bn": None}, transfer=False,
+             doc="random weights, every layer trained from the first epoch (BatchNorm trains too)"),
+    Strategy("feature", {"stage": "feature"}, doc="frozen pretrained backbone, the head alone"),
+    Strategy("finetune", {"stage": "finetune"}, doc="the head, then every layer at a tenth of the rate"),
+    Strategy("gradual", {"stage": "gradual"}, doc="head, top block, top half, all; falling per-block rates"),
+    Strategy("partial", {"stage": "finetune"}, param="freeze_until", default=None,
+             doc="finetune with the backbone frozen up to a block (partial:BLOCK, an index or block name)"),
+    Strategy("l2sp", {"stage": "finetune"}, param="l2sp", default=0.01,
+             doc="finetune with the L2-SP penalty towards the pretrained weights (coefficient)"),
+    Strategy("lwf", {"stage": "finetune"}, param="lwf", default=1.0,
+             doc="finetune keeping the source model's outputs (learning without forgetting; weight); needs "
+                 "--weights to be a tltf .keras classifier, whose head gives the source outputs"),
+)}
+
+DEFAULT_STRATEGIES = ("scratch", "feature", "finetune", "gradual", "l2sp")
+
+
+@dataclass(frozen=True)
+class Choice:
+    """A strategy as asked for: its row, the value of its parameter and the folder its runs go to."""
+
+    label: str
+    strategy: Strategy
+    value: object = None
+
+    @property
+    def folder(self) -> str:
+        return self.label.replace(":", "-").replace("/", "_")
+
+    def overrides(self) -> dict:
+        values = dict(self.strategy.overrides)
+        if self.strategy.param:
+            values[self.strategy.param] = self.value
+        return values
+
+
+def parse_strategies(specs) -> list[Choice]:
+    """``"scratch,feature,l2sp:0.1"`` (or a list of such names) -> the :class:`Choice` of each, checked."""
+    from tltf.api import FitConfig
+
+    if isinstance(specs, str):
+        specs = specs.split(",")
+    known = {f.name for f in fields(FitConfig)}
+    choices: list[Choice] = []
+    for spec in (s.strip() for s in specs):
+        if not spec:
+            continue
+        name, _, raw = spec.partition(":")
+        strategy = STRATEGIES.get(name.strip().lower())
+        if strategy is None:
+            raise TltfError(f"--strategies {spec}: unknown strategy (known: {', '.join(STRATEGIES)})")
+        if raw and not strategy.param:
+            raise TltfError(f"--strategies {spec}: {strategy.name} takes no value")
+        missing = [k for k in (*strategy.overrides, strategy.param) if k and k not in known]
+        if missing:
+            raise TltfError(f"--strategies {spec}: needs the fit option {missing[0]!r}, which this version of "
+                            "tltf.api.FitConfig does not have")
+        if strategy.param and not raw and strategy.default is None:
+            raise TltfError(f"--strategies {spec}: give {strategy.name}:VALUE (sets {strategy.param})")
+        value = _parse_value(raw, spec, strategy.param) if raw else strategy.default
+        label = f"{strategy.name}:{raw}" if raw else strategy.name
+        if any(c.label == label for c in choices):
+            raise TltfError(f"--strategies {spec}: given twice")
+        choices.append(Choice(label, strategy, value))
+    if not choices:
+        raise TltfError("--strategies: no strategy given")
+    return choices
+
+
+def _parse_value(raw: str, spec: str, param: str):
+    """``raw`` as the type of FitConfig's ``param`` field (``l2sp: float`` -> 0.1; ``freeze_until: str`` -> "9")."""
+    from tltf.api import FitConfig
+
+    kind = str(next(f.type for f in fields(FitConfig) if f.name == param))
+    try:
+        if kind.startswith("float"):
+            return float(raw)
+        if kind.startswith("int"):
+            return int(raw)
+    except ValueError:
+        raise TltfError(f"--strategies {spec}: {raw!r} is not a number ({param} is {kind})") from None
+    return raw
+
+
+def _seed_list(seeds) -> list[int]:
+    if isinstance(seeds, int):
+        if seeds < 1:
+            raise TltfError(f"--seeds {seeds}: at least one seed")
+        return list(range(seeds))
+    values = [int(s) for s in seeds]
+    if not values or len(set(values)) != len(values):
+        raise TltfError(f"--seeds {seeds}: give distinct seeds")
+    return values
+
+
+# --- one run ----------------------------------------------------------------------------------------------------
+
+def _finished_run(folder: Path, config) -> dict | None:
+    """The metrics of a finished run of exactly ``config`` in ``folder``; None when there is none."""
+    metrics_file, saved = folder / "metrics.json", folder / "config.json"
+    if not (metrics_file.exists() and (folder / "model.keras").exists() and saved.exists()):
+        return None
+    previous = json.loads(saved.read_text())
+    defaults = {f.name: f.default for f in fields(config)}
+    for key, value in asdict(config).items():
+        if key == "out" or (key not in previous and value == defaults.get(key)):
+            continue  # a field added to FitConfig after that run, at its default: the run had the same behaviour
+        if previous.get(key) != value:
+            raise TltfError(f"--out {folder.parent.parent.parent}: {folder} holds a finished run with a different "
+                            f"{key} ({previous.get(key)!r} vs {value!r}); use --overwrite or another --out")
+    return json.loads(metrics_file.read_text())
+
+
+def _run_record(label: str, seed: int, folder: Path, root: Path, metrics: dict, reused: bool) -> dict:
+    history = read_history(folder / "history.csv")
+    stages = metrics.get("stages") or [{}]
+    cache = metrics.get("feature_cache") if isinstance(metrics.get("feature_cache"), dict) else {}
+    extract = float(cache.get("extract_seconds") or 0.0) if cache.get("used") else 0.0
+    return {"strategy": label, "seed": seed, "run": str(folder.relative_to(root)), "reused": reused,
+            "val_accuracy": metrics.get("val_accuracy"), "best_val_accuracy": metrics.get("best_val_accuracy"),
+            "test_accuracy": metrics.get("test_accuracy"),
+            "train_seconds": round(sum(r.get("seconds") or 0.0 for r in history) + extract, 3),
+            "feature_extract_seconds": extract,
+            "trainable_params": stages[-1].get("trainable_params"), "epochs": metrics.get("epochs"),
+            "val_curve": [r.get("val_accuracy") for r in history]}
+
+
+# --- the comparison ---------------------------------------------------------------------------------------------
+
+def compare(data: str, out: str | Path, backbone: str = "mobilenet_v2", weights: str = "imagenet",
+            strategies=DEFAULT_STRATEGIES, seeds=3, epochs: int | None = None, image_size: int | None = None,
+            batch_size: int = 32, overwrite: bool = False, verbose: int = 0, log=print, **fit_options) -> dict:
+    """Run every strategy for every seed (or reuse finished runs) and write the table, JSON and curves.
+
+    ``fit_options`` are further :class:`tltf.api.FitConfig` fields shared by every run (``learning_rate``,
+    ``val_split``, ``augment`` …). Returns what ``out/compare.json`` holds.
+    """
+    from tltf.api import FitConfig, fit
+
+    choices = parse_strategies(strategies)
+    seed_list = _seed_list(seeds)
+    root = Path(out)
+    base = {"data": data, "backbone": backbone, "weights": weights, "epochs": epochs, "image_size": image_size,
+            "batch_size": batch_size, "tensorboard": False, **fit_options}
+    for key in ("out", "seed", "stage"):
+        base.pop(key, None)
+    FitConfig.from_dict(base, source="compare options")  # unknown options fail before any training
+    runs = []
+    for seed in seed_list:
+        for choice in choices:
+            folder = root / "runs" / choice.folder / f"seed{seed}"
+            config = FitConfig.from_dict({**base, **choice.overrides(), "seed": seed, "out": str(folder)})
+            metrics = None if overwrite else _finished_run(folder, config)
+            reused = metrics is not None
+            if not reused:
+                log(f"[{choice.label} seed {seed}] training in {folder}")
+                start = time.perf_counter()
+                metrics = fit(config, overwrite=overwrite, verbose=verbose)
+                log(f"[{choice.label} seed {seed}] done in {time.perf_counter() - start:.1f} s")
+            record = _run_record(choice.label, seed, folder, root, metrics, reused)
+            if reused:
+                log(f"[{choice.label} seed {seed}] reusing the finished run in {folder}")
+            runs.append(record)
+    result = summarise(runs, [c.label for c in choices], [c.label for c in choices if not c.strategy.transfer])
+    result["settings"] = {**{k: v for k, v in base.items() if k != "tensorboard"}, "seeds": seed_list,
+                          "strategies": [c.label for c in choices]}
+    result["runs"] = runs
+    write_json(root / "compare.json", result)
+    from tltf.atomic import replacing
+
+    with replacing(root / "compare.md", ".md") as tmp:
+        tmp.write_text(format_markdown(result) + "\n")
+    plot_curves(result, root / "curves.png")
+    return result
+
+
+def _mean_sd(values: list) -> tuple[float | None, float | None]:
+    values = [v for v in values if v is not None]
+    if not values:
+        return None, None
+    return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+
+
+def summarise(runs: list[dict], labels: list[str], baselines: list[str]) -> dict:
+    """Per-strategy means and spreads of ``runs`` and the negative-transfer flags (pure: no files, no training).
+
+    The accuracy judged is the test accuracy when every run has one, else the final validation accuracy. A
+    transfer strategy is flagged when its mean is below the (first) baseline's; ``beyond_spread`` says whether
+    the gap exceeds the two standard deviations added together (a gap inside that is weak evidence).
+    """
+    judged = "test_accuracy" if runs and all(r.get("test_accuracy") is not None for r in runs) else "val_accuracy"
+    summary = []
+    for label in labels:
+        rows = [r for r in runs if r["strategy"] == label]
+        val, val_sd = _mean_sd([r["val_accuracy"] for r in rows])
+        test, test_sd = _mean_sd([r.get("test_accuracy") for r in rows])
+        seconds, _ = _mean_sd([r["train_seconds"] for r in rows])
+        curves = [r["val_curve"] for r in rows if r.get("val_curve")]
+        length = min((len(c) for c in curves), default=0)
+        curve = [float(np.mean([c[i] for c in curves if c[i] is not None])) for i in range(length)
+                 if any(c[i] is not None for c in curves)]
+        summary.append({"strategy": label, "baseline": label in baselines, "seeds": len(rows),
+                        "val_accuracy_mean": val, "val_accuracy_sd": val_sd,
+                        "test_accuracy_mean": test, "test_accuracy_sd": test_sd,
+                        "train_seconds_mean": seconds,
+                        "trainable_params": max((r["trainable_params"] or 0 for r in rows), default=None),
+                        "val_curve_mean": curve})
+    flags = []
+    base = next((s for s in summary if s["baseline"]), None)
+    key = judged.replace("accuracy", "accuracy_mean")
+    sd_key = judged.replace("accuracy", "accuracy_sd")
+    if base is not None and base[key] is not None:
+        for row in summary:
+            if row["baseline"] or row[key] is None or row[key] >= base[key]:
+                continue
+            gap = base[key] - row[key]
+            flags.append({"strategy": row["strategy"], "baseline": base["strategy"], "metric": judged,
+                          "mean": row[key], "baseline_mean": base[key], "below_by": gap,
+                          "beyond_spread": gap > (row[sd_key] or 0.0) + (base[sd_key] or 0.0)})
+    return {"judged_metric": judged, "baseline": base["strategy"] if base else None, "summary": summary,
+            "negative_transfer": flags}
+
+
+def _cell(mean, sd, n: int) -> str:
+    return "–" if mean is None else f"{mean:.3f}" if n < 2 else f"{mean:.3f} ± {sd:.3f}"
+
+
+def format_markdown(result: dict) -> str:
+    """The table of ``compare.json`` as markdown, with the negative-transfer verdict under it."""
+    s = result.get("settings", {})
+    n = len(s.get("seeds", [])) or max((r["seeds"] for r in result["summary"]), default=0)
+    lines = [f"# tltf compare: {s.get('backbone', '?')} ({s.get('weights', '?')}) on {s.get('data', '?')}", "",
+             f"{n} seed(s) per strategy; epochs {s.get('epochs') or 'default'}, image size "
+             f"{s.get('image_size') or 'default'}, batch {s.get('batch_size', '?')}. Accuracy: mean ± sample "
+             "standard deviation over seeds (final epoch); train s: sum of epoch times (plus the feature "
+             "extraction where the head trained on cached features), mean over seeds; "
+             "trainable: parameters of the final stage.", "",
+             "| strategy | val accuracy | test accuracy | train s | trainable params | seeds |",
+             "|---|---|---|---:|---:|---:|"]
+    for row in result["summary"]:
+        seconds = "–" if row["train_seconds_mean"] is None else f"{row['train_seconds_mean']:.1f}"
+        params = "–" if row["trainable_params"] is None else f"{row['trainable_params']:,}"
+        name = row["strategy"] + (" (baseline)" if row["baseline"] else "")
+        val = _cell(row["val_accuracy_mean"], row["val_accuracy_sd"], row["seeds"])
+        test = _cell(row["test_accuracy_mean"], row["test_accuracy_sd"], row["seeds"])
+        lines.append(f"| {name} | {val} | {test} | {seconds} | {params} | {row['seeds']} |")
+    lines.append("")
+    metric = result["judged_metric"].replace("_", " ")
+    if result["baseline"] is None:
+        lines.append("No scratch baseline in this comparison: negative transfer cannot be judged.")
+    elif not result["negative_transfer"]:
+        lines.append(f"No negative transfer: every transfer strategy's mean {metric} is at or above "
+                     f"{result['baseline']}'s.")
+    for flag in result["negative_transfer"]:
+        strength = ("more than the two spreads together" if flag["beyond_spread"]
+                    else "within the spread over seeds, so weak evidence")
+        lines.append(f"**Negative transfer**: {flag['strategy']} is below {flag['baseline']} by "
+                     f"{flag['below_by']:.3f} mean {metric} ({flag['mean']:.3f} vs {flag['baseline_mean']:.3f}; "
+                     f"{strength}).")
+    return "\n".join(lines)
+
+
+def plot_curves(result: dict, path: str | Path) -> None:
+    """Validation accuracy per epoch, mean over seeds, one line per strategy."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    from tltf.atomic import replacing
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for row in result["summary"]:
+        curve = row["val_curve_mean"]
+        if curve:
+            ax.plot(range(1, len(curve) + 1), curve, marker="o", ms=3,
+                    ls="--" if row["baseline"] else "-", label=row["strategy"])
+    s = result.get("settings", {})
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(f"validation accuracy (mean of {len(s.get('seeds', [])) or '?'} seeds)")
+    ax.set_title(f"{s.get('backbone', '')} ({s.get('weights', '')}) on {s.get('data', '')}", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    try:
+        with replacing(path, ".png") as tmp:
+            fig.savefig(tmp, dpi=100)
+    finally:
+        plt.close(fig)
