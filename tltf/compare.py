@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from tltf.errors import TltfError
-from tltf.reporting import read_history, write_json
+from tltf.reporting import read_history, save_figure, write_json
 
 
 @dataclass(frozen=True)
@@ -314,8 +314,6 @@ def plot_curves(result: dict, path: str | Path) -> None:
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
-    from tltf.atomic import replacing
-
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for row in result["summary"]:
         curve = row["val_curve_mean"]
@@ -329,9 +327,4 @@ def plot_curves(result: dict, path: str | Path) -> None:
     ax.set_title(f"{s.get('backbone', '')} ({s.get('weights', '')}) on {s.get('data', '')}", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    try:
-        with replacing(path, ".png") as tmp:
-            fig.savefig(tmp, dpi=100)
-    finally:
-        plt.close(fig)
+    save_figure(fig, path)

@@ -66,12 +66,7 @@ def plot_history(history: list[dict], boundaries: list[tuple[int, str]], path: s
         ax.legend(fontsize=8)
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
-    try:
-        with replacing(path, ".png") as tmp:
-            fig.savefig(tmp, dpi=100)
-    finally:
-        plt.close(fig)
+    save_figure(fig, path)
 
 
 def confusion_matrix(true: np.ndarray, pred: np.ndarray, n: int) -> np.ndarray:
@@ -86,3 +81,16 @@ def format_confusion(cm: np.ndarray, names: list[str]) -> str:
     for name, row in zip(names, cm):
         lines.append(name[:width - 1].ljust(width) + "".join(str(v).rjust(width) for v in row))
     return "\n".join(lines)
+
+
+def save_figure(fig, path: str | Path, dpi: int = 100) -> Path:
+    """Lay out ``fig``, write it atomically as PNG to ``path`` and close it."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    try:
+        with replacing(path, ".png") as tmp:
+            fig.savefig(tmp, dpi=dpi)
+    finally:
+        plt.close(fig)
+    return Path(path)

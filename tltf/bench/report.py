@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tltf.atomic import replacing
+from tltf.reporting import save_figure
 
 RUNTIME_COLOURS = {"onnxruntime": "tab:blue", "keras": "tab:orange"}
 
@@ -56,13 +56,7 @@ def plot(bench: dict, path: str | Path) -> Path:
         ax.legend()
     lat.set_yscale("log")
     fig.suptitle(f"{Path(str(bench.get('model', ''))).name}: onnxruntime vs Keras")
-    fig.tight_layout()
-    try:
-        with replacing(path, ".png") as tmp:
-            fig.savefig(tmp, dpi=120)
-    finally:
-        plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=120)
 
 
 def write(bench: dict, json_path: str | Path | None = None, png_path: str | Path | None = None) -> None:

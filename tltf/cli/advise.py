@@ -4,19 +4,21 @@ from __future__ import annotations
 
 import click
 
+from tltf.cli import options
+
 
 @click.command("advise")
-@click.option("--data", required=True, help="Image folder, .npz, tfds:NAME[:SPLIT] or builtin:NAME.")
-@click.option("--backbone", default="mobilenet_v2", show_default=True, help="Registry name (see `tltf backbones`).")
+@options.data()
+@options.backbone
 @click.option("--weights", default="torchvision:mobilenet_v2", show_default=True,
               help="The pretrained weights whose source domain the data is measured against.")
-@click.option("--image-size", type=int, help="Input size in pixels [default: the backbone's].")
+@options.image_size
 @click.option("--max-images", type=int, default=1000, show_default=True,
               help="Labelled images sampled (stratified) for the linear probe.")
 @click.option("--reference", help="Source-like images for the proxy-A-distance (a --data spec) [default: the "
               "ImageNet photos of the foolbox wheel and scikit-image's colour photos].")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--data-dir", help="tensorflow-datasets data folder.")
+@options.seed
+@options.data_dir
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def command(data, backbone, weights, image_size, max_images, reference, seed, data_dir, as_json):
     """Recommend a transfer strategy: data size x closeness to the source domain (SEEDS.md table)."""

@@ -4,22 +4,24 @@ from __future__ import annotations
 
 import click
 
+from tltf.cli import options
+
 
 @click.command("compare")
-@click.option("--data", required=True, help="Image folder, .npz, tfds:NAME[:SPLIT] or builtin:NAME.")
-@click.option("--backbone", default="mobilenet_v2", show_default=True, help="Registry name (see `tltf backbones`).")
+@options.data()
+@options.backbone
 @click.option("--weights", default="imagenet", show_default=True,
               help="Pretrained weights of the transfer strategies (scratch always uses none).")
 @click.option("--strategies", default="scratch,feature,finetune,gradual,l2sp",
               help="Comma-separated: scratch, feature, finetune, gradual, l2sp[:COEF], lwf[:WEIGHT].")
 @click.option("--seeds", type=int, default=3, show_default=True, help="Seeds per strategy (0, 1, …).")
 @click.option("--epochs", type=int, help="Epoch budget of every run [default: 6].")
-@click.option("--image-size", type=int, help="Input size in pixels [default: the backbone's].")
-@click.option("--batch-size", type=int, default=32, show_default=True)
+@options.image_size
+@options.batch_size
 @click.option("--learning-rate", "--lr", "learning_rate", type=float, default=1e-3, show_default=True)
-@click.option("--val-split", type=float, default=0.2, show_default=True)
+@options.val_split
 @click.option("--augment", default="flip,crop,color", show_default=True)
-@click.option("--data-dir", help="tensorflow-datasets data folder.")
+@options.data_dir
 @click.option("--out", required=True, help="Comparison folder (one run folder per strategy and seed under runs/).")
 @click.option("--overwrite", is_flag=True, help="Retrain every run even where a finished one exists.")
 @click.option("--verbose", is_flag=True, help="Per-epoch progress of each run.")

@@ -6,18 +6,19 @@ import json
 
 import click
 
+from tltf.cli import options
+
 
 @click.command("features")
-@click.option("--data", required=True, help="Image folder, .npz, tfds:NAME[:SPLIT] or builtin:NAME.")
-@click.option("--backbone", default="mobilenet_v2", show_default=True, help="Registry name (see `tltf backbones`).")
+@options.data()
+@options.backbone
 @click.option("--weights", default="imagenet", show_default=True,
               help="imagenet, none, a .keras/.h5 file or torchvision:mobilenet_v2.")
-@click.option("--image-size", type=int, help="Input size in pixels [default: the backbone's].")
-@click.option("--batch-size", type=int, default=32, show_default=True)
-@click.option("--val-split", type=float, default=0.2, show_default=True,
-              help="Fraction of train held out (stratified, as in `tltf fit`) when the data has no validation split.")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--data-dir", help="tensorflow-datasets data folder.")
+@options.image_size
+@options.batch_size
+@options.val_split
+@options.seed
+@options.data_dir
 @click.option("--out", type=click.Path(dir_okay=False), help="Write x/y per split and class_names to this .npz.")
 @click.option("--probe", is_flag=True, help="Train a linear classifier (L2-regularised softmax regression) on the "
               "features and print its accuracy (saved beside --out as NAME.probe.json).")

@@ -4,32 +4,33 @@ from __future__ import annotations
 
 import click
 
+from tltf.cli import options
+
 
 @click.command("fit")
 @click.option("--config", "recipe", type=click.Path(dir_okay=False),
               help="A pipelines/*.yaml recipe; flags given on the command line override its values.")
 @click.option("--dry-run", is_flag=True, help="Validate the settings and print the stage plan; do not train.")
-@click.option("--data", help="Image folder, .npz, tfds:NAME[:SPLIT] or builtin:shapes.")
-@click.option("--backbone", default="mobilenet_v2", show_default=True, help="Registry name (see `tltf backbones`).")
+@options.data(required=False)
+@options.backbone
 @click.option("--stage", type=click.Choice(["feature", "finetune", "gradual", "scratch"]), default="gradual", show_default=True,
               help="Stage plan preset (ignored with --plan).")
 @click.option("--plan", type=click.Path(dir_okay=False), help="Stage plan YAML file.")
 @click.option("--epochs", type=int, help="Total epochs, divided among the stages [default: 6 or the plan's].")
 @click.option("--out", default="runs/run", show_default=True, help="Run folder.")
 @click.option("--weights", default="imagenet", show_default=True, help="imagenet, none, or a .keras/.h5 file.")
-@click.option("--image-size", type=int, help="Input size in pixels [default: the backbone's].")
-@click.option("--batch-size", type=int, default=32, show_default=True)
+@options.image_size
+@options.batch_size
 @click.option("--learning-rate", "--lr", "learning_rate", type=float, default=1e-3, show_default=True,
               help="Learning rate of the first stage (the head).")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--val-split", type=float, default=0.2, show_default=True,
-              help="Fraction of train held out (stratified) when the data has no validation split.")
+@options.seed
+@options.val_split
 @click.option("--train-bn/--freeze-bn", "train_bn", default=None,
               help="Let BatchNorm update its statistics [default: only with --weights none].")
 @click.option("--dropout", type=float, default=0.2, show_default=True)
 @click.option("--augment", default="flip,crop,color", show_default=True, help="Subset of flip,crop,color or none.")
 @click.option("--optimizer", default="adam", show_default=True, help="adam, adamw or sgd.")
-@click.option("--data-dir", help="tensorflow-datasets data folder.")
+@options.data_dir
 @click.option("--jit/--no-jit", default=None, help="XLA-compile the train step [default: on GPU only].")
 @click.option("--precision", default="float32", show_default=True, help="float32, mixed or mixed_bfloat16.")
 @click.option("--distribute", type=click.Choice(["none", "mirrored", "multiworker"]), default="none",
@@ -58,7 +59,7 @@ import click
 @click.option("--overwrite", is_flag=True, help="Start over even if --out holds a run.")
 @click.option("--quiet", is_flag=True, help="No per-epoch progress output.")
 @click.pass_context
-def command(ctx, recipe, dry_run, quiet, overwrite, **options):
+def command(ctx, recipe, dry_run, quiet, overwrite, **flags):
     """Train a classifier on a pretrained backbone with a staged plan (head, top blocks, all)."""
     import json
 
@@ -68,7 +69,7 @@ def command(ctx, recipe, dry_run, quiet, overwrite, **options):
     from tltf.errors import TltfError
 
     values = load_recipe(recipe) if recipe else {}
-    for name, value in options.items():  # flags typed on the command line win over the recipe
+    for name, value in flags.items():  # flags typed on the command line win over the recipe
         if name not in values or ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE:
             values[name] = value
     values = {k: v for k, v in values.items() if v is not None or k in ("train_bn", "jit", "epochs")}
