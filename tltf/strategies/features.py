@@ -283,7 +283,7 @@ def linear_probe(features: Features | str | Path, l2: float = 1e-3, epochs: int 
     def accuracy(split):
         if split not in feats.x or len(feats.y[split]) == 0:
             return None
-        pred = model.predict(scaled(feats.x[split]), batch_size=1024, verbose=0).argmax(axis=1)
+        pred = np.asarray(model(scaled(feats.x[split]), training=False)).argmax(axis=1)  # eager: no retracing
         return float((pred == feats.y[split]).mean())
 
     return {"train_accuracy": accuracy("train"), "val_accuracy": accuracy("val"), "test_accuracy": accuracy("test"),
