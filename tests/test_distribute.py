@@ -78,6 +78,12 @@ def test_distribution_scaling_and_choices(monkeypatch):
         setup("multiworker", 16)
     assert is_chief()
     cluster = {"worker": ["a:1", "b:2"]}
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": cluster, "task": {"type": "worker", "index": 0}}))
+    import tltf.distribution as distribution
+
+    monkeypatch.setattr(distribution, "keras_version", lambda: "3.15.1")  # its fit cannot (see distribution.py)
+    with pytest.raises(TltfError, match="keras-team/keras#20585"):
+        setup("multiworker", 16)
     monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": cluster, "task": {"type": "worker", "index": 1}}))
     assert not is_chief()
     monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": cluster, "task": {"type": "worker", "index": 0}}))
