@@ -115,8 +115,10 @@ def test_features_cli_needs_an_output():
 @pytest.mark.network
 def test_cached_fit_with_imagenet_weights_matches_uncached(torchvision_weights, tmp_path):
     """Real ImageNet features (MobileNetV2, BatchNorm in inference mode): cached and uncached heads agree."""
+    # 8 epochs at 3e-3: near convergence, where the uncached run's batch order (parallel decode) matters little;
+    # at 3 epochs the uncached test accuracy moved 0.74..0.85 between identical runs (cached: 0.79 every time)
     common = dict(data="builtin:shapes", backbone="mobilenet_v2", weights="torchvision:mobilenet_v2", image_size=48,
-                  stage="feature", epochs=3, augment="none", tensorboard=False)
+                  stage="feature", epochs=8, learning_rate=3e-3, augment="none", tensorboard=False)
     cached = fit(FitConfig(**common, out=str(tmp_path / "cached")), verbose=0)
     plain = fit(FitConfig(**common, out=str(tmp_path / "plain"), feature_cache=False), verbose=0)
     assert cached["val_accuracy"] > 0.6 and cached["test_accuracy"] > 0.6  # chance 1/3
