@@ -14,6 +14,10 @@ Images are upsampled bilinearly to ``--image-size`` (96) RGB. Each run builds
 - ``scratch``: ``W = "none"``, the whole network trains, BatchNorm in training mode (``train_bn=True``); its
   statistics are recomputed for the final weights before testing, as ``tltf fit`` does (without that, Keras'
   slow moving averages left this arm at chance in inference mode: the 0.500 on LFW reported before).
+
+Measured (15 epochs, 96 px, seed 0, 2 CPU cores), test accuracy: LFW imported 0.990, scratch 0.990 (faces vs
+non-faces is easy enough to learn from 100 images); MNIST with 10 digits per class: imported 0.768, scratch 0.525
+(chance 0.100). ``scratch_bn_inference`` and ``scratch_frozen`` stay at chance on both.
 - ``scratch_bn_inference``: as ``scratch`` but BatchNorm kept in inference mode (tltf's default ``train_bn=False``).
 - ``scratch_frozen``: ``W = "none"``, backbone frozen: the same head-only training as ``imported`` on random features.
 
