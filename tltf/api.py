@@ -29,7 +29,7 @@ from tltf.atomic import save_model
 from tltf.data import Augment, load_data, load_source, make_pipeline
 from tltf.errors import TltfError
 from tltf.models.classifier import build_classifier, class_names_of
-from tltf.models.head import class_probabilities
+from tltf.models.head import class_probabilities, loss_and_metrics
 from tltf.reporting import confusion_matrix, plot_history, read_history, write_json
 from tltf.staging import StagedFineTuning, StagePlan, make_optimizer, prepare, preset
 from tltf.staging.batchnorm import PreciseBatchNorm
@@ -196,7 +196,7 @@ def fit(config: FitConfig, overwrite: bool = False, verbose: int = 1, callbacks=
     dist = distribution.setup(config.distribute, config.batch_size)  # first: multi-worker needs it before any op
     out = Path(config.out) if dist.is_chief else Path(tempfile.mkdtemp(prefix="tltf-worker-"))
     resuming = _run_state(out, config, overwrite)
-    Augment.parse(config.augment)  # validate early
+    augment = Augment.parse(config.augment)  # validated before any data is read
     _set_precision(config.precision)
     keras.utils.set_random_seed(config.seed)
 
@@ -216,48 +216,25 @@ def fit(config: FitConfig, overwrite: bool = False, verbose: int = 1, callbacks=
         return _fit_on_features(model, strategy, config, plan, data, size, out, spec, train_bn, verbose, callbacks)
     train_model = strategy.train_model  # the classifier itself, or an LwF wrapper sharing its layers
     jit = config.jit if config.jit is not None else _gpu_available()
-    binary = len(data.class_names) == 2
     with dist.scope():
         train_model.compile(optimizer=make_optimizer(config.optimizer, plan.stages[0].learning_rate,
                                                      config.clipnorm),
-                            loss=keras.losses.BinaryCrossentropy() if binary
-                            else keras.losses.SparseCategoricalCrossentropy(),
-                            metrics=[keras.metrics.BinaryAccuracy(name="accuracy") if binary
-                                     else keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
-                            jit_compile=jit)
-        prepare(train_model, plan)
+                            **loss_and_metrics(len(data.class_names) == 2), jit_compile=jit)
+        prepare(train_model, plan, strategy.frozen)
 
-    augment = Augment.parse(config.augment)
     train = make_pipeline(data.train, size, dist.global_batch, training=True, augment=augment, seed=config.seed,
                           cache=config.cache)
     val = (make_pipeline(data.val, size, dist.global_batch, cache=config.cache) if data.val is not None
            else None)
 
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "config.json", {**asdict(config), "resolved_plan": plan.to_dict(), "image_size_hw": size,
-                                     "train_bn_effective": train_bn, "jit_effective": jit,
-                                     "replicas": dist.replicas, "global_batch_size": dist.global_batch,
-                                     "feature_cache_effective": False})
-    if resuming:
-        meta = json.loads((out / "backup" / "training_metadata.json").read_text())
-        epoch = int(meta.get("epoch", 0))
-        stage = plan.stages[plan.stage_index_at(epoch)].name
-        print(f"resuming {out} from epoch {epoch + 1}/{plan.epochs} (stage {stage})", flush=True)
-    else:
-        (out / "history.csv").unlink(missing_ok=True)
-    stager = StagedFineTuning(plan, verbose=verbose)
-    extra_callbacks = list(callbacks)
+    write_run_config(out, config, plan, size, train_bn_effective=train_bn, jit_effective=jit,
+                     replicas=dist.replicas, global_batch_size=dist.global_batch, feature_cache_effective=False)
+    own = run_callbacks(out, config, plan, resuming, len(data.train), verbose, strategy.frozen)
     if train_bn:  # evaluate and save with BatchNorm statistics of the final weights (tltf.staging.batchnorm)
-        extra_callbacks.insert(0, PreciseBatchNorm(model, train))
-    callbacks = [stager, *strategy.callbacks(verbose), EpochTiming(len(data.train)),
-                 keras.callbacks.BackupAndRestore(str(out / "backup"), delete_checkpoint=False),
-                 keras.callbacks.CSVLogger(str(out / "history.csv"), append=resuming)]
-    if config.tensorboard:
-        callbacks.append(keras.callbacks.TensorBoard(str(out / "logs"), write_graph=False, profile_batch=0))
-    callbacks += extra_callbacks
+        own.append(PreciseBatchNorm(model, train))
     start = time.perf_counter()
     warnings.filterwarnings("ignore", message="Your input ran out of data")  # unknown cardinality (ignore_errors)
-    train_model.fit(train, validation_data=val, epochs=plan.epochs, callbacks=callbacks, verbose=verbose,
+    train_model.fit(train, validation_data=val, epochs=plan.epochs, callbacks=[*own, *callbacks], verbose=verbose,
                     shuffle=False)
     seconds = time.perf_counter() - start
 
@@ -268,17 +245,41 @@ def fit(config: FitConfig, overwrite: bool = False, verbose: int = 1, callbacks=
     return _finish(model, config, plan, data, size, out, spec, test, seconds, strategy)
 
 
+def run_callbacks(out: Path, config: FitConfig, plan: StagePlan, resuming: bool, images_per_epoch: int,
+                  verbose: int = 1, keep_frozen=()) -> list:
+    """The callbacks of every tltf run: stages, timing, backup (resume), ``history.csv``, TensorBoard. Announces a
+    resume, or clears the history of an earlier run."""
+    if resuming:
+        meta = json.loads((out / "backup" / "training_metadata.json").read_text())
+        epoch = int(meta.get("epoch", 0))
+        stage = plan.stages[plan.stage_index_at(epoch)].name
+        print(f"resuming {out} from epoch {epoch + 1}/{plan.epochs} (stage {stage})", flush=True)
+    else:
+        (out / "history.csv").unlink(missing_ok=True)
+    callbacks = [StagedFineTuning(plan, verbose=verbose, keep_frozen=keep_frozen), EpochTiming(images_per_epoch),
+                 keras.callbacks.BackupAndRestore(str(out / "backup"), delete_checkpoint=False),
+                 keras.callbacks.CSVLogger(str(out / "history.csv"), append=resuming)]
+    if config.tensorboard:
+        callbacks.append(keras.callbacks.TensorBoard(str(out / "logs"), write_graph=False, profile_batch=0))
+    return callbacks
+
+
+def write_run_config(out: Path, config: FitConfig, plan: StagePlan, size, **effective) -> None:
+    """``out/config.json``: the settings, the resolved plan and input size, and what took effect (``effective``)."""
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "config.json", {**asdict(config), "resolved_plan": plan.to_dict(), "image_size_hw": size,
+                                     **effective})
+
+
 def _fit_on_features(model, strategy: Strategies, config, plan, data, size, out, spec, train_bn, verbose,
                      callbacks) -> dict:
     """``fit`` when no stage trains the backbone: the head trains on cached features (tltf.strategies)."""
     from tltf.strategies.head_on_features import fit_head_on_features
 
-    out.mkdir(parents=True, exist_ok=True)
+    write_run_config(out, config, plan, size, train_bn_effective=train_bn, jit_effective=False, replicas=1,
+                     global_batch_size=config.batch_size, feature_cache_effective=True)
     shutil.rmtree(out / "backup", ignore_errors=True)  # nothing to resume: the head trains in seconds
     (out / "history.csv").unlink(missing_ok=True)
-    write_json(out / "config.json", {**asdict(config), "resolved_plan": plan.to_dict(), "image_size_hw": size,
-                                     "train_bn_effective": train_bn, "jit_effective": False, "replicas": 1,
-                                     "global_batch_size": config.batch_size, "feature_cache_effective": True})
     start = time.perf_counter()
     test, report = fit_head_on_features(model, config, plan, data, out, verbose, callbacks)
     return _finish(model, config, plan, data, size, out, spec, test, time.perf_counter() - start, strategy, report)
@@ -288,12 +289,12 @@ def _finish(model, config, plan, data, size, out, spec, test, seconds, strategy:
             feature_cache: dict | None = None) -> dict:
     """Save the model, metrics.json and curves.png of a finished run; returns the metrics."""
     save_model(model, out / "model.keras")
-    metrics = _metrics(model, config, plan, data, size, read_history(out / "history.csv"), test, seconds,
-                       strategy.frozen)
+    history = read_history(out / "history.csv")
+    metrics = _metrics(model, config, plan, data, size, history, test, seconds, strategy.frozen)
     metrics["strategies"] = strategy.report()
     metrics["feature_cache"] = feature_cache
     write_json(out / "metrics.json", metrics)
-    plot_history(read_history(out / "history.csv"), [(b, s.name) for b, s in zip(plan.boundaries(), plan.stages)],
+    plot_history(history, [(b, s.name) for b, s in zip(plan.boundaries(), plan.stages)],
                  out / "curves.png", title=f"{spec.name} on {config.data}")
     shutil.rmtree(out / "backup", ignore_errors=True)
     return metrics
@@ -303,9 +304,7 @@ def _metrics(model, config, plan, data, size, history, test, seconds, frozen=())
     blocks = blocks_of(model)
     stages = []
     for first, stage in zip(plan.boundaries(), plan.stages):
-        freeze_to(model, stage.unfreeze, stage.discriminative, blocks)
-        for layer in frozen:  # --freeze-until caps every stage
-            layer.trainable = False
+        freeze_to(model, stage.unfreeze, stage.discriminative, blocks, frozen)
         rows = [r for r in history if first <= r["epoch"] < first + stage.epochs]
         last = rows[-1] if rows else {}
         stages.append({"name": stage.name, "epochs": stage.epochs, "first_epoch": first,

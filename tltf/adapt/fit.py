@@ -19,12 +19,11 @@ epoch = as many steps as the larger of the two needs), zipped into :func:`tltf.a
 
 from __future__ import annotations
 
-import json
 import math
 import shutil
 import time
 import warnings
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 
 import keras
@@ -82,10 +81,10 @@ def fit_adapted(config, overwrite: bool = False, verbose: int = 1, callbacks=())
     """Train ``config`` (a :class:`tltf.api.FitConfig` with ``target_data``) with DANN or the source-only
     baseline; returns the metrics written to ``out/metrics.json``."""
     from tltf.adapt.dann import adapt_optimizer, build_dann, ema_momentum, label_model, train_dann
-    from tltf.api import (EpochTiming, _gpu_available, _metrics, _run_state, _set_precision, evaluate_model,
-                          resolve_plan)
+    from tltf.api import (_gpu_available, _metrics, _run_state, _set_precision, evaluate_model, resolve_plan,
+                          run_callbacks, write_run_config)
     from tltf.models.classifier import build_classifier
-    from tltf.staging import StagedFineTuning, prepare
+    from tltf.staging import prepare
     from tltf.staging.freezing import blocks_of
 
     if config.adapt not in ("dann", "none"):
@@ -131,20 +130,9 @@ def fit_adapted(config, overwrite: bool = False, verbose: int = 1, callbacks=())
     target_plain = make_pipeline(target, size, batch, cache=False)
     target_eval_ds = make_pipeline(target_eval, size, batch, cache=False) if target_eval is not None else None
 
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "config.json", {**asdict(config), "resolved_plan": plan.to_dict(), "image_size_hw": size,
-                                     "train_bn_effective": train_bn, "steps_per_epoch": steps,
-                                     "num_target": len(target)})
-    if resuming:
-        meta = json.loads((out / "backup" / "training_metadata.json").read_text())
-        print(f"resuming {out} from epoch {int(meta.get('epoch', 0)) + 1}/{plan.epochs}", flush=True)
-    else:
-        (out / "history.csv").unlink(missing_ok=True)
-    own = [StagedFineTuning(plan, verbose=verbose), EpochTiming(steps * batch),
-           keras.callbacks.BackupAndRestore(str(out / "backup"), delete_checkpoint=False),
-           keras.callbacks.CSVLogger(str(out / "history.csv"), append=resuming)]
-    if config.tensorboard:
-        own.append(keras.callbacks.TensorBoard(str(out / "logs"), write_graph=False, profile_batch=0))
+    write_run_config(out, config, plan, size, train_bn_effective=train_bn, steps_per_epoch=steps,
+                     num_target=len(target))
+    own = run_callbacks(out, config, plan, resuming, steps * batch, verbose)
     start = time.perf_counter()
     warnings.filterwarnings("ignore", message="Your input ran out of data")  # evaluation of unknown-length data
     result = train_dann(source_train, target_train, target_eval=target_eval_ds, source_val=source_val,

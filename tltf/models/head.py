@@ -48,6 +48,16 @@ class ClassifierHead(keras.layers.Layer):
         return config
 
 
+def loss_and_metrics(binary: bool) -> dict:
+    """``compile`` arguments for a :class:`ClassifierHead`'s output: cross-entropy and an ``accuracy`` metric (a
+    binary head is one sigmoid and takes 0/1 labels; otherwise a softmax over integer labels)."""
+    if binary:
+        return {"loss": keras.losses.BinaryCrossentropy(),
+                "metrics": [keras.metrics.BinaryAccuracy(name="accuracy")]}
+    return {"loss": keras.losses.SparseCategoricalCrossentropy(),
+            "metrics": [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]}
+
+
 def class_probabilities(outputs) -> np.ndarray:
     """Model outputs as ``(N, num_classes)`` probabilities (a binary head's single sigmoid becomes two columns)."""
     out = np.asarray(outputs, dtype=np.float32)

@@ -18,10 +18,13 @@ from tltf.staging.freezing import all_trainable_variables, blocks_of, freeze_to,
 from tltf.staging.plan import StagePlan
 
 
-def prepare(model: keras.Model, plan: StagePlan) -> None:
-    """Build the optimizer over all trainable-capable variables, then freeze for the first stage."""
+def prepare(model: keras.Model, plan: StagePlan, keep_frozen=()) -> None:
+    """Build the optimizer over all trainable-capable variables, then freeze for the first stage.
+
+    ``keep_frozen``: backbone layers no stage trains (``--freeze-until``), as in :func:`freeze_to`.
+    """
     model.optimizer.build(all_trainable_variables(model))
-    freeze_to(model, plan.stages[0].unfreeze)
+    freeze_to(model, plan.stages[0].unfreeze, keep_frozen=keep_frozen)
 
 
 class StagedFineTuning(keras.callbacks.Callback):
@@ -30,10 +33,11 @@ class StagedFineTuning(keras.callbacks.Callback):
     ``self.log`` collects one dict per stage entered: name, first epoch, trainable parameters, learning rate.
     """
 
-    def __init__(self, plan: StagePlan, verbose: int = 1):
+    def __init__(self, plan: StagePlan, verbose: int = 1, keep_frozen=()):
         super().__init__()
         self.plan = plan
         self.verbose = verbose
+        self.keep_frozen = list(keep_frozen)  # layers no stage unfreezes (--freeze-until)
         self.current: int | None = None
         self.log: list[dict] = []
 
@@ -45,7 +49,7 @@ class StagedFineTuning(keras.callbacks.Callback):
     def enter(self, index: int, epoch: int) -> None:
         stage = self.plan.stages[index]
         model = self.model
-        multipliers = freeze_to(model, stage.unfreeze, stage.discriminative, blocks_of(model))
+        multipliers = freeze_to(model, stage.unfreeze, stage.discriminative, blocks_of(model), self.keep_frozen)
         optimizer = model.optimizer
         inner = getattr(optimizer, "inner_optimizer", optimizer)  # LossScaleOptimizer under mixed precision
         inner.set_lr_multipliers(multipliers)

@@ -36,9 +36,14 @@ def resolve_unfreeze(unfreeze: int | str, block_names: list[str]) -> int:
     raise TltfError(f"unfreeze {unfreeze!r}: no such block (blocks: {', '.join(block_names)})")
 
 
-def freeze_to(model: keras.Model, unfreeze: int | str, ratio: float = 1.0, blocks=None) -> dict[str, float]:
-    """Train the head and the top ``unfreeze`` blocks; return ``{variable.path: lr_multiplier}``."""
+def freeze_to(model: keras.Model, unfreeze: int | str, ratio: float = 1.0, blocks=None,
+              keep_frozen=()) -> dict[str, float]:
+    """Train the head and the top ``unfreeze`` blocks; return ``{variable.path: lr_multiplier}``.
+
+    ``keep_frozen``: backbone layers that stay frozen whatever ``unfreeze`` says (``--freeze-until``).
+    """
     blocks = blocks if blocks is not None else blocks_of(model)
+    capped = {id(layer) for layer in keep_frozen}
     n = resolve_unfreeze(unfreeze, [name for name, _ in blocks])
     wrapper = backbone_layer(model)
     net = wrapper.net
@@ -49,7 +54,7 @@ def freeze_to(model: keras.Model, unfreeze: int | str, ratio: float = 1.0, block
         depth = len(blocks) - i  # 1 for the top block
         on = depth <= n
         for layer in layers:
-            layer.trainable = on
+            layer.trainable = on and id(layer) not in capped
         if on:
             scale = ratio ** (depth / n) if n else 1.0
             for layer in layers:

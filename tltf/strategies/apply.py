@@ -28,12 +28,6 @@ class Strategies:
     backbone_trains: bool = True
     settings: dict = field(default_factory=dict)
 
-    def callbacks(self, verbose: int = 1) -> list:
-        """Callbacks to list right after the stage callback."""
-        from tltf.strategies.partial import KeepFrozen
-
-        return [KeepFrozen(self.frozen, verbose)] if self.frozen else []
-
     def report(self) -> dict:
         """The ``strategies`` entry of ``metrics.json``."""
         return {**self.settings, "frozen_layers": len(self.frozen), "reinitialised_layers": len(self.reinitialised),
@@ -94,16 +88,13 @@ def apply_strategies(model: keras.Model, plan, config, train_bn: bool, distribut
 def _trained_by_plan(model, plan, blocks, frozen) -> set[int]:
     """``id`` of every backbone layer (top level) some stage of ``plan`` trains, after ``--freeze-until``."""
     from tltf.staging.freezing import freeze_to
-    from tltf.strategies.partial import keep_frozen
 
     trained: set[int] = set()
     for stage in plan.stages:
-        freeze_to(model, stage.unfreeze, stage.discriminative, blocks)
-        keep_frozen(frozen)
+        freeze_to(model, stage.unfreeze, stage.discriminative, blocks, frozen)
         for _, layers in blocks:
             trained.update(id(layer) for layer in layers if layer.trainable_weights)
-    freeze_to(model, plan.stages[0].unfreeze, plan.stages[0].discriminative, blocks)
-    keep_frozen(frozen)
+    freeze_to(model, plan.stages[0].unfreeze, plan.stages[0].discriminative, blocks, frozen)
     return trained
 
 

@@ -54,6 +54,7 @@ def fit_head_on_features(model: keras.Model, config, plan, data, out: Path, verb
 
     from tltf.api import EpochTiming, evaluate_model
     from tltf.models.classifier import head_of
+    from tltf.models.head import loss_and_metrics
     from tltf.staging import make_optimizer
     from tltf.strategies.features import feature_extractor, fingerprint, split_features
 
@@ -72,12 +73,8 @@ def fit_head_on_features(model: keras.Model, config, plan, data, out: Path, verb
     head = head_of(model)
     inputs = keras.Input((feats["train"].x.shape[1],), name="features")
     head_model = keras.Model(inputs, head(inputs), name="head_on_features")
-    binary = len(data.class_names) == 2
     head_model.compile(optimizer=make_optimizer(config.optimizer, plan.stages[0].learning_rate, config.clipnorm),
-                       loss=keras.losses.BinaryCrossentropy() if binary
-                       else keras.losses.SparseCategoricalCrossentropy(),
-                       metrics=[keras.metrics.BinaryAccuracy(name="accuracy") if binary
-                                else keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+                       **loss_and_metrics(len(data.class_names) == 2),
                        steps_per_execution=_STEPS_PER_EXECUTION)  # same steps, fewer Python round trips
 
     def dataset(name, training=False):

@@ -4,8 +4,8 @@ blocks (``--reinit-top``).
 ``--freeze-until X`` names a point in the registry's blocks (``tltf backbones``; bottom to top): a block index
 (0-based: ``0`` is the lowest block), a block name (``block_5``) or a layer name (``block_5_project``). Everything
 up to and including that block (for a layer: every layer up to and including it) stays frozen in every stage, so
-it caps how far any stage unfreezes; frozen BatchNorm layers keep their statistics. It is applied after the stage
-callback at each stage change (:class:`KeepFrozen`), before the train function is traced.
+it caps how far any stage unfreezes; frozen BatchNorm layers keep their statistics. The stage machinery applies
+the cap itself (``keep_frozen`` of :func:`tltf.staging.freezing.freeze_to` and of the stage callback).
 
 ``--reinit-top K`` draws fresh values for every weight of the top ``K`` blocks from the layer's own initializers
 (``kernel_initializer``, ``gamma_initializer``, ``moving_variance_initializer``…), seeded: the "copy the early
@@ -48,38 +48,6 @@ def frozen_layers(blocks, freeze_until) -> list:
                 return [lay for _, lays in blocks[:i] for lay in lays] + layers[:j + 1]
     shown = ", ".join(names) if len(names) <= 8 else f"{', '.join(names[:4])}, …, {', '.join(names[-2:])}"
     raise TltfError(f"--freeze-until {value}: no such block or layer (blocks 0-{len(blocks) - 1}: {shown})")
-
-
-class KeepFrozen(keras.callbacks.Callback):
-    """Re-freeze ``layers`` whenever a stage change unfroze them; list it right after the stage callback.
-
-    The stage callback forces a new train function at a stage change; it is traced at the first batch, so
-    freezing here (in the same ``on_epoch_begin``) decides which variables it trains.
-    """
-
-    def __init__(self, layers, verbose: int = 1):
-        super().__init__()
-        self.layers = list(layers)
-        self.verbose = verbose
-
-    def on_epoch_begin(self, epoch, logs=None):
-        if keep_frozen(self.layers):
-            self.model.make_train_function(force=True)
-            if self.verbose:
-                from tltf.staging.freezing import trainable_count
-
-                print(f"  --freeze-until keeps {len(self.layers)} backbone layers frozen: "
-                      f"trainable={trainable_count(self.model):,} params", flush=True)
-
-
-def keep_frozen(layers) -> bool:
-    """Set ``trainable = False`` on ``layers``; True when any was trainable."""
-    changed = False
-    for layer in layers:
-        if layer.trainable:
-            layer.trainable = False
-            changed = True
-    return changed
 
 
 def reinit_top(model: keras.Model, k: int, blocks, seed: int = 0, frozen=()) -> list:
