@@ -589,11 +589,23 @@ def ema_momentum(total_steps: int, ema: float | str | None = "auto") -> float | 
     used as is; None is off. Measured (MNIST -> UCI, 10 epochs, 5 seeds, momentum 0.99): DANN's final target
     accuracy 0.849 +- 0.034 -> 0.890 +- 0.009; source-only 0.808 -> 0.795.
     """
-    if ema is None or ema is False:
-        return None
+    ema = parse_ema(ema)
     if ema == "auto":
         return min(0.99, 1.0 - 10.0 / total_steps) if total_steps >= 100 else None
-    value = float(ema)
+    return ema
+
+
+def parse_ema(ema) -> float | str | None:
+    """``--ema`` as given (flag text, YAML value or Python): ``"auto"``, a momentum in (0, 1), or None for off
+    (``off``, YAML's ``false``, None)."""
+    if ema is None or ema is False or (isinstance(ema, str) and ema.strip().lower() == "off"):
+        return None
+    if isinstance(ema, str) and ema.strip().lower() == "auto":
+        return "auto"
+    try:
+        value = float(ema)
+    except (TypeError, ValueError):
+        raise TltfError(f"--ema {ema}: a momentum such as 0.99, auto or off") from None
     if not 0 < value < 1:
         raise TltfError(f"--ema {ema}: must be in (0, 1), e.g. 0.99, or auto")
     return value

@@ -116,9 +116,8 @@ def fit_adapted(config, overwrite: bool = False, verbose: int = 1, callbacks=())
     plan = resolve_plan(config, len(blocks_of(model, spec)))
     batch = config.batch_size
     steps = max(math.ceil(len(data.train) / batch), math.ceil(len(target) / batch))
-    ema = None if config.ema is False else config.ema
     model.compile(optimizer=adapt_optimizer(config.optimizer, plan.stages[0].learning_rate, config.clipnorm,
-                                            ema_momentum(plan.epochs * steps, ema)),
+                                            ema_momentum(plan.epochs * steps, config.ema)),
                   jit_compile=config.jit if config.jit is not None else _gpu_available())
     prepare(model, plan)
 

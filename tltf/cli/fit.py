@@ -73,13 +73,10 @@ def command(ctx, recipe, dry_run, quiet, overwrite, **flags):
         if name not in values or ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE:
             values[name] = value
     values = {k: v for k, v in values.items() if v is not None or k in ("train_bn", "jit", "epochs")}
-    if isinstance(values.get("ema"), str) and values["ema"] not in ("auto", "off"):
-        try:
-            values["ema"] = float(values["ema"])
-        except ValueError:
-            raise TltfError(f"--ema {values['ema']}: a momentum such as 0.99, auto or off") from None
-    if values.get("ema") == "off":
-        values["ema"] = None
+    if "ema" in values:
+        from tltf.adapt.dann import parse_ema
+
+        values["ema"] = parse_ema(values["ema"])
     if not values.get("data"):
         raise TltfError("--data is required (or a --config recipe that sets data)")
     config = FitConfig.from_dict(values, source=f"--config {recipe}" if recipe else "options")
