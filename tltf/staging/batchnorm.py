@@ -63,9 +63,18 @@ class PreciseBatchNorm(keras.callbacks.Callback):
         self.classifier = model
         self.dataset = dataset
         self.batches = int(batches)
+        self.stale = True  # the weights changed since the statistics were last recomputed
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.stale = True
 
     def on_test_begin(self, logs=None):
-        recompute_batchnorm(self.classifier, self.dataset, self.batches)
+        self._refresh()
 
     def on_train_end(self, logs=None):
-        recompute_batchnorm(self.classifier, self.dataset, self.batches)
+        self._refresh()  # after a last validation nothing changed: no second pass
+
+    def _refresh(self):
+        if self.stale:
+            recompute_batchnorm(self.classifier, self.dataset, self.batches)
+            self.stale = False
