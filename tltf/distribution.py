@@ -4,9 +4,9 @@
   of one type, which is how the tests run it on two logical CPUs).
 - ``multiworker``: :class:`tf.distribute.MultiWorkerMirroredStrategy` across machines; each worker runs the same
   ``tltf fit`` with its own ``TF_CONFIG`` (cluster and task), see the README. Only the chief (worker 0) writes
-  the run folder's files; ``BackupAndRestore`` lets a restarted worker rejoin. Keras 3 up to 3.15 cannot ``fit``
-  under this strategy (keras-team/keras#20585, measured with two workers on localhost), so tltf refuses it with
-  that reason until a Keras release past 3.15.
+  the run folder's files; ``BackupAndRestore`` lets a restarted worker rejoin. Keras 3 (3.15 measured) cannot
+  ``fit`` under this strategy as released (keras-team/keras#20585); :func:`patch_keras_for_multiworker` mends
+  the two places that fail, and only under this strategy.
 
 ``--batch-size`` is per replica: the global batch is ``batch_size x replicas``, and every stage's learning rate is
 multiplied by the number of replicas (the linear scaling rule of Goyal et al., 2017), so one command line keeps
@@ -86,12 +86,45 @@ def keras_version() -> str:
     return keras.__version__
 
 
-def _keras_fit_supports_multiworker() -> bool:
-    """False for the Keras 3 releases measured here (3.15: two workers on localhost fail in the first train step,
-    after a first failure in fit's symbolic build; the two bugs of keras-team/keras#20585). Checked by version so
-    that a fixed Keras is used as soon as it exists."""
-    major, minor = (int(p) for p in keras_version().split(".")[:2])
-    return (major, minor) < (3, 0) or (major, minor) > (3, 15)
+def patch_keras_for_multiworker() -> None:
+    """Mend Keras 3's TensorFlow trainer where it fails under :class:`tf.distribute.MultiWorkerMirroredStrategy`
+    (keras-team/keras#20585; measured with Keras 3.15 and two workers on localhost). Idempotent; with any other
+    strategy both functions behave exactly as Keras' own.
+
+    1. ``fit``'s symbolic build all-reduces a ``PerReplica`` input batch only to learn its shapes; eagerly, the
+       collective reduce cannot convert it and raises. The shapes of this worker's first replica are the same.
+    2. Every train and test step reduces its scalar metrics with ``strategy.reduce("MEAN", v, axis=0)``; a scalar
+       has no axis 0. ``axis=None`` is the mean over the replicas of every worker, which is what was meant.
+    """
+    import tensorflow as tf
+    from keras.src import tree
+    from keras.src.backend.tensorflow import trainer
+
+    if getattr(trainer, "_tltf_multiworker_patch", False):
+        return
+    keras_reduce = trainer.reduce_per_replica
+    keras_symbolic_build = trainer.TensorFlowTrainer._maybe_symbolic_build
+
+    def reduce_per_replica(values, strategy, reduction):
+        if reduction in ("auto", "mean") and trainer._collective_all_reduce_multi_worker(strategy):
+            return tree.map_structure(lambda v: strategy.reduce("MEAN", v, axis=None), values)
+        return keras_reduce(values, strategy, reduction)
+
+    def maybe_symbolic_build(self, iterator=None, data_batch=None):
+        strategy = self._distribute_strategy
+        if iterator is None or strategy is None or not trainer._collective_all_reduce_multi_worker(strategy):
+            return keras_symbolic_build(self, iterator=iterator, data_batch=data_batch)
+        for _, _, batches in iterator:
+            data_batch = tree.map_structure(
+                lambda v: (strategy.experimental_local_results(v)[0]
+                           if isinstance(v, tf.distribute.DistributedValues) else v), next(batches))
+            break
+        with strategy.scope():
+            self._symbolic_build(data_batch=data_batch)
+
+    trainer.reduce_per_replica = reduce_per_replica
+    trainer.TensorFlowTrainer._maybe_symbolic_build = maybe_symbolic_build
+    trainer._tltf_multiworker_patch = True
 
 
 def setup(name: str, batch_size: int) -> Distribution:
@@ -111,9 +144,6 @@ def setup(name: str, batch_size: int) -> Distribution:
         if not os.environ.get("TF_CONFIG"):
             raise TltfError("--distribute multiworker: set TF_CONFIG on every worker (cluster and task; see the "
                             "README), or use --distribute mirrored on one machine")
-        if not _keras_fit_supports_multiworker():
-            raise TltfError(f"--distribute multiworker: Keras {keras_version()}'s fit() cannot train under "
-                            "MultiWorkerMirroredStrategy (keras-team/keras#20585: it all-reduces its scalar "
-                            "metrics along axis 0); use --distribute mirrored on one machine")
         strategy = tf.distribute.MultiWorkerMirroredStrategy()
+        patch_keras_for_multiworker()
     return Distribution(name, strategy, batch_size)

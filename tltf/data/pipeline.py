@@ -45,4 +45,7 @@ def make_pipeline(split: Split, image_size: tuple[int, int], batch_size: int, tr
     ds = ds.batch(batch_size, num_parallel_calls=AUTOTUNE)
     options = tf.data.Options()
     options.deterministic = not training
+    # Under MultiWorkerMirroredStrategy each worker keeps every n-th batch (our sources are arrays or path lists,
+    # never a set of files to split between workers).
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
     return ds.with_options(options).prefetch(AUTOTUNE)
