@@ -68,9 +68,17 @@ class Weights(keras.callbacks.Callback):
     def on_train_end(self, logs=None):
         self.trainable = [w.numpy() for w in self.model.trainable_weights]
 
+class Interrupt(keras.callbacks.Callback):  # as if the cluster were stopped after the second epoch
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == 1 and len(sys.argv) > 3:
+            raise KeyboardInterrupt
+
 weights = Weights()
 config = FitConfig(**json.loads(sys.argv[1]))
-metrics = fit(config, verbose=0, callbacks=[weights])
+try:
+    metrics = fit(config, verbose=1, callbacks=[weights, Interrupt()])
+except KeyboardInterrupt:
+    sys.exit(3)
 np.savez(sys.argv[2], *weights.trainable)
 print("RESULT " + json.dumps({"val_accuracy": metrics["val_accuracy"],
                              "learning_rates": [s["learning_rate"] for s in metrics["stages"]]}))
@@ -96,16 +104,28 @@ def test_multiworker_two_local_workers_train_in_sync(tmp_path):
     config = dict(data=data, backbone="cnn_small", weights="none", stage="gradual", epochs=4, image_size=24,
                   batch_size=16, learning_rate=1e-3, augment="none", tensorboard=False, dropout=0.0,
                   distribute="multiworker", out=str(tmp_path / "run"))
-    procs = []
-    for index in range(2):
-        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2",
-                   TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}}))
-        procs.append(subprocess.Popen([sys.executable, "-c", WORKER, json.dumps(config),
-                                       str(tmp_path / f"weights{index}.npz")], env=env, text=True,
-                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE))
-    outputs = [p.communicate(timeout=300) for p in procs]
-    for p, (out, err) in zip(procs, outputs):
-        assert p.returncode == 0, err[-3000:]
+
+    def run_cluster(*extra):
+        procs = []
+        for index in range(2):
+            env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2",
+                       TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}}))
+            procs.append(subprocess.Popen([sys.executable, "-c", WORKER, json.dumps(config),
+                                           str(tmp_path / f"weights{index}.npz"), *extra], env=env, text=True,
+                                          stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+        try:
+            streams = [p.communicate(timeout=300) for p in procs]
+            return [(p.returncode, *pair) for p, pair in zip(procs, streams)]
+        finally:
+            for p in procs:
+                p.kill()
+
+    stopped = run_cluster("interrupt")
+    assert [code for code, _, _ in stopped] == [3, 3], stopped[0][2][-3000:]
+    assert (tmp_path / "run" / ".workers" / "worker-1" / "backup").is_dir()  # worker 1's own, not the chief's
+    outputs = [(out, err) for _, out, err in run_cluster()]
+    for out, err in outputs:
+        assert "resuming" in out and "from epoch 3/4" in out, (out[-2000:], err[-3000:])
     results = [json.loads(next(l for l in out.splitlines() if l.startswith("RESULT "))[len("RESULT "):])
                for out, _ in outputs]
     rates = results[0]["learning_rates"]  # the staged plan ran (unfreezing under the strategy), rates doubled
@@ -116,6 +136,7 @@ def test_multiworker_two_local_workers_train_in_sync(tmp_path):
     saved = json.loads((tmp_path / "run" / "config.json").read_text())
     assert saved["replicas"] == 2 and saved["global_batch_size"] == 32
     assert (tmp_path / "run" / "model.keras").exists()
+    assert not (tmp_path / "run" / ".workers").exists()  # removed once the run finished
 
 
 def test_distribution_scaling_and_choices(monkeypatch):

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 import time
 import warnings
 from dataclasses import asdict, dataclass, fields
@@ -194,7 +193,7 @@ def fit(config: FitConfig, overwrite: bool = False, verbose: int = 1, callbacks=
         return fit_adapted(config, overwrite=overwrite, verbose=verbose, callbacks=callbacks)
     spec = backbones.get(config.backbone)
     dist = distribution.setup(config.distribute, config.batch_size)  # first: multi-worker needs it before any op
-    out = Path(config.out) if dist.is_chief else Path(tempfile.mkdtemp(prefix="tltf-worker-"))
+    out = dist.run_dir(config.out)
     resuming = _run_state(out, config, overwrite)
     augment = Augment.parse(config.augment)  # validated before any data is read
     _set_precision(config.precision)
@@ -242,7 +241,9 @@ def fit(config: FitConfig, overwrite: bool = False, verbose: int = 1, callbacks=
     if data.test is not None:
         test = evaluate_model(model, make_pipeline(data.test, size, config.batch_size, cache=False),
                               data.class_names, data.class_names)
-    return _finish(model, config, plan, data, size, out, spec, test, seconds, strategy)
+    metrics = _finish(model, config, plan, data, size, out, spec, test, seconds, strategy)
+    dist.finish(out)
+    return metrics
 
 
 def run_callbacks(out: Path, config: FitConfig, plan: StagePlan, resuming: bool, images_per_epoch: int,

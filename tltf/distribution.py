@@ -4,9 +4,10 @@
   of one type, which is how the tests run it on two logical CPUs).
 - ``multiworker``: :class:`tf.distribute.MultiWorkerMirroredStrategy` across machines; each worker runs the same
   ``tltf fit`` with its own ``TF_CONFIG`` (cluster and task), see the README. Only the chief (worker 0) writes
-  the run folder's files; ``BackupAndRestore`` lets a restarted worker rejoin. Keras 3 (3.15 measured) cannot
-  ``fit`` under this strategy as released (keras-team/keras#20585); :func:`patch_keras_for_multiworker` mends
-  the two places that fail, and only under this strategy.
+  the run folder's files, the others their own backups below it (:meth:`Distribution.run_dir`), so a restarted
+  cluster resumes together. Keras 3 (3.15 measured) cannot ``fit`` under this strategy as released
+  (keras-team/keras#20585); :func:`patch_keras_for_multiworker` mends the two places that fail, and only under
+  this strategy.
 
 ``--batch-size`` is per replica: the global batch is ``batch_size x replicas``, and every stage's learning rate is
 multiplied by the number of replicas (the linear scaling rule of Goyal et al., 2017), so one command line keeps
@@ -22,7 +23,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 from tltf.errors import TltfError
 
@@ -59,16 +62,42 @@ class Distribution:
     def is_chief(self) -> bool:
         return is_chief()
 
+    def run_dir(self, out) -> Path:
+        """Where this process writes its run: ``out`` for the chief; for another worker its own folder
+        ``out/.workers/worker-N``, so that its checkpoints never race the chief's and a restarted cluster resumes
+        every worker from the same epoch (each restores its own backup)."""
+        out = Path(out)
+        return out if self.is_chief else out / ".workers" / _task_name()
+
+    def finish(self, run_dir) -> None:
+        """After a finished run: a non-chief worker's folder held only what a resume needs; remove it."""
+        if not self.is_chief:
+            run_dir = Path(run_dir)
+            shutil.rmtree(run_dir, ignore_errors=True)
+            with contextlib.suppress(OSError):
+                run_dir.parent.rmdir()  # .workers/, once the last worker has gone
+
+
+def _tf_config() -> dict:
+    raw = os.environ.get("TF_CONFIG")
+    if not raw:
+        return {}
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError:
+        raise TltfError("TF_CONFIG: not valid JSON") from None
+
+
+def _task_name() -> str:
+    task = _tf_config().get("task", {})
+    return f"{task.get('type', 'worker')}-{int(task.get('index', 0))}"
+
 
 def is_chief() -> bool:
     """True unless ``TF_CONFIG`` names this process as a non-chief worker (index > 0 with no chief task)."""
-    raw = os.environ.get("TF_CONFIG")
-    if not raw:
+    config = _tf_config()
+    if not config:
         return True
-    try:
-        config = json.loads(raw)
-    except json.JSONDecodeError:
-        raise TltfError("TF_CONFIG: not valid JSON") from None
     task = config.get("task", {})
     kind, index = task.get("type", "worker"), int(task.get("index", 0))
     return kind == "chief" or (kind == "worker" and index == 0 and "chief" not in config.get("cluster", {}))
