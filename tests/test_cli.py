@@ -94,3 +94,29 @@ def test_killed_fit_resumes_from_the_last_finished_epoch(image_folder, tmp_path)
     assert sorted(set(epochs)) == list(range(6))
     metrics = json.loads((out / "metrics.json").read_text())
     assert [s["name"] for s in metrics["stages"]] == ["head", "top1", "top6", "all"]
+
+
+def test_tensorflow_startup_chatter_is_filtered_and_real_errors_pass(capfd):
+    """``import tltf`` drops TensorFlow's absl start-up lines from fd 2 (C++ writes there, not to sys.stderr) and
+    passes every other line on; the CLI's stderr stays clean."""
+    import os
+    import subprocess
+    import sys
+
+    from tltf.quiet import filtered_stderr
+
+    with filtered_stderr():
+        os.write(2, b"WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n")
+        os.write(2, b"I0000 00:00:1795525880.173977   11872 port.cc:153] oneDNN custom operations are on.\n")
+        os.write(2, b"To enable the following instructions: AVX2 FMA, in other operations, rebuild TensorFlow\n")
+        os.write(2, b"E0000 00:00:1.2 1 real_failure.cc:9] something broke\n")
+        print("python warning", file=sys.stderr)
+    err = capfd.readouterr().err
+    assert sorted(err.splitlines()) == ["E0000 00:00:1.2 1 real_failure.cc:9] something broke", "python warning"]
+
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    proc = subprocess.run([sys.executable, "-m", "tltf", "fit", "--config", "pipelines/shapes.yaml", "--dry-run"],
+                          capture_output=True, text=True, env=env, timeout=120,
+                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "absl::InitializeLog" not in proc.stderr and "cpu_feature_guard" not in proc.stderr, proc.stderr

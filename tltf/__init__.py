@@ -6,5 +6,8 @@ works after ``import tltf``.
 
 __version__ = "0.1.0"
 
-from tltf import models as _models  # noqa: E402,F401  (registers custom Keras objects)
-from tltf.staging import optimizers as _optimizers  # noqa: E402,F401  (tltf>Adam etc., saved with compiled models)
+from tltf.quiet import quiet_imports  # noqa: E402
+
+with quiet_imports():  # TensorFlow's start-up chatter (tltf.quiet)
+    from tltf import models as _models  # noqa: F401  (registers custom Keras objects)
+    from tltf.staging import optimizers as _optimizers  # noqa: F401  (tltf>Adam etc., saved with compiled models)

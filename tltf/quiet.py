@@ -1,0 +1,53 @@
+"""Keep TensorFlow's start-up chatter off the terminal, and nothing else.
+
+Importing TensorFlow 2.21 writes eight lines to the process's stderr from C++ (absl) before ``TF_CPP_MIN_LOG_LEVEL``
+can take effect: "All log messages before absl::InitializeLog()", oneDNN, "Could not find cuda drivers", CPU
+features. ``import tltf`` imports Keras and TensorFlow inside :func:`filtered_stderr`, which catches file
+descriptor 2 meanwhile and passes on every line that is not one of those, so a real error during the import still
+reaches the user. ``TF_CPP_MIN_LOG_LEVEL=0`` keeps TensorFlow's output untouched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import sys
+import tempfile
+
+NOISE = re.compile(r"(WARNING: All log messages before absl::InitializeLog\(\) is called"
+                   r"|To enable the following instructions: "
+                   r"|[IW]\d{4} [\d:. ]+\d+ (port|cudart_stub|cpu_feature_guard)\.cc:\d+\] )")
+
+
+@contextlib.contextmanager
+def filtered_stderr(noise: re.Pattern = NOISE):
+    """Within the block, lines written to fd 2 (by Python or C++) that match ``noise`` are dropped."""
+    sys.stderr.flush()
+    try:
+        saved = os.dup(2)
+    except OSError:  # no stderr to filter
+        yield
+        return
+    with tempfile.TemporaryFile() as caught:
+        os.dup2(caught.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            caught.seek(0)
+            lines = caught.read().decode(errors="replace").splitlines(keepends=True)
+            kept = "".join(line for line in lines if not noise.match(line))
+            if kept:
+                sys.stderr.write(kept)
+                sys.stderr.flush()
+
+
+def quiet_imports():
+    """:func:`filtered_stderr` for the first import of TensorFlow; a no-op once it is imported or when
+    ``TF_CPP_MIN_LOG_LEVEL=0`` asks for everything."""
+    if "tensorflow" in sys.modules or os.environ.get("TF_CPP_MIN_LOG_LEVEL") == "0":
+        return contextlib.nullcontext()
+    return filtered_stderr()
