@@ -2,6 +2,7 @@
 and learning rate scaled; bad choices are one-line errors."""
 
 import json
+from pathlib import Path
 import subprocess
 import sys
 
@@ -161,6 +162,8 @@ def test_distribution_scaling_and_choices(monkeypatch):
     monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": cluster, "task": {"type": "worker", "index": 0}}))
     monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": cluster, "task": {"type": "worker", "index": 1}}))
     assert not is_chief()
+    assert setup("none", 16).run_dir("runs/a") == Path("runs/a")  # TF_CONFIG matters to multiworker only
+    assert Distribution("multiworker", None, 16).run_dir("runs/a") == Path("runs/a/.workers/worker-1")
     monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": cluster, "task": {"type": "worker", "index": 0}}))
     assert is_chief()
 

@@ -60,7 +60,9 @@ class Distribution:
 
     @property
     def is_chief(self) -> bool:
-        return is_chief()
+        """Whether this process writes the run folder: always, unless it is a non-chief multi-worker task (a
+        ``TF_CONFIG`` left in the environment does not matter to a one-machine run)."""
+        return self.name != "multiworker" or is_chief()
 
     def run_dir(self, out) -> Path:
         """Where this process writes its run: ``out`` for the chief; for another worker its own folder
