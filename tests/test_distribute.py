@@ -43,7 +43,12 @@ def _fit_in_subprocess(config: dict) -> dict:
     proc = subprocess.run([sys.executable, "-c", SCRIPT, json.dumps(config)], capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    line = next(l for l in proc.stdout.splitlines() if l.startswith("RESULT "))
+    return _result(proc.stdout)
+
+
+def _result(stdout: str) -> dict:
+    """The JSON a script above printed after ``RESULT ``."""
+    line = next(l for l in stdout.splitlines() if l.startswith("RESULT "))
     return json.loads(line[len("RESULT "):])
 
 
@@ -127,8 +132,7 @@ def test_multiworker_two_local_workers_train_in_sync(tmp_path):
     outputs = [(out, err) for _, out, err in run_cluster()]
     for out, err in outputs:
         assert "resuming" in out and "from epoch 3/4" in out, (out[-2000:], err[-3000:])
-    results = [json.loads(next(l for l in out.splitlines() if l.startswith("RESULT "))[len("RESULT "):])
-               for out, _ in outputs]
+    results = [_result(out) for out, _ in outputs]
     rates = results[0]["learning_rates"]  # the staged plan ran (unfreezing under the strategy), rates doubled
     assert len(rates) > 1 and rates[0] == pytest.approx(2e-3)
     assert all(r["val_accuracy"] > 0.9 for r in results), results  # chance is 1/3

@@ -90,19 +90,22 @@ def _tf_config() -> dict:
         raise TltfError("TF_CONFIG: not valid JSON") from None
 
 
-def _task_name() -> str:
+def _task() -> tuple[str, int]:
+    """This process's ``(type, index)`` in ``TF_CONFIG`` (``("worker", 0)`` without one)."""
     task = _tf_config().get("task", {})
-    return f"{task.get('type', 'worker')}-{int(task.get('index', 0))}"
+    return task.get("type", "worker"), int(task.get("index", 0))
+
+
+def _task_name() -> str:
+    kind, index = _task()
+    return f"{kind}-{index}"
 
 
 def is_chief() -> bool:
     """True unless ``TF_CONFIG`` names this process as a non-chief worker (index > 0 with no chief task)."""
-    config = _tf_config()
-    if not config:
-        return True
-    task = config.get("task", {})
-    kind, index = task.get("type", "worker"), int(task.get("index", 0))
-    return kind == "chief" or (kind == "worker" and index == 0 and "chief" not in config.get("cluster", {}))
+    kind, index = _task()
+    return kind == "chief" or (kind == "worker" and index == 0 and "chief" not in _tf_config().get("cluster", {}))
+
 
 def _devices() -> list[str]:
     import tensorflow as tf
