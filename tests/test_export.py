@@ -237,6 +237,17 @@ def test_int8_static_qdq_per_channel_from_an_image_folder(small, tmp_path, monke
     name, kernel = next(iter(kernels.items()))
     assert list(inits[scales[name]].dims) == [kernel.dims[0]]
     assert proto.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    # both ends run in float32: the preprocessing on raw pixels (the first QuantizeLinear sits right before the
+    # first Conv), and the classifier's last layer and softmax (the last Q/DQ pair feeds a float Gemm)
+    order = [n.op_type for n in proto.graph.node if n.op_type != "DequantizeLinear"]
+    first_q, first_conv = order.index("QuantizeLinear"), order.index("Conv")
+    assert order[first_q + 1:first_conv] == [] and first_q > 0
+    assert order[-3:] == ["QuantizeLinear", "Gemm", "Softmax"]
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(tmp_path / "q.onnx"), providers=["CPUExecutionProvider"])
+    probabilities = session.run(None, {"pixels": images[:4].astype(np.float32)})[0]
+    assert np.abs(probabilities * 255 - np.round(probabilities * 255)).max() > 1e-3  # not in 1/255 steps
     assert report["bytes"] < 0.5 * small["report"]["bytes"]
     assert read_metadata(proto)["precision"] == "int8"
 
