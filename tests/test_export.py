@@ -61,6 +61,11 @@ def test_backbone_parity_and_transposes(backbone, tmp_path):
     assert report["transpose_nodes"] <= 2, report["node_counts"]
     assert report["output_std"] > 0.05  # the outputs really vary, so the tolerance below is meaningful
     assert report["relative_diff"] <= 1e-4 and report["top1_agreement"] == 1.0
+    # preprocessing runs after the Transpose, on NCHW; the stem's zero padding is folded into its max pooling
+    graph = onnx.load(str(tmp_path / f"{backbone}.onnx")).graph
+    assert [n.op_type for n in graph.node if graph.input[0].name in n.input] == ["Transpose"]
+    pads = {n.output[0] for n in graph.node if n.op_type == "Pad"}
+    assert not [n for n in graph.node if n.op_type == "MaxPool" and n.input[0] in pads]
     # the file, re-opened on fresh images, agrees with Keras
     images = synthetic_images(12, (size, size), seed=7)
     ours = OnnxModel(tmp_path / f"{backbone}.onnx").predict(images)

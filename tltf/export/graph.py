@@ -340,12 +340,145 @@ def fuse_hard_activations(model: onnx.ModelProto) -> dict[str, int]:
     return {"HardSigmoid": len(sigmoids) - swish, "HardSwish": swish}
 
 
+# --- 6. preprocessing in NCHW ------------------------------------------------------------------------------------
+
+_CHANNELWISE = ("Mul", "Add", "Sub", "Div")
+
+
+def _channel_constant(tensor: onnx.TensorProto, channels: int) -> np.ndarray | None:
+    """The constant as an NCHW-broadcastable array if it broadcasts over NHWC's last axis only, else None."""
+    value = numpy_helper.to_array(tensor)
+    if value.size == 1:
+        return value
+    if value.size == channels and value.shape[-1] == channels and value.ndim <= 4:
+        return value.reshape(channels, 1, 1)
+    return None
+
+
+def preprocess_in_nchw(model: onnx.ModelProto) -> int:
+    """Move the element-wise preprocessing between the NHWC input and its one Transpose to NCHW *after* that
+    Transpose: ``x -> Mul/Add/Sub/Div(per-channel or scalar constant) / Slice(channel axis) -> Transpose`` becomes
+    ``x -> Transpose -> the same ops on NCHW``. onnxruntime broadcasts a 3-element constant over NHWC's innermost
+    axis one pixel at a time (ResNet-50's RGB->BGR Slice and mean Sub took 0.9 of 19 ms, EfficientNet's
+    normalisation 0.39 of 4.9 ms); over NCHW each channel is one contiguous run. In place; returns how many
+    nodes moved (0 if the pattern is not there)."""
+    g = model.graph
+    if len(g.input) != 1:
+        return 0
+    dims = g.input[0].type.tensor_type.shape.dim
+    if len(dims) != 4 or not dims[3].HasField("dim_value"):
+        return 0
+    channels = dims[3].dim_value
+    inits = {i.name: i for i in g.initializer}
+    _, consumers = _wiring(g)
+    outputs = {o.name for o in g.output}
+    chain, current = [], g.input[0].name
+    while True:
+        readers = consumers.get(current, [])
+        if len(readers) != 1 or current in outputs:
+            return 0
+        node = readers[0]
+        if node.op_type == "Transpose":
+            perm = next((list(a.ints) for a in node.attribute if a.name == "perm"), None)
+            if perm != [0, 3, 1, 2] or not chain:
+                return 0
+            transpose = node
+            break
+        if node.op_type in _CHANNELWISE:
+            operand = node.input[1] if node.input[0] == current else node.input[0]
+            if operand not in inits or _channel_constant(inits[operand], channels) is None:
+                return 0
+        elif node.op_type == "Slice":
+            if len(node.input) < 4 or any(i not in inits for i in node.input[1:4]):
+                return 0
+            if [int(a) for a in numpy_helper.to_array(inits[node.input[3]]).reshape(-1)] not in ([3], [-1]):
+                return 0
+        else:
+            return 0
+        chain.append((node, list(node.input).index(current)))
+        current = node.output[0]
+    # rewire: input -> Transpose -> chain (constants and axes in NCHW) -> the Transpose's old readers
+    source, nchw = g.input[0].name, transpose.output[0]
+    transpose.input[0], transpose.output[0] = source, f"{source}/nchw"
+    previous = transpose.output[0]
+    for node, data in chain:
+        node.input[data] = previous
+        if node.op_type == "Slice":
+            name = f"{node.name}/nchw_axes"
+            g.initializer.append(numpy_helper.from_array(np.array([1], np.int64), name))
+            node.input[3] = name
+        else:
+            k = 1 - data
+            value = numpy_helper.to_array(inits[node.input[k]])
+            name = f"{node.name}/nchw_constant"
+            g.initializer.append(numpy_helper.from_array(_channel_constant(inits[node.input[k]], channels)
+                                                         .astype(value.dtype), name))
+            node.input[k] = name
+        previous = node.output[0]
+    stale = {node.output[0] for node, _ in chain}
+    chain[-1][0].output[0] = nchw
+    nodes = [n for n in g.node if n is not transpose]
+    nodes.insert(next(i for i, n in enumerate(nodes) if n is chain[0][0]), transpose)
+    del g.node[:]
+    g.node.extend(nodes)
+    kept = [v for v in g.value_info if v.name not in stale]
+    del g.value_info[:]
+    g.value_info.extend(kept)
+    remove_dead_nodes(model)
+    return len(chain)
+
+
+# --- 7. zero padding before max pooling ---------------------------------------------------------------------------
+
+def fold_pad_into_maxpool(model: onnx.ModelProto) -> int:
+    """``Relu -> Pad(zeros, spatial) -> MaxPool`` becomes ``Relu -> MaxPool(pads=...)`` (ResNet's and DenseNet's
+    stem). MaxPool pads with -inf rather than 0, but after a ReLU every value is >= 0 and every window still holds
+    a real value (kernel > pad), so the maxima are the same. onnxruntime otherwise runs the Pad outside its blocked
+    layout, with a reorder on each side (ResNet-50: 0.24 ms). In place; returns how many were folded."""
+    g = model.graph
+    inits = {i.name: i for i in g.initializer}
+    producers, consumers = _wiring(g)
+    outputs = {o.name for o in g.output}
+    folded = 0
+    for pad in list(g.node):
+        if pad.op_type != "Pad" or len(pad.input) < 2 or pad.input[1] not in inits:
+            continue
+        mode = next((a.s for a in pad.attribute if a.name == "mode"), b"constant")
+        readers, source = consumers.get(pad.output[0], []), producers.get(pad.input[0])
+        if (mode != b"constant" or source is None or source.op_type != "Relu" or len(readers) != 1
+                or readers[0].op_type != "MaxPool" or pad.output[0] in outputs):
+            continue
+        if len(pad.input) > 2 and pad.input[2]:
+            if pad.input[2] not in inits or numpy_helper.to_array(inits[pad.input[2]]).any():
+                continue
+        if len(pad.input) > 3 and pad.input[3]:  # explicit axes (opset 18)
+            continue
+        pads = [int(v) for v in numpy_helper.to_array(inits[pad.input[1]]).reshape(-1)]
+        pool = readers[0]
+        attrs = {a.name: helper.get_attribute_value(a) for a in pool.attribute}
+        kernel = list(attrs.get("kernel_shape", []))
+        if (len(pads) != 8 or pads[0:2] != [0, 0] or pads[4:6] != [0, 0] or len(kernel) != 2
+                or any(attrs.get("pads", [0] * 4)) or attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET")
+                or any(p >= k for p, k in zip(pads[2:4] + pads[6:8], kernel * 2))):
+            continue
+        pool.input[0] = pad.input[0]
+        kept = [a for a in pool.attribute if a.name != "pads"]
+        del pool.attribute[:]
+        pool.attribute.extend(kept + [helper.make_attribute("pads", pads[2:4] + pads[6:8])])
+        folded += 1
+    if folded:
+        remove_dead_nodes(model)
+    return folded
+
+
 def clean(model: onnx.ModelProto) -> onnx.ModelProto:
     """The post-conversion clean-up: tensordot -> 1x1 Conv, then (if anything changed) the optimizers again; then
-    hard-sigmoid/hard-swish fusion."""
+    hard-sigmoid/hard-swish fusion, the input's preprocessing moved to NCHW, and stem padding folded into pooling."""
     if tensordot_to_conv(model):
         model = reoptimize(model)
     fuse_hard_activations(model)
+    preprocess_in_nchw(model)
+    fold_pad_into_maxpool(model)
     return model
 
 

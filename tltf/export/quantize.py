@@ -133,6 +133,57 @@ def _first_conv_inputs(proto) -> list[str]:
     return names
 
 
+def _int8_classifier(proto):
+    """``proto`` with its float classifier (the last ``Gemm``/``MatMul``, on dequantized input) given int8 weights
+    (per output channel, symmetric) and an int32 bias, as static quantization would, but no quantized output:
+    onnxruntime runs it as one int8 ``QGemm`` that returns float32 logits."""
+    from onnx import helper, numpy_helper
+
+    head = _head_nodes(proto)
+    nodes = list(proto.graph.node)
+    at = next((i for i, n in enumerate(nodes) if head and n.name == head[-1]), None)
+    if at is None or nodes[at].op_type != "Gemm" or len(nodes[at].input) < 2:
+        return proto
+    gemm = nodes[at]
+    inits = {t.name: t for t in proto.graph.initializer}
+    source = next((n for n in nodes if gemm.input[0] in n.output), None)
+    if (source is None or source.op_type != "DequantizeLinear" or source.input[1] not in inits
+            or gemm.input[1] not in inits or (len(gemm.input) > 2 and gemm.input[2] not in inits)):
+        return proto
+    input_scale = float(numpy_helper.to_array(inits[source.input[1]]))
+    weights = numpy_helper.to_array(inits[gemm.input[1]])
+    trans_b = next((a.i for a in gemm.attribute if a.name == "transB"), 0)
+    axis = 0 if trans_b else 1  # B's output-channel axis
+    scale = np.abs(weights).max(axis=1 - axis) / 127.0
+    scale = np.where(scale > 0, scale, 1.0).astype(np.float32)
+    per_channel = scale.reshape((-1, 1) if axis == 0 else (1, -1))
+    name = gemm.input[1]
+    new_inits = [numpy_helper.from_array(np.clip(np.round(weights / per_channel), -127, 127).astype(np.int8),
+                                         f"{name}_int8"),
+                 numpy_helper.from_array(scale, f"{name}_int8_scale"),
+                 numpy_helper.from_array(np.zeros_like(scale, np.int8), f"{name}_int8_zero_point")]
+    new_nodes = [helper.make_node("DequantizeLinear", [f"{name}_int8", f"{name}_int8_scale", f"{name}_int8_zero_point"],
+                                  [name], name=f"{gemm.name}/weights_dequantize", axis=axis)]
+    drop = [inits[name]]
+    if len(gemm.input) > 2:
+        bias_name = gemm.input[2]
+        bias_scale = (input_scale * scale).astype(np.float32)
+        bias = np.round(numpy_helper.to_array(inits[bias_name]) / bias_scale).astype(np.int32)
+        new_inits += [numpy_helper.from_array(bias, f"{bias_name}_int32"),
+                      numpy_helper.from_array(bias_scale, f"{bias_name}_int32_scale"),
+                      numpy_helper.from_array(np.zeros_like(bias), f"{bias_name}_int32_zero_point")]
+        new_nodes.append(helper.make_node(
+            "DequantizeLinear", [f"{bias_name}_int32", f"{bias_name}_int32_scale", f"{bias_name}_int32_zero_point"],
+            [bias_name], name=f"{gemm.name}/bias_dequantize", axis=0))
+        drop.append(inits[bias_name])
+    for tensor in drop:
+        proto.graph.initializer.remove(tensor)
+    proto.graph.initializer.extend(new_inits)
+    for node in reversed(new_nodes):
+        proto.graph.node.insert(at, node)
+    return proto
+
+
 def _head_nodes(proto) -> list[str]:
     """The last weighted layer (the classifier's Gemm) and all after it (softmax), kept in float32."""
     names = []
@@ -195,7 +246,7 @@ def to_int8(proto, images: np.ndarray, workdir: str | Path | None = None, per_ch
         except Exception as e:
             first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
             raise TltfError(f"--int8: quantization failed ({first})") from None
-        out = onnx.load(str(dst))
+        out = _int8_classifier(onnx.load(str(dst)))
     for key in ("producer_name", "producer_version", "doc_string"):
         setattr(out, key, getattr(proto, key))
     return out
