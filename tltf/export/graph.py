@@ -22,7 +22,10 @@ four reasons, each fixed here:
    optimizers again so the new pairs cancel.
 
 The result: one Transpose (at the NHWC input) for mobilenet_v2/v3, efficientnet, resnet, densenet and convnext.
-Finally :func:`fuse_hard_activations` turns MobileNetV3's four-node hard-sigmoid/hard-swish into single ONNX ops.
+Then three rewrites for onnxruntime's sake: :func:`fuse_hard_activations` turns MobileNetV3's four-node
+hard-sigmoid/hard-swish into single ONNX ops; :func:`preprocess_in_nchw` moves the input's per-channel
+preprocessing after that Transpose, where each channel is one contiguous run (ResNet-50: 0.9 -> 0.05 ms); and
+:func:`fold_pad_into_maxpool` folds a stem's ``Relu -> Pad -> MaxPool`` into the pooling (ResNet-50: -0.24 ms).
 
 >>> count_ops(model_proto)["Transpose"]      # doctest: +SKIP
 1

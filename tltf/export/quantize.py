@@ -9,14 +9,16 @@
 - :func:`to_int8`: onnxruntime static quantization in QDQ format, per-channel weights (int8, symmetric) and uint8
   activations, with ranges calibrated on real images (:class:`ImageCalibrationReader` over
   :func:`load_image_folder`). The graph is first pre-processed as onnxruntime advises (shape inference and graph
-  optimisation), so BatchNorm-folded Conv+activation patterns quantize as units. Two ends stay float32:
+  optimisation), so BatchNorm-folded Conv+activation patterns quantize as units. The two ends are kept out of
+  the static pass:
 
-  - the preprocessing on raw pixels, before the first convolution (as in :func:`to_fp16`): quantized, its
-    per-channel affine ran through onnxruntime's slowly broadcasting int8 kernels (EfficientNet-B0 took 6.2 ms
-    int8 with it and 3.7 ms without, the same as fp32);
-  - the classifier's last layer and softmax: quantized, logits and probabilities come out in 1/255 steps, and
-    near classes tie exactly (torchvision's MobileNetV2 on 20 ImageNet photos: one such tie flipped a correct
-    top-1; float there: 20/20 agreement with Keras). It is one small matrix product.
+  - the preprocessing on raw pixels, before the first convolution, stays float32 (as in :func:`to_fp16`):
+    quantized, its per-channel affine ran through onnxruntime's slowly broadcasting int8 kernels
+    (EfficientNet-B0 took 6.2 ms int8 with it and 3.7 ms without);
+  - the classifier gets int8 weights and an int32 bias but no quantized output (:func:`_int8_classifier`), so
+    onnxruntime runs it as one ``QGemm`` returning float32 logits, and the softmax stays float32. Quantized as
+    usual, logits and probabilities come out in 1/255 steps and near classes tie exactly (torchvision's
+    MobileNetV2 on 20 ImageNet photos: one such tie flipped a correct top-1; now 20/20 agreement with Keras).
 
 >>> images = load_image_folder("data/flowers/val", (224, 224), limit=128)     # doctest: +SKIP
 >>> int8 = to_int8(fp32_model, images)                                      # doctest: +SKIP
