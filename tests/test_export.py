@@ -110,6 +110,53 @@ def test_other_opsets(opset, tmp_path):
     assert result["relative_diff"] <= 1e-4 and result["output_std"] > 0.05
 
 
+def _run(model, x):
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return session.run(None, {"x": x})[0]
+
+
+def test_graph_rewrites_keep_every_output_and_skip_what_they_cannot_prove():
+    """preprocess_in_nchw and fold_pad_into_maxpool on hand-made graphs: the same outputs, in NCHW / without the Pad;
+    left alone where the rewrite would be wrong (a Pad on values that can be negative)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from tltf.export.graph import fold_pad_into_maxpool, preprocess_in_nchw
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(2, 6, 5, 3)).astype(np.float32)
+    const = lambda name, value: numpy_helper.from_array(np.asarray(value), name)  # noqa: E731
+    # NHWC input -> c - x (constant first) -> / per-channel -> channel flip -> Transpose -> Relu -> Pad -> MaxPool
+    nodes = [helper.make_node("Sub", ["mean", "x"], ["a"]),
+             helper.make_node("Div", ["a", "std"], ["b"]),
+             helper.make_node("Slice", ["b", "starts", "ends", "axes", "steps"], ["c"]),
+             helper.make_node("Transpose", ["c"], ["d"], perm=[0, 3, 1, 2]),
+             helper.make_node("Relu", ["d"], ["e"]),
+             helper.make_node("Pad", ["e", "pads"], ["f"]),
+             helper.make_node("MaxPool", ["f"], ["y"], kernel_shape=[3, 3], strides=[2, 2])]
+    inits = [const("mean", np.float32([1.0, 2.0, 3.0])), const("std", np.float32([[[[0.5, 2.0, 4.0]]]])),
+             const("starts", [-1]), const("ends", [np.iinfo(np.int64).min]), const("axes", [3]), const("steps", [-1]),
+             const("pads", [0, 0, 1, 1, 0, 0, 1, 1])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 6, 5, 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 3, 3, 3])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    expected = _run(model, x)
+    assert preprocess_in_nchw(model) == 3 and fold_pad_into_maxpool(model) == 1
+    onnx.checker.check_model(model, full_check=True)
+    ops = [n.op_type for n in model.graph.node]
+    assert ops == ["Transpose", "Sub", "Div", "Slice", "Relu", "MaxPool"]
+    np.testing.assert_allclose(_run(model, x), expected, rtol=1e-6, atol=1e-6)
+    # without the Relu a zero pad can win over negative values: no fold, and the Pad really matters there
+    plain = helper.make_graph([helper.make_node("Pad", ["x", "pads"], ["f"]),
+                               helper.make_node("MaxPool", ["f"], ["y"], kernel_shape=[3, 3])], "p",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 3, 6, 5])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits[-1:])
+    plain = helper.make_model(plain, opset_imports=[helper.make_opsetid("", 17)])
+    assert fold_pad_into_maxpool(plain) == 0 and preprocess_in_nchw(plain) == 0
+    assert (_run(plain, -np.abs(x.transpose(0, 3, 1, 2))) == 0).any()
+
+
 # --- the file's contract -------------------------------------------------------------------------------------------
 
 def test_metadata_and_io_contract(small):

@@ -407,13 +407,13 @@ def preprocess_in_nchw(model: onnx.ModelProto) -> int:
     for node, data in chain:
         node.input[data] = previous
         if node.op_type == "Slice":
-            name = f"{node.name}/nchw_axes"
+            name = f"{node.output[0]}/nchw_axes"
             g.initializer.append(numpy_helper.from_array(np.array([1], np.int64), name))
             node.input[3] = name
         else:
             k = 1 - data
             value = numpy_helper.to_array(inits[node.input[k]])
-            name = f"{node.name}/nchw_constant"
+            name = f"{node.output[0]}/nchw_constant"
             g.initializer.append(numpy_helper.from_array(_channel_constant(inits[node.input[k]], channels)
                                                          .astype(value.dtype), name))
             node.input[k] = name
@@ -460,8 +460,9 @@ def fold_pad_into_maxpool(model: onnx.ModelProto) -> int:
         pool = readers[0]
         attrs = {a.name: helper.get_attribute_value(a) for a in pool.attribute}
         kernel = list(attrs.get("kernel_shape", []))
-        if (len(pads) != 8 or pads[0:2] != [0, 0] or pads[4:6] != [0, 0] or len(kernel) != 2
-                or any(attrs.get("pads", [0] * 4)) or attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET")
+        plain = (not any(attrs.get("pads", [])) and attrs.get("auto_pad", b"NOTSET") == b"NOTSET"
+                 and not attrs.get("ceil_mode", 0) and all(d == 1 for d in attrs.get("dilations", [])))
+        if (not plain or len(pads) != 8 or pads[0:2] != [0, 0] or pads[4:6] != [0, 0] or len(kernel) != 2
                 or any(p >= k for p, k in zip(pads[2:4] + pads[6:8], kernel * 2))):
             continue
         pool.input[0] = pad.input[0]
