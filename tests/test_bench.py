@@ -73,6 +73,34 @@ def test_cli_bench_writes_json_schema_and_png(tiny, tmp_path):
     assert "onnxruntime" in result.stdout and "faster than Keras" in result.stdout
 
 
+def test_cli_bench_times_several_onnx_files_side_by_side(tiny, tmp_path):
+    """fp32 and fp16 exports of one model and its Keras original in one run: rows, ratios and the verdict per file."""
+    from tltf.export.onnx import export_onnx
+
+    half = tmp_path / "tiny_fp16.onnx"
+    export_onnx(tiny["keras"], half, precision="fp16")
+    out = tmp_path / "both.json"
+    result = cli("bench", tiny["onnx"], half, "--keras", tiny["keras"], "--batch-sizes", "1,2", "--iterations", "3",
+                 "--warmup", "1", "--xla", "off", "--json", out)
+    assert result.exit_code == 0, result.output
+    data = json.loads(out.read_text())
+    names = ("tiny.onnx", "tiny_fp16.onnx", "model.keras")
+    assert sorted((r["model"], r["batch_size"]) for r in data["results"]) == sorted(
+        (n, b) for n in names for b in (1, 2))
+    assert {r["model"]: r.get("precision") for r in data["results"]} == {
+        "tiny.onnx": "fp32", "tiny_fp16.onnx": "fp16", "model.keras": None}
+    by = {(r["model"], r["batch_size"]): r for r in data["results"]}
+    assert len(data["speedups"]) == 4
+    for s in data["speedups"]:
+        assert s["p50_ratio"] == pytest.approx(by["model.keras", s["batch_size"]]["p50_ms"]
+                                               / by[s["model"], s["batch_size"]]["p50_ms"])
+    winner = min(("tiny.onnx", "tiny_fp16.onnx"), key=lambda n: by[n, 1]["p50_ms"])
+    assert f"batch 1: fastest here is {winner}" in " ".join(result.stdout.split())
+    assert (tmp_path / "both.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    result = cli("bench", tiny["onnx"], tiny["onnx"])
+    assert result.exit_code == 2 and "different names" in result.stderr
+
+
 def test_cli_bench_errors(tiny, tmp_path):
     result = cli("bench", tiny["onnx"], "--batch-sizes", "1,x")
     assert result.exit_code == 2 and "--batch-sizes 1,x" in result.stderr

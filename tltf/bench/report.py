@@ -17,16 +17,31 @@ def table(bench: dict):
     """A ``rich.table.Table`` of the results, with the speed-up over Keras per batch size."""
     from rich.table import Table
 
-    ratios = {s["batch_size"]: s["p50_ratio"] for s in bench.get("speedups", [])}
-    t = Table("runtime", "provider", "batch", "p50 ms", "p90 ms", "p99 ms", "images/s", "vs keras",
-              title=f"{Path(str(bench.get('model', ''))).name}", box=None)
+    ratios = {(s.get("model"), s["batch_size"]): s["p50_ratio"] for s in bench.get("speedups", [])}
+    several = len(bench.get("models", [])) > 1
+    t = Table(*(["model"] if several else []), "runtime", "provider", "batch", "p50 ms", "p90 ms", "p99 ms",
+              "images/s", "vs keras", title=_title(bench), box=None)
     for r in bench["results"]:
         provider = r["provider"] + (" +xla" if r.get("xla") else "")
-        ratio = f"{ratios[r['batch_size']]:.2f}x" if r["runtime"] == "onnxruntime" and r["batch_size"] in ratios \
-            else ""
-        t.add_row(r["runtime"], provider, str(r["batch_size"]), f"{r['p50_ms']:.2f}", f"{r['p90_ms']:.2f}",
-                  f"{r['p99_ms']:.2f}", f"{r['images_per_s']:.1f}", ratio)
+        ratio = ratios.get((r.get("model"), r["batch_size"])) if r["runtime"] == "onnxruntime" else None
+        t.add_row(*([r.get("model", "")] if several else []), r["runtime"], provider, str(r["batch_size"]),
+                  f"{r['p50_ms']:.2f}", f"{r['p90_ms']:.2f}", f"{r['p99_ms']:.2f}", f"{r['images_per_s']:.1f}",
+                  f"{ratio:.2f}x" if ratio else "")
     return t
+
+
+def _title(bench: dict) -> str:
+    return ", ".join(Path(str(m)).name for m in bench.get("models") or [bench.get("model", "")])
+
+
+def _series(bench: dict) -> dict[str, list[dict]]:
+    """Rows per plotted line: one per runtime, or per file when several ONNX files were timed."""
+    several = len(bench.get("models", [])) > 1
+    lines: dict[str, list[dict]] = {}
+    for r in bench["results"]:
+        key = f"{r.get('model')} ({r['provider']})" if several else f"{r['runtime']} ({r['provider']})"
+        lines.setdefault(key, []).append(r)
+    return lines
 
 
 def plot(bench: dict, path: str | Path) -> Path:
@@ -39,13 +54,13 @@ def plot(bench: dict, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig, (lat, thr) = plt.subplots(1, 2, figsize=(10, 4))
-    for runtime in dict.fromkeys(r["runtime"] for r in bench["results"]):
-        rows = sorted((r for r in bench["results"] if r["runtime"] == runtime), key=lambda r: r["batch_size"])
+    several = len(bench.get("models", [])) > 1
+    for label, rows in _series(bench).items():
+        rows = sorted(rows, key=lambda r: r["batch_size"])
         b = [r["batch_size"] for r in rows]
         p50 = [r["p50_ms"] for r in rows]
         p90 = [r["p90_ms"] - r["p50_ms"] for r in rows]
-        label = f"{runtime} ({rows[0]['provider']})"
-        colour = RUNTIME_COLOURS.get(runtime)
+        colour = None if several else RUNTIME_COLOURS.get(rows[0]["runtime"])
         lat.errorbar(b, p50, yerr=[[0] * len(p90), p90], marker="o", capsize=3, label=label, color=colour)
         thr.plot(b, [r["images_per_s"] for r in rows], marker="o", label=label, color=colour)
     for ax, ylabel in ((lat, "latency p50 (ms, bar to p90)"), (thr, "throughput (images/s)")):
@@ -55,7 +70,8 @@ def plot(bench: dict, path: str | Path) -> Path:
         ax.grid(True, alpha=0.3)
         ax.legend()
     lat.set_yscale("log")
-    fig.suptitle(f"{Path(str(bench.get('model', ''))).name}: onnxruntime vs Keras")
+    fig.suptitle(f"{_title(bench)}: onnxruntime" + (" vs Keras" if any(r["runtime"] == "keras"
+                                                                        for r in bench["results"]) else ""))
     return save_figure(fig, path, dpi=120)
 
 

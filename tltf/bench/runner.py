@@ -113,6 +113,8 @@ class OnnxRunner:
         self.models = [(t, spin, OnnxModel(path, provider=provider, threads=t, max_batch=max_batch, spinning=spin))
                        for t, spin in configs]
         self.model = self.models[0][2]
+        self.name = Path(path).name
+        self.precision = self.model.metadata.get("precision", "fp32")
         self.image_size = tuple(self.model.image_size)
         self.chosen: dict[int, dict] = {}
 
@@ -162,6 +164,7 @@ class KerasRunner:
 
         from tltf.export.onnx import inference_model, load_keras, model_info
 
+        self.name = Path(model).name if isinstance(model, (str, Path)) else (getattr(model, "name", None) or "keras")
         if isinstance(model, (str, Path)):
             model = load_keras(model)
         self.model = inference_model(model)
@@ -213,21 +216,27 @@ class KerasRunner:
 
 # --- the whole benchmark -------------------------------------------------------------------------------------------
 
-def run_bench(onnx_path: str | Path, keras_model=None, batch_sizes=(1, 8, 32), provider: str = "cpu",
+def run_bench(onnx_path, keras_model=None, batch_sizes=(1, 8, 32), provider: str = "cpu",
               timing: Timing | None = None, xla: str | bool = "auto", threads: int | None = None,
               progress: bool = False, seed: int = 0) -> dict:
-    """Benchmark ``onnx_path`` (and ``keras_model``, a path or a model, if given) at each batch size.
+    """Benchmark ``onnx_path`` -- one ``.onnx`` file, or several (say fp32 and int8 exports of one model) timed
+    side by side -- and ``keras_model`` (a path or a model), if given, at each batch size.
 
     Returns ``{"results": [{"runtime", "provider", "batch_size", "p50_ms", "p90_ms", "p99_ms", "images_per_s",
-    ...}], "speedups": [...], "environment": {...}}``. ``progress=True`` shows a rich progress bar.
+    "model", ...}], "speedups": [...], "environment": {...}}``. ``progress=True`` shows a rich progress bar.
     """
     timing = timing or Timing()
     sizes = [int(b) for b in batch_sizes]
-    runners: list = [OnnxRunner(onnx_path, provider=provider, threads=threads, max_batch=max(sizes))]
+    paths = [onnx_path] if isinstance(onnx_path, (str, Path)) else list(onnx_path)
+    runners: list = [OnnxRunner(p, provider=provider, threads=threads, max_batch=max(sizes)) for p in paths]
+    for path, runner in zip(paths[1:], runners[1:]):
+        if runner.image_size != runners[0].image_size:
+            raise TltfError(f"{path}: input size {runner.image_size} differs from {paths[0]}'s "
+                            f"{runners[0].image_size}")
     if keras_model is not None:
         keras_runner = KerasRunner(keras_model, xla=xla)
         if keras_runner.image_size != runners[0].image_size:
-            raise TltfError(f"--keras: input size {keras_runner.image_size} differs from {onnx_path}'s "
+            raise TltfError(f"--keras: input size {keras_runner.image_size} differs from {paths[0]}'s "
                             f"{runners[0].image_size}")
         runners.append(keras_runner)
     h, w = runners[0].image_size
@@ -237,34 +246,48 @@ def run_bench(onnx_path: str | Path, keras_model=None, batch_sizes=(1, 8, 32), p
         for batch in sizes:
             pixels = rng.uniform(0, 255, (batch, h, w, 3)).astype(np.float32)
             for runner in runners:
-                desc = f"{runner.runtime} batch {batch}"
+                desc = f"{runner.name} batch {batch}"
                 task = bar.add_task(desc, total=timing.warmup + timing.max_iters) if bar else None
                 step = runner.step_for(pixels)
                 times = measure(step, timing, (lambda n, t=task: bar.advance(t, n)) if bar else None)
                 if bar:
                     bar.update(task, total=timing.warmup + len(times), completed=timing.warmup + len(times))
                 row = {"runtime": runner.runtime, "provider": runner.label, "batch_size": batch,
-                       **summarise(times, batch)}
+                       "model": runner.name, **summarise(times, batch)}
                 if runner.runtime == "keras":
                     row["xla"] = bool(runner.chosen_xla.get(batch, False))
                 else:
-                    row.update(runner.chosen.get(batch, {}))
+                    row.update(runner.chosen.get(batch, {}), precision=runner.precision)
                 results.append(row)
-    return {"results": results, "speedups": speedups(results), "model": str(onnx_path),
+    return {"results": results, "speedups": speedups(results), "model": str(paths[0]),
+            "models": [str(p) for p in paths],
             "keras_model": str(keras_model) if isinstance(keras_model, (str, Path)) else
             (getattr(keras_model, "name", None) if keras_model is not None else None),
             "environment": environment(provider, threads)}
 
 
 def speedups(results: list[dict]) -> list[dict]:
-    """Per batch size, Keras p50 / onnxruntime p50 (how many times faster onnxruntime is)."""
+    """Per ONNX file and batch size, Keras p50 / onnxruntime p50 (how many times faster onnxruntime is)."""
+    keras_rows = {r["batch_size"]: r for r in results if r["runtime"] == "keras"}
     out = []
-    by = {(r["runtime"], r["batch_size"]): r for r in results}
-    for (runtime, batch), ort_row in sorted(by.items(), key=lambda kv: kv[0][1]):
-        keras_row = by.get(("keras", batch))
-        if runtime == "onnxruntime" and keras_row:
-            out.append({"batch_size": batch, "p50_ratio": keras_row["p50_ms"] / ort_row["p50_ms"],
-                        "throughput_ratio": ort_row["images_per_s"] / keras_row["images_per_s"]})
+    for row in sorted((r for r in results if r["runtime"] == "onnxruntime"), key=lambda r: r["batch_size"]):
+        keras_row = keras_rows.get(row["batch_size"])
+        if keras_row:
+            out.append({"batch_size": row["batch_size"], "model": row.get("model"),
+                        "p50_ratio": keras_row["p50_ms"] / row["p50_ms"],
+                        "throughput_ratio": row["images_per_s"] / keras_row["images_per_s"]})
+    return out
+
+
+def fastest(results: list[dict]) -> list[dict]:
+    """Per batch size, the ONNX file with the lowest p50 (for choosing between, say, fp32 and int8 exports)."""
+    out = []
+    for batch in sorted({r["batch_size"] for r in results}):
+        rows = sorted((r for r in results if r["runtime"] == "onnxruntime" and r["batch_size"] == batch),
+                      key=lambda r: r["p50_ms"])
+        if rows:
+            out.append({"batch_size": batch, "model": rows[0].get("model"), "p50_ms": rows[0]["p50_ms"],
+                        "others": {r.get("model"): r["p50_ms"] for r in rows[1:]}})
     return out
 
 

@@ -1,11 +1,11 @@
-"""``tltf bench MODEL.onnx [--keras RUN_DIR/model.keras] [--batch-sizes 1,8,32] [--provider cpu|cuda|tensorrt]
+"""``tltf bench MODEL.onnx [MORE.onnx ...] [--keras RUN_DIR/model.keras] [--batch-sizes 1,8,32] [--provider cpu|cuda|tensorrt]
 [--json OUT]``."""
 
 import click
 
 
 @click.command("bench")
-@click.argument("model", type=click.Path(dir_okay=False))
+@click.argument("models", nargs=-1, required=True, type=click.Path(dir_okay=False))
 @click.option("--keras", "keras_model", type=click.Path(dir_okay=False),
               help="The Keras original, timed side by side (tf.function, XLA when it is faster).")
 @click.option("--batch-sizes", default="1,8,32", show_default=True, help="Comma-separated batch sizes.")
@@ -13,7 +13,7 @@ import click
               help="onnxruntime execution provider (cuda/tensorrt need onnxruntime-gpu).")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Write the results as JSON here.")
 @click.option("--plot", "plot_out", type=click.Path(dir_okay=False),
-              help="PNG plot [default: the --json path with .png, else MODEL.bench.png].")
+              help="PNG plot [default: the --json path with .png, else MODEL.bench.png of the first MODEL].")
 @click.option("--warmup", type=int, default=10, show_default=True, help="Untimed passes per batch size.")
 @click.option("--iterations", type=int, default=None, help="Timed passes per batch size [default: 10 or more, "
               "until 3 s have passed, at most 300].")
@@ -21,33 +21,44 @@ import click
 @click.option("--threads", type=int, help="onnxruntime CPU threads [default: the cores this process may use].")
 @click.option("--xla", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True,
               help="Keras: XLA-compile (auto: measure both, keep the faster).")
-def command(model, keras_model, batch_sizes, provider, json_out, plot_out, warmup, iterations, seconds, threads,
+def command(models, keras_model, batch_sizes, provider, json_out, plot_out, warmup, iterations, seconds, threads,
             xla):
-    """Latency (p50/p90/p99) and throughput of MODEL (.onnx) in onnxruntime, and of its Keras original."""
+    """Latency (p50/p90/p99) and throughput of MODELS (.onnx) in onnxruntime, and of their Keras original.
+
+    Give several files (say the fp32 and int8 exports) to time them side by side and see which is faster here."""
     from pathlib import Path
 
     from rich.console import Console
 
     from tltf.bench.report import table, write
-    from tltf.bench.runner import Timing, parse_batch_sizes, run_bench
+    from tltf.bench.runner import Timing, fastest, parse_batch_sizes, run_bench
     from tltf.errors import TltfError
 
-    if not Path(model).is_file():
-        raise TltfError(f"{model}: no such model file")
-    if Path(model).suffix.lower() != ".onnx":
-        raise TltfError(f"{model}: expected an .onnx file (export one with `tltf export MODEL.keras --onnx`)")
+    for model in models:
+        if not Path(model).is_file():
+            raise TltfError(f"{model}: no such model file")
+        if Path(model).suffix.lower() != ".onnx":
+            raise TltfError(f"{model}: expected an .onnx file (export one with `tltf export MODEL.keras --onnx`)")
+    if len({Path(m).name for m in models}) < len(models):
+        raise TltfError(f"{', '.join(models)}: give files with different names (results are labelled by name)")
     if warmup < 0 or (iterations is not None and iterations < 1) or seconds < 0:
         raise TltfError("--warmup, --iterations and --seconds must be positive")
     sizes = parse_batch_sizes(batch_sizes)
     timing = Timing(warmup=warmup, min_iters=iterations or 10, max_iters=iterations or 300,
                     min_time_s=0.0 if iterations else seconds)
-    bench = run_bench(model, keras_model=keras_model, batch_sizes=sizes, provider=provider, timing=timing,
+    bench = run_bench(list(models), keras_model=keras_model, batch_sizes=sizes, provider=provider, timing=timing,
                       xla={"on": True, "off": False}.get(xla, "auto"), threads=threads, progress=True)
     console = Console()
     console.print(table(bench))
-    png = plot_out or (str(Path(json_out).with_suffix(".png")) if json_out else str(Path(model).with_suffix(
+    png = plot_out or (str(Path(json_out).with_suffix(".png")) if json_out else str(Path(models[0]).with_suffix(
         ".bench.png")))
     write(bench, json_out, png)
     for s in bench["speedups"]:
-        console.print(f"batch {s['batch_size']}: onnxruntime is {s['p50_ratio']:.2f}x faster than Keras (p50)")
+        who = s["model"] if len(models) > 1 else "onnxruntime"
+        console.print(f"batch {s['batch_size']}: {who} is {s['p50_ratio']:.2f}x faster than Keras (p50)")
+    if len(models) > 1:
+        for f in fastest(bench["results"]):
+            others = ", ".join(f"{name} {ms:.2f} ms" for name, ms in f["others"].items())
+            console.print(f"batch {f['batch_size']}: fastest here is {f['model']} ({f['p50_ms']:.2f} ms p50; "
+                          f"{others})")
     console.print(f"plot: {png}" + (f", json: {json_out}" if json_out else ""))
