@@ -398,6 +398,27 @@ def test_cli_export_errors(small, tmp_path):
     assert _files(tmp_path) == []
 
 
+def test_cli_gate_can_be_set_and_its_failure_names_the_value_that_would_pass(small, tmp_path):
+    import re
+
+    out = tmp_path / "gated.onnx"
+    result = cli("export", small["keras"], "--onnx", "--out", out, "--max-diff", "1e-12")
+    assert result.exit_code == 2 and "parity check failed, nothing written" in result.stderr
+    assert _files(tmp_path) == []
+    suggested = re.search(r"--max-diff (\S+) would accept it", result.stderr).group(1)
+    assert 1e-12 < float(suggested) <= 1e-4
+    result = cli("export", small["keras"], "--onnx", "--out", out, "--max-diff", suggested, "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["threshold"] == float(suggested) and report["relative_diff"] <= float(suggested)
+    result = cli("export", small["keras"], "--onnx", "--out", out, "--min-agreement", "0.9")
+    assert result.exit_code == 2 and "--min-agreement gates --fp16/--int8" in result.stderr
+    result = cli("export", small["keras"], "--onnx", "--out", out, "--max-diff", "0")
+    assert result.exit_code == 2 and "--max-diff 0.0: must be above 0" in result.stderr
+    result = cli("export", small["keras"], "--onnx", "--fp16", "--out", out, "--min-agreement", "1.5")
+    assert result.exit_code == 2 and "--min-agreement 1.5: must be between 0 and 1" in result.stderr
+
+
 def test_calibration_images_from_any_data_spec(tmp_path):
     from tltf.export.quantize import load_calibration_images
 

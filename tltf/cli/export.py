@@ -1,5 +1,5 @@
 """``tltf export MODEL.keras --onnx [--out exported/NAME.onnx] [--opset N] [--fp16 | --int8
---calibration-data DATA]``: a thin layer over :func:`tltf.export.onnx.export_onnx`."""
+--calibration-data DATA] [--max-diff X | --min-agreement Y]``: a thin layer over :func:`tltf.export.onnx.export_onnx`."""
 
 import click
 
@@ -15,8 +15,13 @@ import click
 @click.option("--calibration-data", help="Real images to calibrate --int8 and to check parity on: an image folder "
               "(class sub-folders or flat), builtin:NAME, tfds:NAME[:SPLIT] or a .npz.")
 @click.option("--max-calibration", type=int, default=256, show_default=True, help="At most this many images.")
+@click.option("--max-diff", type=float, help="fp32 parity gate: the largest |onnxruntime - Keras| accepted, as a "
+              "fraction of the output range [default: 1e-4].")
+@click.option("--min-agreement", type=float, help="--fp16/--int8 parity gate: the smallest top-1 agreement with "
+              "Keras accepted [default: 0.99 fp16, 0.97 int8].")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of a table.")
-def command(model, to_onnx, out, opset, fp16, int8, calibration_data, max_calibration, as_json):
+def command(model, to_onnx, out, opset, fp16, int8, calibration_data, max_calibration, max_diff, min_agreement,
+            as_json):
     """Export MODEL (a .keras file) to ONNX; the file is kept only if onnxruntime matches Keras (parity gate).
 
     The graph takes raw RGB pixels, float32 0..255, NHWC, input "pixels" (dynamic batch) -- preprocessing is
@@ -37,10 +42,15 @@ def command(model, to_onnx, out, opset, fp16, int8, calibration_data, max_calibr
     if max_calibration < 1:
         raise TltfError(f"--max-calibration {max_calibration}: must be at least 1")
     precision = "fp16" if fp16 else "int8" if int8 else "fp32"
+    if max_diff is not None and precision != "fp32":
+        raise TltfError(f"--max-diff gates fp32 exports; for --{precision} use --min-agreement")
+    if min_agreement is not None and precision == "fp32":
+        raise TltfError("--min-agreement gates --fp16/--int8 exports; for fp32 use --max-diff")
     out = out or str(default_output(model))
     say = (lambda message: None) if as_json else (lambda message: click.echo(f"· {message}", err=True))
     report = export_onnx(model, out, opset=opset, precision=precision, calibration_data=calibration_data,
-                         max_calibration=max_calibration, progress=say)
+                         max_calibration=max_calibration, progress=say,
+                         threshold=max_diff if precision == "fp32" else min_agreement)
     if as_json:
         click.echo(json.dumps(report, indent=2))
         return

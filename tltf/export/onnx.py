@@ -326,7 +326,7 @@ def default_output(model_path: str | Path, out_dir: str | Path = "exported") -> 
 
 def export_onnx(model, out: str | Path, opset: int = DEFAULT_OPSET, precision: str = "fp32",
                 calibration_data: str | Path | None = None, parity_images: np.ndarray | None = None,
-                max_calibration: int = 256, seed: int = 0, progress=None) -> dict:
+                max_calibration: int = 256, seed: int = 0, progress=None, threshold: float | None = None) -> dict:
     """Export ``model`` (a path to a ``.keras`` file or a Keras model) to ``out`` and verify it; returns the report.
 
     ``precision``: ``fp32`` (parity gate: max |onnxruntime - Keras| <= 1e-4 x output range), ``fp16`` (float16
@@ -334,13 +334,18 @@ def export_onnx(model, out: str | Path, opset: int = DEFAULT_OPSET, precision: s
     calibrated on the images of ``calibration_data``; top-1 agreement >= 97 %). The gate runs onnxruntime on
     ``parity_images``, else the calibration images, else structured synthetic images. Nothing is written unless the
     gate passes: the model goes to a temporary file beside ``out`` and is renamed into place; the report JSON
-    (``out`` + ``.json``) follows the same way. ``progress(message)`` is called at each step if given.
+    (``out`` + ``.json``) follows the same way. ``threshold`` overrides the gate (fp32: the largest difference as a
+    fraction of the output range; fp16/int8: the smallest top-1 agreement); the report records the one used.
+    ``progress(message)`` is called at each step if given.
     """
     from tltf.export import parity, quantize
 
     say = progress or (lambda message: None)
     if precision not in PRECISIONS:
         raise TltfError(f"precision {precision!r}: must be one of {', '.join(PRECISIONS)}")
+    if threshold is not None and not (threshold > 0 if precision == "fp32" else 0 <= threshold <= 1):
+        raise TltfError(f"{'--max-diff' if precision == 'fp32' else '--min-agreement'} {threshold}: must be "
+                        f"{'above 0' if precision == 'fp32' else 'between 0 and 1'}")
     if precision == "int8" and calibration_data is None:
         raise TltfError("--int8 needs --calibration-data DATA (an image folder, builtin:NAME, tfds:NAME or .npz)")
     out = Path(out)
@@ -391,7 +396,7 @@ def export_onnx(model, out: str | Path, opset: int = DEFAULT_OPSET, precision: s
         say(f"checking parity with Keras on {len(check)} {check_source}")
         t0 = time.perf_counter()
         keras_probs = parity.keras_probabilities(net, check)
-        result = parity.compare(tmp, keras_probs, check, precision=precision)
+        result = parity.compare(tmp, keras_probs, check, precision=precision, threshold=threshold)
         timings["parity_s"] = time.perf_counter() - t0
         report = _report(source, out, tmp, proto, precision, opset, info, result, check_source, fp32_nodes,
                          timings)

@@ -78,7 +78,7 @@ def keras_probabilities(model, images: np.ndarray, batch_size: int = 32) -> np.n
 
 
 def compare(onnx_path: str | Path, keras_probs: np.ndarray, images: np.ndarray, precision: str = "fp32",
-            batch_size: int = 32) -> dict:
+            batch_size: int = 32, threshold: float | None = None) -> dict:
     """Run ``onnx_path`` in onnxruntime (CPU) on ``images`` and compare with ``keras_probs``."""
     from tltf.export.runtime import OnnxModel
 
@@ -92,13 +92,15 @@ def compare(onnx_path: str | Path, keras_probs: np.ndarray, images: np.ndarray, 
     t0 = time.perf_counter()
     onnx_probs = model.predict(images, batch_size=batch_size)
     elapsed = time.perf_counter() - t0
-    return measure(onnx_probs, keras_probs, precision) | {
+    return measure(onnx_probs, keras_probs, precision, threshold) | {
         "onnxruntime_ms_per_image": round(1000 * elapsed / max(len(images), 1), 3)}
 
 
-def measure(candidate: np.ndarray, reference: np.ndarray, precision: str = "fp32") -> dict:
+def measure(candidate: np.ndarray, reference: np.ndarray, precision: str = "fp32",
+            threshold: float | None = None) -> dict:
     """Differences between two ``(N, C)`` probability arrays: ``max_abs_diff``, ``output_range``,
-    ``relative_diff`` (their ratio), ``top1_agreement``, ``output_std`` (spread of the reference across images)."""
+    ``relative_diff`` (their ratio), ``top1_agreement``, ``output_std`` (spread of the reference across images),
+    and the gate's ``threshold`` (``THRESHOLDS[precision]`` unless given)."""
     a = np.asarray(candidate, np.float64)
     b = np.asarray(reference, np.float64)
     if a.shape != b.shape:
@@ -115,33 +117,41 @@ def measure(candidate: np.ndarray, reference: np.ndarray, precision: str = "fp32
         "top1_agreement": float(np.mean(agree)) if len(agree) else 1.0,
         "top1_disagreements": int(np.sum(~agree)),
         "output_std": float(np.mean(np.std(b, axis=0))) if len(b) > 1 else 0.0,
-        "threshold": THRESHOLDS[precision],
+        "threshold": THRESHOLDS[precision] if threshold is None else float(threshold),
         "precision": precision,
     }
 
 
 def passed(result: dict) -> bool:
-    precision = result["precision"]
-    if precision == "fp32":
-        return result["relative_diff"] <= THRESHOLDS["fp32"]
-    return result["top1_agreement"] >= THRESHOLDS[precision]
+    if result["precision"] == "fp32":
+        return result["relative_diff"] <= result["threshold"]
+    return result["top1_agreement"] >= result["threshold"]
 
 
 def gate(result: dict, precision: str, out: str | Path) -> None:
     """Raise a one-line :class:`TltfError` saying by how much ``result`` misses its precision's threshold."""
     if passed(result):
         return
+    need = result["threshold"]
     if precision == "fp32":
-        over = result["relative_diff"] / THRESHOLDS["fp32"]
         raise TltfError(
             f"{out}: parity check failed, nothing written: max |onnxruntime - keras| = {result['max_abs_diff']:.3g}"
             f" is {result['relative_diff']:.3g} of the output range {result['output_range']:.3g}, "
-            f"{over:.1f}x the {THRESHOLDS['fp32']:g} tolerance ({result['n']} images)")
-    need = THRESHOLDS[precision]
+            f"{result['relative_diff'] / need:.1f}x the {need:g} tolerance ({result['n']} images; "
+            f"--max-diff {_round_up(result['relative_diff'])} would accept it)")
     raise TltfError(
         f"{out}: {precision} parity check failed, nothing written: top-1 agreement with Keras "
         f"{100 * result['top1_agreement']:.1f}% < {100 * need:.0f}% ({result['top1_disagreements']} of "
-        f"{result['n']} images differ; max |diff| {result['max_abs_diff']:.3g})")
+        f"{result['n']} images differ; max |diff| {result['max_abs_diff']:.3g}; "
+        f"--min-agreement {np.floor(100 * result['top1_agreement']) / 100:.2f} would accept it)")
+
+
+def _round_up(x: float) -> str:
+    """``x`` rounded up to two significant digits, as text (1.14e-4 -> '0.00012')."""
+    if not np.isfinite(x) or x <= 0:
+        return f"{x:g}"
+    exponent = int(np.floor(np.log10(x))) - 1
+    return f"{np.ceil(x / 10.0 ** exponent) * 10.0 ** exponent:.2g}"
 
 
 def spread_random_model(model, images: np.ndarray | None = None, seed: int = 0, logit_std: float = 1.5,
