@@ -7,6 +7,7 @@ image, asserted through ``output_std``), so the tolerances below mean something.
 
 import json
 import os
+import re
 
 import numpy as np
 import onnx
@@ -302,6 +303,20 @@ def test_int8_static_qdq_per_channel_from_an_image_folder(small, tmp_path, monke
     assert np.abs(probabilities * 255 - np.round(probabilities * 255)).max() > 1e-3  # not in 1/255 steps
     assert report["bytes"] < 0.5 * small["report"]["bytes"]
     assert read_metadata(proto)["precision"] == "int8"
+    speed = report["speed_vs_fp32"]  # timed against the fp32 original on this CPU
+    assert speed["fp32_ms"] > 0 and speed["ms"] > 0 and speed["speedup"] == round(speed["fp32_ms"] / speed["ms"], 2)
+
+
+def test_cli_int8_export_says_how_it_runs_against_fp32(small, tmp_path):
+    images = synthetic_images(12, (64, 64), seed=6).round().astype(np.uint8)
+    folder = write_image_folder(tmp_path / "calib", images, np.arange(12) % 3, CLASSES)
+    out = tmp_path / "q.onnx"
+    result = cli("export", small["keras"], "--onnx", "--int8", "--calibration-data", folder, "--out", out,
+                 "--min-agreement", "0")  # random weights: int8 noise scrambles them (see above)
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.stdout.split())
+    assert re.search(r"vs fp32 \d+\.\d\dx (faster|slower) \(\S+ vs \S+ ms at batch 1 on this CPU", text), text
+    assert json.loads((tmp_path / "q.onnx.json").read_text())["threshold"] == 0.0
 
 
 def test_int8_gate_on_pretrained_mobilenet_v2_with_real_photos(tmp_path):
@@ -399,8 +414,6 @@ def test_cli_export_errors(small, tmp_path):
 
 
 def test_cli_gate_can_be_set_and_its_failure_names_the_value_that_would_pass(small, tmp_path):
-    import re
-
     out = tmp_path / "gated.onnx"
     result = cli("export", small["keras"], "--onnx", "--out", out, "--max-diff", "1e-12")
     assert result.exit_code == 2 and "parity check failed, nothing written" in result.stderr
@@ -437,7 +450,6 @@ def test_calibration_images_from_any_data_spec(tmp_path):
 def test_readme_plain_onnxruntime_snippet_runs_without_tensorflow(small, tmp_path):
     """The README's edge snippet, run as written (paths swapped) in a fresh interpreter: the same top-1 as Keras,
     and TensorFlow never imported."""
-    import re
     import subprocess
     import sys
     from pathlib import Path

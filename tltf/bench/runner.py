@@ -88,6 +88,24 @@ def measure(step: Callable[[], object], timing: Timing, advance: Callable[[int],
     return times
 
 
+def compare_latency(paths, batch_size: int = 1, rounds: int = 3, seconds: float = 0.4, seed: int = 0) -> list[float]:
+    """p50 latency (ms) of each ONNX file in ``paths`` at ``batch_size`` on this CPU, timed in interleaved rounds
+    (so a burst of load hits all alike; the median of the rounds' p50 counts). For quick verdicts such as
+    "is the int8 file faster than the fp32 one here"; ``run_bench`` is the full benchmark."""
+    from tltf.export.runtime import OnnxModel
+
+    models = [OnnxModel(p) for p in paths]
+    h, w = models[0].image_size
+    pixels = np.random.default_rng(seed).uniform(0, 255, (batch_size, h, w, 3)).astype(np.float32)
+    steps = [(lambda m=m, x=np.ascontiguousarray(pixels, m.input_dtype): m.run(x)) for m in models]
+    timing = Timing(warmup=3, min_iters=5, max_iters=1000, min_time_s=seconds)
+    p50 = [[] for _ in models]
+    for _ in range(rounds):
+        for i, step in enumerate(steps):
+            p50[i].append(1000 * float(np.median(measure(step, timing))))
+    return [float(np.median(v)) for v in p50]
+
+
 # --- onnxruntime ---------------------------------------------------------------------------------------------------
 
 class OnnxRunner:

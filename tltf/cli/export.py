@@ -70,6 +70,7 @@ def command(model, to_onnx, out, opset, fp16, int8, calibration_data, max_calibr
         ("nodes", f"{report['nodes']} ({report['transpose_nodes']} Transpose)"),
         ("size", f"{report['bytes'] / 1e6:.2f} MB"),
         ("onnxruntime", f"{report['timings_s']['onnxruntime_ms_per_image']:.2f} ms/image (CPU, batched)"),
+        *_speed_row(report.get("speed_vs_fp32")),
         ("report", f"{report['onnx']}.json"),
     ]
     for key, value in rows:
@@ -78,3 +79,13 @@ def command(model, to_onnx, out, opset, fp16, int8, calibration_data, max_calibr
     if report["output_std"] < 1e-4:
         click.echo("warning: the model's outputs barely change across the parity images; the check says little",
                    err=True)
+
+
+def _speed_row(speed: dict | None) -> list[tuple[str, str]]:
+    """The int8 file's batch-1 speed against fp32 on this CPU, as a table row (none if it was not measured)."""
+    if not speed:
+        return []
+    times = f"{speed['ms']:.2f} vs {speed['fp32_ms']:.2f} ms at batch 1 on this CPU"
+    if speed["speedup"] >= 1:
+        return [("vs fp32", f"{speed['speedup']:.2f}x faster ({times})")]
+    return [("vs fp32", f"{1 / speed['speedup']:.2f}x slower ({times}): smaller, not faster here")]

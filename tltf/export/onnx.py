@@ -23,6 +23,7 @@ import contextlib
 
 import json
 import os
+import tempfile
 import time
 from pathlib import Path
 
@@ -388,7 +389,7 @@ def export_onnx(model, out: str | Path, opset: int = DEFAULT_OPSET, precision: s
             set_metadata(proto, metadata(info, "fp16"))
         elif precision == "int8":
             say(f"quantizing to int8 (QDQ, per-channel) on {len(calib)} calibration images")
-            proto = quantize.to_int8(proto, calib, workdir=out.parent)
+            fp32_proto, proto = proto, quantize.to_int8(proto, calib, workdir=out.parent)
             set_metadata(proto, metadata(info, "int8"))
         timings["quantize_s"] = time.perf_counter() - t0
         _save(proto, tmp)
@@ -401,8 +402,26 @@ def export_onnx(model, out: str | Path, opset: int = DEFAULT_OPSET, precision: s
         report = _report(source, out, tmp, proto, precision, opset, info, result, check_source, fp32_nodes,
                          timings)
         parity.gate(result, precision, out)  # raises TltfError before the file is put in place
+        if precision == "int8":
+            say("timing int8 against fp32 on this CPU (batch 1)")
+            report["speed_vs_fp32"] = _speed_vs_fp32(fp32_proto, tmp)
     write_json(Path(str(out) + ".json"), report)
     return report
+
+
+def _speed_vs_fp32(fp32_proto, path: Path) -> dict | None:
+    """Batch-1 p50 of the quantized file at ``path`` against its fp32 original, here; None if it cannot be timed.
+    (int8 is not faster everywhere: on x86 CPUs onnxruntime has no int8 swish/hard-swish, see the README.)"""
+    from tltf.bench.runner import compare_latency
+
+    try:
+        with tempfile.TemporaryDirectory(prefix="tltf-fp32-") as folder:
+            reference = Path(folder) / "fp32.onnx"
+            _save(fp32_proto, reference)
+            fp32_ms, ms = compare_latency([reference, path])
+    except Exception:  # a measurement, never a reason to fail the export
+        return None
+    return {"batch_size": 1, "fp32_ms": round(fp32_ms, 3), "ms": round(ms, 3), "speedup": round(fp32_ms / ms, 2)}
 
 
 def _save(proto, path: Path) -> None:
