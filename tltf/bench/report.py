@@ -18,7 +18,7 @@ def table(bench: dict):
     from rich.table import Table
 
     ratios = {(s.get("model"), s["batch_size"]): s["p50_ratio"] for s in bench.get("speedups", [])}
-    several = len(bench.get("models", [])) > 1
+    several = _several(bench)
     t = Table(*(["model"] if several else []), "runtime", "provider", "batch", "p50 ms", "p90 ms", "p99 ms",
               "images/s", "vs keras", title=_title(bench), box=None)
     for r in bench["results"]:
@@ -30,22 +30,27 @@ def table(bench: dict):
     return t
 
 
+def _several(bench: dict) -> bool:
+    """Whether several ONNX files were timed (then rows and plot lines are labelled by file)."""
+    return len(bench.get("models", [])) > 1
+
+
 def _title(bench: dict) -> str:
     return ", ".join(Path(str(m)).name for m in bench.get("models") or [bench.get("model", "")])
 
 
 def _series(bench: dict) -> dict[str, list[dict]]:
     """Rows per plotted line: one per runtime, or per file when several ONNX files were timed."""
-    several = len(bench.get("models", [])) > 1
     lines: dict[str, list[dict]] = {}
     for r in bench["results"]:
-        key = f"{r.get('model')} ({r['provider']})" if several else f"{r['runtime']} ({r['provider']})"
+        key = f"{r.get('model')} ({r['provider']})" if _several(bench) else f"{r['runtime']} ({r['provider']})"
         lines.setdefault(key, []).append(r)
     return lines
 
 
 def plot(bench: dict, path: str | Path) -> Path:
-    """p50 latency (p90 as error bar) and throughput against batch size, one line per runtime; PNG, atomic."""
+    """p50 latency (p90 as error bar) and throughput against batch size, one line per runtime (or per file when
+    several were timed); PNG, atomic."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -54,7 +59,7 @@ def plot(bench: dict, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig, (lat, thr) = plt.subplots(1, 2, figsize=(10, 4))
-    several = len(bench.get("models", [])) > 1
+    several = _several(bench)
     for label, rows in _series(bench).items():
         rows = sorted(rows, key=lambda r: r["batch_size"])
         b = [r["batch_size"] for r in rows]
