@@ -387,9 +387,11 @@ def preprocess_in_nchw(model: onnx.ModelProto) -> int:
                 return 0
             transpose = node
             break
+        constant = None  # the operand, reshaped for NCHW (a Slice's new axis is 1)
         if node.op_type in _CHANNELWISE:
             operand = node.input[1] if node.input[0] == current else node.input[0]
-            if operand not in inits or _channel_constant(inits[operand], channels) is None:
+            constant = _channel_constant(inits[operand], channels) if operand in inits else None
+            if constant is None:
                 return 0
         elif node.op_type == "Slice":
             if len(node.input) < 4 or any(i not in inits for i in node.input[1:4]):
@@ -398,27 +400,24 @@ def preprocess_in_nchw(model: onnx.ModelProto) -> int:
                 return 0
         else:
             return 0
-        chain.append((node, list(node.input).index(current)))
+        chain.append((node, list(node.input).index(current), constant))
         current = node.output[0]
     # rewire: input -> Transpose -> chain (constants and axes in NCHW) -> the Transpose's old readers
     source, nchw = g.input[0].name, transpose.output[0]
     transpose.input[0], transpose.output[0] = source, f"{source}/nchw"
     previous = transpose.output[0]
-    for node, data in chain:
+    for node, data, constant in chain:
         node.input[data] = previous
-        if node.op_type == "Slice":
+        if constant is None:  # Slice on the channel axis
             name = f"{node.output[0]}/nchw_axes"
             g.initializer.append(numpy_helper.from_array(np.array([1], np.int64), name))
             node.input[3] = name
         else:
-            k = 1 - data
-            value = numpy_helper.to_array(inits[node.input[k]])
             name = f"{node.output[0]}/nchw_constant"
-            g.initializer.append(numpy_helper.from_array(_channel_constant(inits[node.input[k]], channels)
-                                                         .astype(value.dtype), name))
-            node.input[k] = name
+            g.initializer.append(numpy_helper.from_array(constant, name))
+            node.input[1 - data] = name
         previous = node.output[0]
-    stale = {node.output[0] for node, _ in chain}
+    stale = {node.output[0] for node, _, _ in chain}
     chain[-1][0].output[0] = nchw
     nodes = [n for n in g.node if n is not transpose]
     nodes.insert(next(i for i, n in enumerate(nodes) if n is chain[0][0]), transpose)

@@ -120,7 +120,7 @@ def _as_reader(images, input_name, batch_size=8):
     return Reader(images, input_name, batch_size)
 
 
-# --- fp16 ---------------------------------------------------------------------------------------------------------
+# --- the graph's two ends, kept in float32 ------------------------------------------------------------------------
 
 _WEIGHTED = ("Conv", "ConvTranspose", "MatMul", "Gemm")
 
@@ -135,10 +135,36 @@ def _first_conv_inputs(proto) -> list[str]:
     return names
 
 
+def _head_nodes(proto) -> list[str]:
+    """The last weighted layer (the classifier's Gemm) and all after it (softmax), kept in float32."""
+    names = []
+    for node in reversed(proto.graph.node):
+        names.append(node.name)
+        if node.op_type in _WEIGHTED:
+            break
+    return names
+
+
+# --- fp16 ---------------------------------------------------------------------------------------------------------
+
+def to_fp16(proto):
+    """A float16 copy of the float32 ``proto`` with float32 inputs and outputs."""
+    from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
+
+    try:
+        return convert_float_to_float16(proto, keep_io_types=True, op_block_list=list(DEFAULT_OP_BLOCK_LIST),
+                                        node_block_list=_first_conv_inputs(proto))
+    except Exception as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise TltfError(f"--fp16: float16 conversion failed ({first})") from None
+
+
+# --- int8 ---------------------------------------------------------------------------------------------------------
+
 def _int8_classifier(proto):
-    """``proto`` with its float classifier (the last ``Gemm``/``MatMul``, on dequantized input) given int8 weights
-    (per output channel, symmetric) and an int32 bias, as static quantization would, but no quantized output:
-    onnxruntime runs it as one int8 ``QGemm`` that returns float32 logits."""
+    """``proto`` with its float classifier (the last weighted layer, if a ``Gemm`` on dequantized input; anything
+    else stays float) given int8 weights (per output channel, symmetric) and an int32 bias, as static quantization
+    would, but no quantized output: onnxruntime runs it as one int8 ``QGemm`` that returns float32 logits."""
     from onnx import helper, numpy_helper
 
     head = _head_nodes(proto)
@@ -185,30 +211,6 @@ def _int8_classifier(proto):
         proto.graph.node.insert(at, node)
     return proto
 
-
-def _head_nodes(proto) -> list[str]:
-    """The last weighted layer (the classifier's Gemm) and all after it (softmax), kept in float32."""
-    names = []
-    for node in reversed(proto.graph.node):
-        names.append(node.name)
-        if node.op_type in _WEIGHTED:
-            break
-    return names
-
-
-def to_fp16(proto):
-    """A float16 copy of the float32 ``proto`` with float32 inputs and outputs."""
-    from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
-
-    try:
-        return convert_float_to_float16(proto, keep_io_types=True, op_block_list=list(DEFAULT_OP_BLOCK_LIST),
-                                        node_block_list=_first_conv_inputs(proto))
-    except Exception as e:
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-        raise TltfError(f"--fp16: float16 conversion failed ({first})") from None
-
-
-# --- int8 ---------------------------------------------------------------------------------------------------------
 
 def to_int8(proto, images: np.ndarray, workdir: str | Path | None = None, per_channel: bool = True,
             method: str = "minmax"):
