@@ -69,18 +69,18 @@ def test_table_numbers_are_the_run_folders_numbers(compared):
 
 
 def test_resume_reuses_finished_runs_and_retrains_only_missing_ones(compared, monkeypatch):
-    import tltf.api
+    import tltf.training
 
     out, _ = compared
     before = json.loads((out / "compare.json").read_text())
     calls = []
-    real_fit = tltf.api.fit
+    real_fit = tltf.training.fit
 
     def counting_fit(config, **kwargs):
         calls.append((config.out, config.seed))
         return real_fit(config, **kwargs)
 
-    monkeypatch.setattr(tltf.api, "fit", counting_fit)
+    monkeypatch.setattr(tltf.training, "fit", counting_fit)
     again = compare("builtin:shapes", out, **ARGS, log=lambda line: None)
     assert calls == [] and all(r["reused"] for r in again["runs"])
     assert [r["val_accuracy"] for r in again["runs"]] == [r["val_accuracy"] for r in before["runs"]]

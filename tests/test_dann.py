@@ -364,7 +364,7 @@ def test_cli_target_labels_for_eval_and_source_only_comparison(toy_domains, tmp_
     (("--target-data", "FLAT", "--target-labels-for-eval"), "has no class folders"),
     (("--target-data", "MISSING"), "--target-data MISSING: no such file or folder"),
     (("--target-data", "FLAT", "--distribute", "mirrored"), "--distribute: not supported with --adapt"),
-    (("--target-data", "FLAT", "--l2sp", "0.1"), "--l2sp: not supported with --adapt"),
+    (("--target-data", "FLAT", "--lwf", "1"), "--lwf: not supported with --adapt"),
 ])
 def test_cli_adapt_errors(toy_domains, tmp_path, args, message):
     from tests.conftest import cli
@@ -377,6 +377,29 @@ def test_cli_adapt_errors(toy_domains, tmp_path, args, message):
 
 
 @pytest.mark.network
+def test_dann_combines_with_layer_transfer_and_l2sp(toy_domains, tmp_path):
+    """On the one engine, DANN takes --freeze-until and --l2sp: the capped block never moves, the rest trains, and
+    the L2-SP penalty is reported (it used to be refused)."""
+    from tltf.api import FitConfig, fit, load_model
+    from tltf.models.classifier import backbone_of, build_classifier
+    from tltf import backbones
+
+    source, _, flat = toy_domains
+    start = tmp_path / "start.keras"
+    keras.utils.set_random_seed(3)
+    build_classifier(backbones.get("cnn_small"), ["a", "b"], 32, "none").save(start)
+    before = backbone_of(load_model(start)).get_weights()
+    metrics = fit(FitConfig(data=str(source), target_data=str(flat), adapt="dann", backbone="cnn_small",
+                            weights=str(start), stage="finetune", epochs=2, batch_size=16, image_size=32,
+                            augment="none", freeze_until="0", l2sp=0.01, out=str(tmp_path / "r"), tensorboard=False),
+                  verbose=0)
+    after = backbone_of(load_model(tmp_path / "r" / "model.keras")).get_weights()
+    moved = [not np.array_equal(b, a) for b, a in zip(before, after)]
+    assert moved[:2] == [False, False] and any(moved[2:])  # block 0 (conv1 kernel, bias) capped; others trained
+    assert metrics["methods"] == ["dann", "l2sp"] and metrics["strategies"]["frozen_layers"] >= 1
+    assert metrics["strategies"]["l2sp_report"]["distance"] > 0
+
+
 def test_cli_mnist_to_uci_digits(tmp_path, digits):
     """The DANN recipe's data through the CLI: builtin:mnist -> builtin:uci_digits (labels for evaluation only)."""
     from tests.conftest import cli

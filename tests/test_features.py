@@ -75,7 +75,7 @@ def test_fit_on_cached_features_matches_the_uncached_run_and_saves_a_full_model(
 
 def test_cached_fit_says_augmentation_does_not_apply_and_reuses_the_cache(tmp_path, capsys):
     config = dict(data="builtin:shapes", backbone="cnn_small", weights="none", train_bn=False, image_size=28,
-                  stage="feature", epochs=1, tensorboard=False)
+                  stage="feature", epochs=1, tensorboard=False, augment="flip,crop,color")
     first = fit(FitConfig(**config, out=str(tmp_path / "a")), verbose=0)
     out = capsys.readouterr().out
     assert "note: --augment flip,crop,color does not apply to cached features" in out

@@ -82,7 +82,7 @@ class Choice:
 
 def parse_strategies(specs) -> list[Choice]:
     """``"scratch,feature,l2sp:0.1"`` (or a list of such names) -> the :class:`Choice` of each, checked."""
-    from tltf.api import FitConfig
+    from tltf.training import FitConfig
 
     if isinstance(specs, str):
         specs = specs.split(",")
@@ -115,7 +115,7 @@ def parse_strategies(specs) -> list[Choice]:
 
 def _parse_value(raw: str, spec: str, param: str):
     """``raw`` as the type of FitConfig's ``param`` field (``l2sp: float`` -> 0.1; ``freeze_until: str`` -> "9")."""
-    from tltf.api import FitConfig
+    from tltf.training import FitConfig
 
     kind = str(next(f.type for f in fields(FitConfig) if f.name == param))
     try:
@@ -142,19 +142,13 @@ def _seed_list(seeds) -> list[int]:
 # --- one run ----------------------------------------------------------------------------------------------------
 
 def _finished_run(folder: Path, config) -> dict | None:
-    """The metrics of a finished run of exactly ``config`` in ``folder``; None when there is none."""
-    metrics_file, saved = folder / "metrics.json", folder / "config.json"
-    if not (metrics_file.exists() and (folder / "model.keras").exists() and saved.exists()):
-        return None
-    previous = json.loads(saved.read_text())
-    defaults = {f.name: f.default for f in fields(config)}
-    for key, value in asdict(config).items():
-        if key == "out" or (key not in previous and value == defaults.get(key)):
-            continue  # a field added to FitConfig after that run, at its default: the run had the same behaviour
-        if previous.get(key) != value:
-            raise TltfError(f"--out {folder.parent.parent.parent}: {folder} holds a finished run with a different "
-                            f"{key} ({previous.get(key)!r} vs {value!r}); use --overwrite or another --out")
-    return json.loads(metrics_file.read_text())
+    """The metrics of a finished run of ``config``'s settings in ``folder`` (the engine's rule); None when none."""
+    from tltf.training.run_folder import finished_run
+
+    try:
+        return finished_run(folder, config)
+    except TltfError as e:
+        raise TltfError(f"--out {folder.parent.parent.parent}: {e}") from None
 
 
 def _run_record(label: str, seed: int, folder: Path, root: Path, metrics: dict, reused: bool) -> dict:
@@ -181,7 +175,7 @@ def compare(data: str, out: str | Path, backbone: str = "mobilenet_v2", weights:
     ``fit_options`` are further :class:`tltf.api.FitConfig` fields shared by every run (``learning_rate``,
     ``val_split``, ``augment`` …). Returns what ``out/compare.json`` holds.
     """
-    from tltf.api import FitConfig, fit
+    from tltf.training import FitConfig, fit
 
     choices = parse_strategies(strategies)
     seed_list = _seed_list(seeds)

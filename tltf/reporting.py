@@ -27,6 +27,11 @@ def _jsonable(value):
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
+def _number(text):
+    """A CSVLogger cell: a float, or None where the epoch had no such value (empty, or Keras' ``NA``)."""
+    return None if text in ("", None, "NA") else float(text)
+
+
 def read_history(path: str | Path) -> list[dict]:
     """Rows of a Keras ``CSVLogger`` file, one per epoch (a re-run epoch after a resume keeps its last row)."""
     path = Path(path)
@@ -39,7 +44,7 @@ def read_history(path: str | Path) -> list[dict]:
                 epoch = int(row["epoch"])
             except (KeyError, ValueError):
                 continue
-            rows[epoch] = {k: (float(v) if k != "epoch" and v not in ("", None) else v) for k, v in row.items()}
+            rows[epoch] = {k: _number(v) if k != "epoch" else v for k, v in row.items()}
             rows[epoch]["epoch"] = epoch
     return [rows[e] for e in sorted(rows)]
 

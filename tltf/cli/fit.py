@@ -1,4 +1,4 @@
-"""``tltf fit``: flags -> :class:`tltf.api.FitConfig` -> :func:`tltf.api.fit`."""
+"""``tltf fit``: flags -> :class:`tltf.training.FitConfig` -> :func:`tltf.training.fit`."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from tltf.cli import options
 @click.option("--dry-run", is_flag=True, help="Validate the settings and print the stage plan; do not train.")
 @options.data(required=False)
 @options.backbone
-@click.option("--stage", type=click.Choice(["feature", "finetune", "gradual", "scratch"]), default="gradual", show_default=True,
-              help="Stage plan preset (ignored with --plan).")
+@click.option("--stage", type=click.Choice(["feature", "finetune", "gradual", "scratch"]),
+              help="Stage plan preset (ignored with --plan) [default: gradual; scratch with --weights none].")
 @click.option("--plan", type=click.Path(dir_okay=False), help="Stage plan YAML file.")
 @click.option("--epochs", type=int, help="Total epochs, divided among the stages [default: 6 or the plan's].")
 @click.option("--out", default="runs/run", show_default=True, help="Run folder.")
@@ -28,7 +28,8 @@ from tltf.cli import options
 @click.option("--train-bn/--freeze-bn", "train_bn", default=None,
               help="Let BatchNorm update its statistics [default: only with --weights none].")
 @click.option("--dropout", type=float, default=0.2, show_default=True)
-@click.option("--augment", default="flip,crop,color", show_default=True, help="Subset of flip,crop,color or none.")
+@click.option("--augment", default="auto", show_default=True,
+              help="Subset of flip,crop,color, none, or auto (flips for colour images only).")
 @click.option("--optimizer", default="adam", show_default=True, help="adam, adamw or sgd.")
 @options.data_dir
 @click.option("--jit/--no-jit", default=None, help="XLA-compile the train step [default: on GPU only].")
@@ -56,6 +57,12 @@ from tltf.cli import options
 @click.option("--lwf", type=float, help="Learning without forgetting: weight of the loss keeping the source model's "
               "outputs on the target images [default: 0, off].")
 @click.option("--lwf-temperature", type=float, help="LwF: softmax temperature [default: 2].")
+@click.option("--refit", type=click.Choice(["on", "off", "auto"]),
+              help="Choose the epochs on the hold-out, then train again on all labelled images [default: off].")
+@click.option("--lp-init", type=click.Choice(["on", "off", "auto"]),
+              help="LP-FT: set the head by logistic regression on the frozen features before the plan [default: off].")
+@click.option("--method", "methods", multiple=True,
+              help="A registered training plug-in to add (tltf.training.register_method); repeatable.")
 @click.option("--overwrite", is_flag=True, help="Start over even if --out holds a run.")
 @click.option("--quiet", is_flag=True, help="No per-epoch progress output.")
 @click.pass_context
@@ -65,7 +72,7 @@ def command(ctx, recipe, dry_run, quiet, overwrite, **flags):
 
     from click.core import ParameterSource
 
-    from tltf.api import FitConfig, describe, fit, load_recipe
+    from tltf.training import FitConfig, describe, fit, load_recipe
     from tltf.errors import TltfError
 
     values = load_recipe(recipe) if recipe else {}
@@ -73,6 +80,7 @@ def command(ctx, recipe, dry_run, quiet, overwrite, **flags):
         if name not in values or ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE:
             values[name] = value
     values = {k: v for k, v in values.items() if v is not None or k in ("train_bn", "jit", "epochs")}
+    values["methods"] = list(values.get("methods") or [])
     if "ema" in values:
         from tltf.adapt.dann import parse_ema
 

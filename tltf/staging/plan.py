@@ -94,6 +94,18 @@ class StagePlan:
             counts[j] -= 1
         return StagePlan([Stage(**{**asdict(s), "epochs": c}) for s, c in zip(self.stages, counts)])
 
+    def truncated(self, epochs: int) -> "StagePlan":
+        """The plan's first ``epochs`` epochs: later stages dropped, the last one kept cut short."""
+        if epochs < 1:
+            raise TltfError(f"truncated plan: epochs must be >= 1, got {epochs}")
+        stages, left = [], epochs
+        for s in self.stages:
+            if left <= 0:
+                break
+            stages.append(Stage(**{**asdict(s), "epochs": min(s.epochs, left)}))
+            left -= s.epochs
+        return StagePlan(stages)
+
     def to_dict(self) -> dict:
         return {"stages": [asdict(s) for s in self.stages]}
 

@@ -1,9 +1,10 @@
-"""How ``tltf fit`` applies a :class:`~tltf.api.FitConfig`'s transfer strategies to a freshly built classifier.
+"""How ``tltf fit`` applies the layer-transfer settings of a :class:`~tltf.training.FitConfig` to a freshly built
+classifier.
 
-Order matters and is fixed here: the stage plan is checked against ``--freeze-until`` first (does any stage
-train the backbone at all?); the LwF teacher is copied from the backbone while it is still the pretrained one;
-``--reinit-top`` then re-initialises the top blocks; L2-SP anchors the remaining backbone weights at their
-(pretrained) values. When no stage trains the backbone and BatchNorm stays in inference mode, the backbone is a
+Order matters and is fixed by the engine: plug-ins' ``start`` hooks see the pretrained backbone (the LwF teacher is
+copied there); then the stage plan is checked against ``--freeze-until`` (does any stage train the backbone at
+all?) and ``--reinit-top`` re-initialises the top blocks; plug-ins' ``setup`` hooks come after (L2-SP anchors the
+remaining backbone weights at their pretrained values). When no stage trains the backbone and BatchNorm stays in inference mode, the backbone is a
 fixed function and ``fit`` trains the head on cached features instead (:mod:`tltf.strategies.head_on_features`).
 """
 
@@ -18,12 +19,11 @@ from tltf.errors import TltfError
 
 @dataclass
 class Strategies:
-    """What :func:`apply_strategies` set up; ``train_model`` is the model to compile and fit."""
+    """What :func:`apply_strategies` set up on ``model`` (plug-ins add their reports under ``settings``)."""
 
-    train_model: keras.Model
+    model: keras.Model
     frozen: list = field(default_factory=list)
     reinitialised: list = field(default_factory=list)
-    anchors: object | None = None  # tltf.strategies.l2sp.Anchors
     feature_cache: bool = False
     backbone_trains: bool = True
     settings: dict = field(default_factory=dict)
@@ -31,22 +31,21 @@ class Strategies:
     def report(self) -> dict:
         """The ``strategies`` entry of ``metrics.json``."""
         return {**self.settings, "frozen_layers": len(self.frozen), "reinitialised_layers": len(self.reinitialised),
-                "backbone_trains": self.backbone_trains,
-                "l2sp_report": self.anchors.report() if self.anchors is not None else None}
+                "backbone_trains": self.backbone_trains, "l2sp_report": None}
 
 
-def apply_strategies(model: keras.Model, plan, config, train_bn: bool, distributed: bool = False) -> Strategies:
-    """Apply ``--freeze-until``, ``--reinit-top``, ``--lwf``, ``--l2sp`` to ``model`` and decide on the feature cache.
+def apply_strategies(model: keras.Model, plan, config, train_bn: bool, distributed: bool = False,
+                     cache_allowed: bool = True) -> Strategies:
+    """Apply ``--freeze-until`` and ``--reinit-top`` to ``model`` and decide on the feature cache
+    (``cache_allowed``: the trainer is the plain supervised one).
 
-    Prints a one-line note for every setting that cannot act as asked (augmentation on cached features, a
-    conservative penalty on a backbone that never trains, re-initialised blocks that no stage trains).
+    Conservative training (``--l2sp``, ``--lwf``) are engine plug-ins (:mod:`.l2sp`, :mod:`.lwf`) that read
+    ``backbone_trains`` and ``reinitialised`` from the result. Prints a one-line note for every setting that cannot
+    act as asked (augmentation on cached features, re-initialised blocks that no stage trains).
     """
     from tltf.staging.freezing import blocks_of
     from tltf.strategies.partial import frozen_layers, reinit_top
 
-    for name in ("l2sp", "lwf"):
-        if getattr(config, name) < 0:
-            raise TltfError(f"--{name} {getattr(config, name)}: must be >= 0")
     if config.reinit_top < 0:
         raise TltfError(f"--reinit-top {config.reinit_top}: must be >= 0")
     blocks = blocks_of(model)
@@ -55,31 +54,20 @@ def apply_strategies(model: keras.Model, plan, config, train_bn: bool, distribut
     settings = {"freeze_until": config.freeze_until, "reinit_top": config.reinit_top, "l2sp": config.l2sp,
                 "lwf": config.lwf, "lwf_temperature": config.lwf_temperature}
     result = Strategies(model, frozen, backbone_trains=bool(trained), settings=settings)
-
-    if not trained and (config.l2sp or config.lwf):
-        _note(f"{'--l2sp' if config.l2sp else '--lwf'} has no effect: no stage trains the backbone")
-    if config.lwf and trained:
-        from tltf.strategies.lwf import lwf_training_model
-
-        result.train_model = lwf_training_model(model, config.weights, config.lwf, config.lwf_temperature)
     result.reinitialised = reinit_top(model, config.reinit_top, blocks, config.seed, frozen)
     never = [layer for layer in result.reinitialised if layer.weights and id(layer) not in trained]
     if never:
         _note(f"--reinit-top {config.reinit_top}: no stage trains {never[0].name} and {len(never) - 1} other "
               "re-initialised layer(s); they stay random (unfreeze them with the plan, e.g. --stage finetune)")
-    if config.l2sp and trained:
-        from tltf.strategies.l2sp import attach_l2sp
 
-        result.anchors = attach_l2sp(model, config.l2sp, exclude=result.reinitialised)
-
-    if config.feature_cache and not trained:
+    if config.feature_cache and not trained and cache_allowed:
         if train_bn:
             _note("feature cache off: --train-bn runs the backbone in training mode, so its features change")
         elif distributed:
             _note("feature cache off: not used with --distribute")
         else:
             result.feature_cache = True
-            if str(config.augment).strip().lower() not in ("none", ""):
+            if str(config.augment).strip().lower() not in ("none", "", "auto"):
                 _note(f"--augment {config.augment} does not apply to cached features (each image's features are "
                       "computed once, unaugmented); use --no-feature-cache to train on augmented images")
     return result

@@ -18,6 +18,14 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from tltf.models.classifier import head_of
+from tltf.models.head import loss_and_metrics
+from tltf.staging import make_optimizer
+from tltf.training.callbacks import EpochTiming
+from tltf.training.evaluation import evaluate_model
+from tltf.training.loss_terms import with_loss_terms
+from tltf.training.methods import Method
+
 _STEPS_PER_EXECUTION = 16
 
 
@@ -43,8 +51,27 @@ class StageRates(keras.callbacks.Callback):
                   f"trainable={self.trainable:,} params (on cached features)", flush=True)
 
 
+class FeatureHead(Method):
+    """The engine's trainer when no stage trains the backbone: the classifier's head on cached features."""
+
+    name = "feature_head"
+    trains = True
+
+    def fit(self, run, callbacks: list) -> None:
+        run.folder.write_config(run.config, run.plan, run.size, train_bn_effective=run.train_bn,
+                                jit_effective=False, replicas=1, global_batch_size=run.config.batch_size,
+                                feature_cache_effective=True, augment_effective="none", defaults=run.defaults)
+        run.folder.discard_backup()  # nothing to resume: the head trains in seconds
+        (run.folder.path / "history.csv").unlink(missing_ok=True)
+        run.test, self.cache_report = fit_head_on_features(run.model, run.config, run.plan, run.data, run.folder.path,
+                                                           run.verbose, callbacks, run.loss_terms)
+
+    def report(self, run) -> dict:
+        return {"feature_cache": self.cache_report}
+
+
 def fit_head_on_features(model: keras.Model, config, plan, data, out: Path, verbose: int = 1,
-                         callbacks=()) -> tuple[dict | None, dict]:
+                         callbacks=(), loss_terms=()) -> tuple[dict | None, dict]:
     """Train ``model``'s head on cached features of ``data``; writes ``out/history.csv`` (and TensorBoard logs).
 
     Returns the test evaluation (``None`` without a test split) and the ``feature_cache`` report for
@@ -52,10 +79,6 @@ def fit_head_on_features(model: keras.Model, config, plan, data, out: Path, verb
     """
     import tensorflow as tf
 
-    from tltf.api import EpochTiming, evaluate_model
-    from tltf.models.classifier import head_of
-    from tltf.models.head import loss_and_metrics
-    from tltf.staging import make_optimizer
     from tltf.strategies.features import feature_extractor, fingerprint, split_features
 
     start = time.perf_counter()
@@ -72,7 +95,7 @@ def fit_head_on_features(model: keras.Model, config, plan, data, out: Path, verb
 
     head = head_of(model)
     inputs = keras.Input((feats["train"].x.shape[1],), name="features")
-    head_model = keras.Model(inputs, head(inputs), name="head_on_features")
+    head_model = with_loss_terms(keras.Model(inputs, head(inputs), name="head_on_features"), loss_terms)
     head_model.compile(optimizer=make_optimizer(config.optimizer, plan.stages[0].learning_rate, config.clipnorm),
                        **loss_and_metrics(len(data.class_names) == 2),
                        steps_per_execution=_STEPS_PER_EXECUTION)  # same steps, fewer Python round trips

@@ -23,6 +23,9 @@ from __future__ import annotations
 import keras
 import numpy as np
 
+from tltf.errors import TltfError
+from tltf.training.methods import Method
+
 
 class L2SP(keras.regularizers.Regularizer):
     """``alpha / 2 * sum((w - anchor) ** 2)`` for one variable."""
@@ -75,3 +78,28 @@ def attach_l2sp(model: keras.Model, alpha: float, exclude=()) -> Anchors:
             v.regularizer = L2SP(alpha, keras.ops.convert_to_numpy(v))
             variables.append(v)
     return Anchors(alpha, variables)
+
+
+class L2SPMethod(Method):
+    """``--l2sp ALPHA`` as an engine plug-in: anchors set once the layer-transfer settings are applied."""
+
+    name = "l2sp"
+
+    @classmethod
+    def wanted(cls, config) -> bool:
+        return bool(config.l2sp)
+
+    def check(self, config) -> None:
+        if config.l2sp < 0:
+            raise TltfError(f"--l2sp {config.l2sp}: must be >= 0")
+
+    def setup(self, run) -> None:
+        self.anchors = None
+        if not run.strategy.backbone_trains:
+            print("note: --l2sp has no effect: no stage trains the backbone", flush=True)
+            return
+        self.anchors = attach_l2sp(run.model, self.config.l2sp, exclude=run.strategy.reinitialised)
+
+    def report(self, run) -> dict:
+        anchors = getattr(self, "anchors", None)
+        return {"strategies": {"l2sp_report": anchors.report() if anchors is not None else None}}

@@ -26,6 +26,7 @@ import keras
 import numpy as np
 
 from tltf.errors import TltfError
+from tltf.training.methods import Method
 
 
 def source_head(weights: str) -> tuple[np.ndarray, np.ndarray]:
@@ -40,7 +41,7 @@ def source_head(weights: str) -> tuple[np.ndarray, np.ndarray]:
     if path is None:
         raise TltfError(f"--lwf needs the source model's classifier head, and --weights {weights} has none: use "
                         "--weights torchvision:mobilenet_v2 or a tltf .keras classifier")
-    from tltf.api import load_model
+    from tltf.models.loading import load_model
     from tltf.models.classifier import head_of
 
     try:
@@ -117,3 +118,30 @@ def lwf_training_model(model: keras.Model, weights: str, weight: float, temperat
     features = backbone_layer(model)(pixels)
     features = LearningWithoutForgetting(teacher, kernel, bias, weight, temperature)([pixels, features])
     return keras.Model(inputs, head_of(model)(features), name=f"{model.name}_lwf")
+
+
+class LwF(Method):
+    """``--lwf WEIGHT`` as an engine plug-in: the teacher is copied at ``start`` (before ``--reinit-top``), the
+    fitted model becomes the LwF wrapper at ``setup``."""
+
+    name = "lwf"
+
+    @classmethod
+    def wanted(cls, config) -> bool:
+        return bool(config.lwf)
+
+    def check(self, config) -> None:
+        if config.lwf < 0:
+            raise TltfError(f"--lwf {config.lwf}: must be >= 0")
+        if config.adapt != "none" or config.target_data:
+            raise TltfError("--lwf: not supported with --adapt/--target-data (both wrap the model that trains)")
+
+    def start(self, run) -> None:
+        self.train_model = lwf_training_model(run.model, self.config.weights, self.config.lwf,
+                                              self.config.lwf_temperature)
+
+    def setup(self, run) -> None:
+        if not run.strategy.backbone_trains:
+            print("note: --lwf has no effect: no stage trains the backbone", flush=True)
+            return
+        run.train_model = self.train_model

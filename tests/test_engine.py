@@ -1,0 +1,175 @@
+"""The training engine: methods as plug-ins (one from outside tltf), grouped settings, one resume rule, defaults
+that follow the data and say why."""
+
+import json
+
+import keras
+import numpy as np
+import pytest
+from conftest import cli
+
+from tltf.errors import TltfError
+from tltf.training import FitConfig, Method, describe, fit, load_recipe, register_method
+from tltf.training.settings import changed_setting, resume_keys
+
+
+def blobs(n: int, seed: int, grey: bool = False, size: int = 24):
+    """Three classes of noisy images told apart by where a bright square sits."""
+    rng = np.random.default_rng(seed)
+    y = np.resize(np.arange(3), n).astype(np.int32)
+    x = rng.normal(60, 20, (n, size, size, 3))
+    for i, c in enumerate(y):
+        x[i, 4:12, 2 + 7 * c: 9 + 7 * c] += 150
+    if grey:
+        x = np.repeat(x[..., :1], 3, axis=-1)
+    else:
+        x[..., 1] *= 0.6
+    return np.clip(x, 0, 255).astype(np.uint8), y
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    path = tmp_path_factory.mktemp("engine") / "blobs.npz"
+    x, y = blobs(120, seed=0)
+    np.savez(path, x=x, y=y, class_names=np.array(["left", "middle", "right"]))
+    return path
+
+
+def _config(data, out, **kw):
+    values = dict(data=str(data), backbone="cnn_small", weights="none", image_size=24, epochs=2, batch_size=16,
+                  augment="none", tensorboard=False, out=str(out), seed=1)
+    values.update(kw)
+    return FitConfig(**values)
+
+
+class HeadDecay(Method):
+    """A user's own regulariser, written outside tltf: a strong L2 pull of the head's kernel to zero."""
+
+    name = "test_head_decay"
+
+    def setup(self, run):
+        kernel = run.model.get_layer("head").dense.kernel
+        weight = float(self.options.get("weight", 1.0))
+        run.add_loss(lambda x, y, y_pred: weight * keras.ops.sum(keras.ops.square(kernel)))
+        self.kernel = kernel
+
+    def report(self, run):
+        return {"head_kernel_norm": float(np.linalg.norm(keras.ops.convert_to_numpy(self.kernel)))}
+
+
+register_method(HeadDecay)
+
+
+def test_a_method_registered_outside_tltf_changes_training(data, tmp_path):
+    plain = fit(_config(data, tmp_path / "plain", learning_rate=0.05, epochs=3), verbose=0)
+    decayed = fit(_config(data, tmp_path / "decay", learning_rate=0.05, methods=["test_head_decay"],
+                          method_options={"test_head_decay": {"weight": 10.0}}, epochs=3), verbose=0)
+    assert plain["methods"] == ["supervised"] and decayed["methods"] == ["supervised", "test_head_decay"]
+    head = keras.models.load_model(tmp_path / "plain" / "model.keras").get_layer("head").dense.kernel
+    plain_norm = float(np.linalg.norm(keras.ops.convert_to_numpy(head)))
+    assert decayed["head_kernel_norm"] < 0.5 * plain_norm  # the added loss really reached the training step
+    saved = keras.models.load_model(tmp_path / "decay" / "model.keras")
+    assert saved.name.startswith("tltf_cnn_small")  # the saved model is the plain classifier, not the wrapper
+
+
+def test_unknown_method_is_a_one_line_error(data, tmp_path):
+    with pytest.raises(TltfError, match="method 'nope': not registered"):
+        fit(_config(data, tmp_path / "r", methods=["nope"]), verbose=0)
+    result = cli("fit", "--data", data, "--method", "nope", "--dry-run")
+    assert result.exit_code == 2 and "not registered" in result.stderr
+
+
+def test_feature_head_takes_loss_terms_too(data, tmp_path):
+    """A frozen backbone trains the head on cached features; a plug-in's loss term still applies there."""
+    plain = fit(_config(data, tmp_path / "plain", stage="feature", train_bn=False, epochs=3, learning_rate=0.05),
+                verbose=0)
+    decayed = fit(_config(data, tmp_path / "decay", stage="feature", train_bn=False, epochs=3, learning_rate=0.05,
+                          methods=["test_head_decay"]), verbose=0)
+    assert plain["feature_cache"]["used"] and decayed["feature_cache"]["used"]
+    assert decayed["methods"] == ["feature_head", "test_head_decay"]
+    head = keras.models.load_model(tmp_path / "plain" / "model.keras").get_layer("head").dense.kernel
+    assert decayed["head_kernel_norm"] < 0.5 * float(np.linalg.norm(keras.ops.convert_to_numpy(head)))
+
+
+def test_grouped_and_flat_recipes_give_the_same_settings(tmp_path):
+    flat = tmp_path / "flat.yaml"
+    flat.write_text("data: photos/\nbackbone: cnn_small\nweights: none\nepochs: 4\nout: runs/x\n")
+    grouped = tmp_path / "grouped.yaml"
+    grouped.write_text("data: {data: photos/}\nmodel: {backbone: cnn_small, weights: none}\n"
+                       "schedule: {epochs: 4}\nruntime: {out: runs/x}\n")
+    assert load_recipe(flat) == load_recipe(grouped)
+    config = FitConfig.from_dict(load_recipe(grouped))
+    assert config.group("model")["backbone"] == "cnn_small" and config.group("schedule")["epochs"] == 4
+    assert set(config.grouped()) == {"data", "model", "schedule", "method", "runtime"}
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: {backbone: cnn_small, epoch: 3}\n")
+    with pytest.raises(TltfError, match="unknown key 'epoch' in section 'model'"):
+        load_recipe(bad)
+    twice = tmp_path / "twice.yaml"
+    twice.write_text("epochs: 3\nschedule: {epochs: 4}\n")
+    with pytest.raises(TltfError, match="'epochs' is given twice"):
+        load_recipe(twice)
+
+
+def test_one_resume_rule_from_the_settings_metadata():
+    keys = resume_keys()
+    assert {"backbone", "augment", "l2sp", "adapt", "methods"} <= set(keys)
+    assert not {"out", "tensorboard", "jit", "data_dir"} & set(keys)
+    config = FitConfig(epochs=4)
+    saved = {k: v for k, v in config.__dict__.items() if k != "methods"}  # a run from before `methods` existed
+    assert changed_setting(saved, config) is None
+    assert changed_setting({**saved, "epochs": 3}, config) == ("epochs", 3, 4)
+    assert changed_setting({**saved, "out": "elsewhere"}, config) is None
+
+
+def test_interrupted_run_with_another_augmentation_is_not_resumed(data, tmp_path):
+    class Interrupt(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        fit(_config(data, tmp_path / "r", epochs=2), verbose=0, callbacks=[Interrupt()])
+    with pytest.raises(TltfError, match="different augment"):
+        fit(_config(data, tmp_path / "r", epochs=2, augment="crop"), verbose=0)
+
+
+def test_defaults_follow_the_weights_and_the_data(tmp_path):
+    scratch = describe(FitConfig(data="x", weights="none", backbone="cnn_small"))
+    assert scratch["plan"]["stages"][0]["unfreeze"] == "all" and "scratch" in scratch["defaults"]["stage"]
+    pretrained = describe(FitConfig(data="x", weights="imagenet", backbone="cnn_small"))
+    assert [s["name"] for s in pretrained["plan"]["stages"]][0] == "head"
+    assert "gradual" in pretrained["defaults"]["stage"] and "auto" in pretrained["defaults"]["augment"]
+    given = describe(FitConfig(data="x", weights="none", stage="feature", augment="none", backbone="cnn_small"))
+    assert given["defaults"] == {}
+
+    for grey, expected in ((True, "crop,color"), (False, "flip,crop,color")):
+        path = tmp_path / f"grey{grey}.npz"
+        x, y = blobs(60, seed=2, grey=grey)
+        np.savez(path, x=x, y=y)
+        metrics = fit(_config(path, tmp_path / f"run{grey}", augment="auto", epochs=1), verbose=0)
+        saved = json.loads((tmp_path / f"run{grey}" / "config.json").read_text())
+        assert saved["augment_effective"] == expected and expected in metrics["defaults"]["augment"]
+
+
+def test_dry_run_says_why_each_default_was_taken(tmp_path):
+    result = cli("fit", "--data", "builtin:shapes", "--backbone", "cnn_small", "--weights", "none", "--dry-run")
+    assert result.exit_code == 0, result.output
+    shown = json.loads(result.stdout)
+    assert shown["plan"]["stages"][0]["name"] == "all" and "no pretrained features" in shown["defaults"]["stage"]
+    assert "grey" in shown["defaults"]["augment"] and shown["methods"] == ["supervised"]
+    assert shown["groups"]["model"]["backbone"] == "cnn_small"
+
+
+def test_refit_chooses_epochs_on_the_holdout_then_trains_on_every_labelled_image(data, tmp_path):
+    metrics = fit(_config(data, tmp_path / "r", epochs=3, refit="on", val_split=0.25), verbose=0)
+    refit = metrics["refit"]
+    assert refit["holdout_num_train"] == 90 and refit["holdout_num_val"] == 30
+    assert metrics["num_train"] == 120 and metrics["num_val"] == 0  # every labelled image trained the final model
+    assert 1 <= refit["chosen_epochs"] <= 3 and metrics["epochs"] == refit["chosen_epochs"]
+    curve = refit["holdout_val_curve"]
+    assert metrics["val_accuracy"] == curve[refit["chosen_epochs"] - 1] == max(curve)
+    final = json.loads((tmp_path / "r" / "config.json").read_text())
+    assert final["val_split"] == 0.0 and (tmp_path / "r" / "holdout" / "model.keras").exists()
+    assert "on (asked)" in metrics["defaults"]["refit"]
+    with pytest.raises(TltfError, match="--refit on: --val-split 0 holds nothing out"):
+        fit(_config(data, tmp_path / "q", refit="on", val_split=0.0), verbose=0)

@@ -1,0 +1,70 @@
+"""LP-FT's first step: the head set to the logistic-regression optimum on the frozen features."""
+
+import keras
+import numpy as np
+from test_engine import _config, blobs
+
+from tltf import backbones
+from tltf.models.classifier import build_classifier, head_of
+from tltf.strategies.features import feature_extractor
+from tltf.strategies.linear_probe_init import choose_c, fit_probe
+from tltf.training import fit
+
+
+def _features(num_classes: int):
+    keras.utils.set_random_seed(0)
+    names = ["a", "b", "c"][:num_classes]
+    model = build_classifier(backbones.get("cnn_small"), names, 24, "none")
+    x, y = blobs(90, seed=4)
+    keep = y < num_classes
+    x, y = x[keep], y[keep]
+    feats = np.asarray(feature_extractor(model).predict_on_batch(x.astype(np.float32)), np.float64)
+    return model, x, y, feats
+
+
+def test_imprinted_head_is_the_convex_optimum():
+    from sklearn.linear_model import LogisticRegression
+
+    for k in (3, 2):  # softmax head, and the one-sigmoid binary head
+        model, x, y, feats = _features(k)
+        kernel, bias, report = fit_probe(feats, y, k, seed=0)
+        head = head_of(model).dense
+        head.kernel.assign(kernel)
+        head.bias.assign(bias)
+        mean, std = feats.mean(axis=0), feats.std(axis=0) + 1e-6
+        reference = LogisticRegression(C=report["C"], max_iter=5000).fit((feats - mean) / std, y)
+        expected = reference.predict_proba((feats - mean) / std)
+        out = np.asarray(model(x.astype(np.float32), training=False), np.float64)
+        probs = np.concatenate([1 - out, out], axis=1) if k == 2 else out
+        assert np.abs(probs - expected).max() < 1e-4
+        # the head's own training loss is the solver's, within float32 rounding
+        loss = -np.mean(np.log(probs[np.arange(len(y)), y]))
+        assert abs(loss - report["train_log_loss"]) < 1e-4 and report["train_accuracy"] > 0.9
+
+
+def test_cv_folds_are_stratified_and_seeded():
+    _, _, y, feats = _features(3)
+    x = (feats - feats.mean(0)) / (feats.std(0) + 1e-6)
+    c1, s1 = choose_c(x, y, seed=3)
+    c2, s2 = choose_c(x, y, seed=3)
+    assert c1 == c2 and s1 == s2 and len(s1) == 7
+    _, s3 = choose_c(x, y, seed=4)
+    assert s3 != s1  # another seed, other folds
+    from sklearn.model_selection import StratifiedKFold
+
+    for _, held in StratifiedKFold(5, shuffle=True, random_state=3).split(x, y):
+        assert len(set(np.bincount(y[held]))) == 1  # 30 per class -> 6 per class in each fold
+
+
+def test_fit_with_lp_init_starts_from_the_probe(tmp_path):
+    x, y = blobs(90, seed=5)
+    path = tmp_path / "blobs.npz"
+    np.savez(path, x=x, y=y)
+    start = tmp_path / "start.keras"
+    keras.utils.set_random_seed(2)
+    build_classifier(backbones.get("cnn_small"), ["0", "1", "2"], 24, "none").save(start)
+    metrics = fit(_config(path, tmp_path / "r", weights=str(start), stage="finetune", epochs=2, lp_init=True,
+                          learning_rate=1e-5), verbose=0)
+    assert metrics["methods"] == ["supervised", "lp_init"] and metrics["lp_init"]["C"] > 0
+    assert metrics["lp_init"]["train_accuracy"] > 0.9
+    assert metrics["stages"][0]["accuracy"] > 0.8  # at a tiny rate the head stays where the probe put it

@@ -1,0 +1,115 @@
+"""``tltf fit --adapt dann|none --target-data …``: domain adaptation as trainers of the engine.
+
+The same run folder, stage plan, resume and reports as any run (:mod:`tltf.training.engine`), with a second input
+stream: labelled source batches (``--data``) and unlabelled target batches (``--target-data``), both endless
+tf.data pipelines (one epoch = as many steps as the larger of the two needs), zipped into
+:func:`tltf.adapt.dann.train_dann`.
+
+- ``--adapt dann`` (:class:`DANNMethod`): the DANN model (classifier + gradient reversal + domain classifier),
+  lambda schedule, weight averaging (``--ema``); ``--adapt none`` with ``--target-data`` (:class:`SourceOnly`): the
+  source-only baseline under the same budget, with the domain classifier trained as a probe only, so both report
+  ``domain_accuracy``.
+- Target labels are read only with ``--target-labels-for-eval`` and used only to measure ``target_accuracy``
+  (per epoch in history.csv, final in metrics.json). With a class-folder target and no such flag, the labels are
+  ignored. The target's own test split, when it has one, is the evaluation set; otherwise its training images are
+  (the transductive setting of the DANN paper's tables).
+- ``model.keras`` is the label path only (pixels -> preprocess -> backbone -> head): no reversal layer, no domain
+  classifier, so ``tltf export``/``predict``/``evaluate`` take it as they take any tltf model.
+- Layer transfer (``--freeze-until``, ``--reinit-top``) and ``--l2sp`` combine with it (the DANN step adds the
+  model's regularisers to its loss); ``--lwf`` and ``--distribute`` do not yet.
+- ``--compare-source-only`` trains the baseline too (``OUT/source_only``, same seed, data and budget) and adds it
+  to the metrics for a side-by-side table.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import replace
+
+from tltf.adapt.dann import adapt_optimizer, build_dann, ema_momentum, label_model, train_dann
+from tltf.data import make_pipeline
+from tltf.errors import TltfError
+from tltf.staging import prepare
+from tltf.training.methods import Method
+from tltf.training.runtime import use_jit
+
+FINAL_KEYS = ("target_accuracy", "source_val_accuracy", "domain_accuracy", "target_loss", "source_val_loss",
+              "grl_lambda", "diverged", "target_accuracy_peak", "target_accuracy_best_epoch")
+
+
+class DANNMethod(Method):
+    """Domain-adversarial training (``--adapt dann``)."""
+
+    name = "dann"
+    trains = True
+    streams = ("source", "target")
+    supports_loss_terms = False  # its own train_step: regularisers (L2-SP) reach it, run.add_loss terms not yet
+    distributable = False
+    mode = "dann"
+
+    def check(self, config) -> None:
+        if not config.target_data:
+            raise TltfError(f"--adapt {config.adapt} needs --target-data (the unlabelled target images)")
+
+    def setup(self, run) -> None:
+        run.train_model = build_dann(run.model, mode=self.mode)
+
+    def fit(self, run, callbacks: list) -> None:
+        config, plan, model = run.config, run.plan, run.train_model
+        batch = config.batch_size
+        steps = max(math.ceil(len(run.data.train) / batch), math.ceil(len(run.target) / batch))
+        model.compile(optimizer=adapt_optimizer(config.optimizer, plan.stages[0].learning_rate, config.clipnorm,
+                                                ema_momentum(plan.epochs * steps, config.ema)),
+                      jit_compile=use_jit(config.jit))
+        prepare(model, plan, run.strategy.frozen)
+        size, augment = run.size, run.augment
+        source_train = make_pipeline(run.data.train, size, batch, training=True, augment=augment, seed=config.seed,
+                                     cache=config.cache, repeat=True)
+        target_train = make_pipeline(run.target, size, batch, training=True, augment=augment, seed=config.seed + 1,
+                                     cache=config.cache, repeat=True)
+        source_val = make_pipeline(run.data.val, size, batch, cache=config.cache) if run.data.val is not None \
+            else None
+        target_eval = make_pipeline(run.target_eval, size, batch, cache=False) if run.target_eval is not None \
+            else None
+        run.folder.write_config(config, plan, size, train_bn_effective=run.train_bn, steps_per_epoch=steps,
+                                num_target=len(run.target), augment_effective=run.augment_text,
+                                defaults=run.defaults)
+        own = run.standard_callbacks(steps * batch, keep_frozen=run.strategy.frozen)
+        warnings.filterwarnings("ignore", message="Your input ran out of data")  # evaluation of unknown length
+        self.result = train_dann(source_train, target_train, target_eval=target_eval, source_val=source_val,
+                                 model=model, epochs=plan.epochs, batch_size=batch, steps_per_epoch=steps,
+                                 learning_rate=plan.stages[0].learning_rate, gamma=config.gamma,
+                                 lambda_max=config.lambda_max, anneal_lr=config.anneal_lr, seed=config.seed,
+                                 callbacks=[*own, *callbacks], verbose=run.verbose, mode=self.mode,
+                                 domain_eval=make_pipeline(run.target, size, batch, cache=False))
+
+    def classifier(self, run):
+        return label_model(run.train_model)
+
+    def report(self, run) -> dict:
+        config = self.config
+        found = {k: self.result.metrics[k] for k in FINAL_KEYS if k in self.result.metrics}
+        found.update(adapt=config.adapt, target_data=config.target_data, num_target=len(run.target),
+                     target_labels_for_eval=bool(config.target_labels_for_eval))
+        return found
+
+    def finish(self, run, metrics: dict) -> None:
+        if "source_val_accuracy" in metrics:
+            metrics["val_accuracy"] = metrics["source_val_accuracy"]  # the averaged (EMA) weights' final number
+        if self.config.compare_source_only and self.mode == "dann":
+            from tltf.training.engine import fit
+
+            baseline = fit(replace(self.config, adapt="none", compare_source_only=False,
+                                   out=str(run.folder.path / "source_only")),
+                           overwrite=run.overwrite,
+                           verbose=run.verbose)
+            metrics["source_only"] = {k: baseline.get(k) for k in ("target_accuracy", "source_val_accuracy",
+                                                                     "domain_accuracy", "test_accuracy")}
+
+
+class SourceOnly(DANNMethod):
+    """The source-only baseline with ``--target-data`` (``--adapt none``): same budget, domain probe only."""
+
+    name = "source_only"
+    mode = "source_only"

@@ -1,0 +1,118 @@
+"""LP-FT's first step (Kumar et al. 2022, "Fine-Tuning can Distort Pretrained Features"): before any stage trains,
+the head is set to the optimum of a convex problem on the frozen backbone's features.
+
+Multinomial logistic regression (one logistic unit for two classes) is fitted to convergence by scikit-learn's
+L-BFGS on the cached training features (:func:`tltf.strategies.features.split_features`), standardised for the
+solver; the inverse regularisation ``C`` is chosen by stratified, seeded k-fold cross-validation (log-loss) over a
+grid, then refitted on every training image. The solution is written into the classifier's own ``Dense`` head
+(un-standardised, so the model keeps taking raw features), so the staged fine-tuning that follows starts from a
+head that is already good, and moves the features less (the paper's point). ``metrics.json`` records the chosen
+``C``, the folds' scores and the head's training loss.
+
+Selected with ``--lp-init`` (``FitConfig.lp_init = True``); ``auto`` turns it on for pretrained weights when the
+plan's first stage trains the head only.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from tltf.errors import TltfError
+from tltf.models.classifier import head_of
+from tltf.training.methods import Method
+
+C_GRID = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0)
+MAX_FOLDS = 5
+
+
+def choose_c(x: np.ndarray, y: np.ndarray, seed: int = 0, grid=C_GRID) -> tuple[float, dict]:
+    """The ``C`` of the best mean held-out log-loss over stratified, seeded folds; ``(C, {C: mean loss})``.
+    With fewer than two images in some class there are no folds and the middle of the grid is taken."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import log_loss
+    from sklearn.model_selection import StratifiedKFold
+
+    counts = np.bincount(y)
+    folds = int(min(MAX_FOLDS, counts[counts > 0].min()))
+    if folds < 2:
+        return float(grid[len(grid) // 2]), {}
+    splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+    labels = np.unique(y)
+    scores = {}
+    for c in grid:
+        losses = []
+        for train, held in splitter.split(x, y):
+            model = LogisticRegression(C=c, max_iter=2000).fit(x[train], y[train])
+            losses.append(log_loss(y[held], model.predict_proba(x[held]), labels=labels))
+        scores[float(c)] = float(np.mean(losses))
+    return min(scores, key=scores.get), scores
+
+
+def fit_probe(features: np.ndarray, labels: np.ndarray, num_classes: int, seed: int = 0, c: float | None = None):
+    """``(kernel (D, K'), bias (K',), report)`` of the logistic regression on raw ``features`` (K' = 1 for two
+    classes: a sigmoid unit's logit; else K softmax logits)."""
+    from sklearn.linear_model import LogisticRegression
+
+    present = np.unique(labels)
+    if len(present) < 2:
+        raise TltfError("--lp-init: the training split has a single class")
+    mean, std = features.mean(axis=0), features.std(axis=0) + 1e-6
+    x = (features - mean) / std
+    scores = {}
+    if c is None:
+        c, scores = choose_c(x, labels, seed)
+    model = LogisticRegression(C=c, max_iter=5000).fit(x, labels)
+    coef, intercept = model.coef_, model.intercept_  # (K_present or 1, D)
+    if num_classes == 2:
+        w, b = coef[0], intercept[0]
+        kernel, bias = (w / std)[:, None], np.array([b - np.sum(w * mean / std)])
+    else:
+        kernel = np.zeros((features.shape[1], num_classes), np.float64)
+        bias = np.full(num_classes, -1e4 if len(present) < num_classes else 0.0)  # absent classes: never chosen
+        for row, k in enumerate(model.classes_):
+            kernel[:, k] = coef[row] / std
+            bias[k] = intercept[row] - np.sum(coef[row] * mean / std)
+    probs = model.predict_proba(x)
+    loss = float(-np.mean(np.log(probs[np.arange(len(labels)), np.searchsorted(model.classes_, labels)] + 1e-12)))
+    report = {"C": float(c), "cv_log_loss": scores, "train_log_loss": loss,
+              "train_accuracy": float((model.predict(x) == labels).mean()), "iterations": int(np.max(model.n_iter_))}
+    return kernel.astype(np.float32), bias.astype(np.float32), report
+
+
+class LinearProbeInit(Method):
+    """``--lp-init``: the head starts at the convex optimum on the frozen features (LP), then the plan runs (FT)."""
+
+    name = "lp_init"
+
+    @classmethod
+    def wanted(cls, config) -> bool:
+        return config.lp_init not in (False, None, "off", "false")
+
+    def check(self, config) -> None:
+        if config.lp_init not in (True, False, None, "auto", "on", "off", "true", "false"):
+            raise TltfError(f"--lp-init {config.lp_init}: choose on, off or auto")
+
+    def setup(self, run) -> None:
+        from tltf.strategies.features import split_features
+
+        self.report_ = None
+        auto = self.config.lp_init == "auto"
+        if auto and (self.config.weights == "none" or run.plan.stages[0].unfreeze != 0):
+            return
+        start = time.perf_counter()
+        feats = split_features(run.model, run.data.train, run.config.batch_size, True)
+        head = head_of(run.model)
+        kernel, bias, report = fit_probe(feats.x, feats.y, len(head.class_names), run.config.seed)
+        head.dense.kernel.assign(kernel)
+        head.dense.bias.assign(bias)
+        report.update(seconds=round(time.perf_counter() - start, 2), features_cached=feats.cached,
+                      num_train=int(len(feats.y)))
+        self.report_ = report
+        if run.verbose:
+            print(f"lp-init: head set by logistic regression on {len(feats.y)} images' features (C={report['C']:g}, "
+                  f"train loss {report['train_log_loss']:.3f}) in {report['seconds']:.1f}s", flush=True)
+
+    def report(self, run) -> dict:
+        return {"lp_init": self.report_}

@@ -1,0 +1,56 @@
+"""Defaults that follow the data and the weights, each with the reason ``--dry-run`` and metrics.json give.
+
+- ``--stage``: ``gradual`` (head, top blocks, all) for pretrained weights; ``scratch`` (every layer from the first
+  epoch) for ``--weights none``: freezing a random backbone trains a head on random features.
+- ``--augment auto``: random crops and colour jitter always; horizontal flips only for colour images. A flip
+  changes the class of digits and text (a mirrored 2, 3, 7 is no digit), which are grey far more often than colour;
+  measured in the note of this change (``benchmarks/small_data.py`` will record it per task).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+
+AUGMENT_COLOUR = "flip,crop,color"
+AUGMENT_GREY = "crop,color"
+GREY_SAMPLE = 32
+
+
+def resolve_stage(config) -> tuple[object, dict]:
+    """``config`` with ``stage`` set, and ``{"stage": reason}`` when tltf chose it."""
+    if config.stage is not None or config.plan:
+        return config, {}
+    if config.weights == "none":
+        return replace(config, stage="scratch"), {
+            "stage": "scratch: --weights none has no pretrained features to protect, so every layer trains from "
+                     "the first epoch"}
+    return replace(config, stage="gradual"), {
+        "stage": "gradual: pretrained weights; the head learns first, then the top blocks, then all"}
+
+
+def is_grey(split, sample: int = GREY_SAMPLE) -> bool | None:
+    """Whether the first ``sample`` images of ``split`` have equal R, G and B (None: none could be read)."""
+    try:
+        images = [np.asarray(image) for image, _ in split.select(np.arange(min(sample, len(split)))).dataset()]
+    except Exception:  # unreadable or odd data: decide nothing here, the pipeline reports it
+        return None
+    if not images:
+        return None
+    for image in images:
+        if image.ndim == 3 and image.shape[-1] >= 3 and not (
+                np.array_equal(image[..., 0], image[..., 1]) and np.array_equal(image[..., 1], image[..., 2])):
+            return False
+    return True
+
+
+def resolve_augment(config, train_split) -> tuple[str, dict]:
+    """The augmentation to use for ``--augment auto`` (and the reason), or the one given."""
+    if str(config.augment).strip().lower() != "auto":
+        return config.augment, {}
+    grey = is_grey(train_split)
+    if grey:
+        return AUGMENT_GREY, {"augment": f"{AUGMENT_GREY}: grey images (digits, text) change class when mirrored, "
+                                        "so no flips"}
+    return AUGMENT_COLOUR, {"augment": f"{AUGMENT_COLOUR}: colour images; a mirrored photo keeps its class"}

@@ -1,0 +1,241 @@
+"""The training engine: one flow for every way of training a tltf classifier.
+
+``fit(config)`` opens the run folder (fresh, resumed or refused), reads the data, builds the classifier and its
+stage plan, applies the layer-transfer settings (:mod:`tltf.strategies.apply`), lets the selected methods
+(:mod:`tltf.training.methods`) set up what trains, hands the loop to the trainer, then evaluates, saves
+``model.keras`` and writes ``metrics.json`` and ``curves.png``. The methods never touch the run folder, resume,
+timing, history or reports: those are the engine's (:class:`Run` gives them what they need).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import keras
+
+from tltf import backbones, distribution
+from tltf.atomic import save_model
+from tltf.data import Augment, load_data, load_source, make_pipeline
+from tltf.errors import TltfError
+from tltf.models.classifier import build_classifier
+from tltf.reporting import read_history, write_json
+from tltf.staging import StagePlan, preset
+from tltf.staging.freezing import blocks_of
+from tltf.strategies.apply import Strategies, apply_strategies
+from tltf.training import defaults, methods
+from tltf.training.callbacks import standard_callbacks
+from tltf.training.evaluation import evaluate_model
+from tltf.training.report import run_metrics, write_reports
+from tltf.training.refit import REFIT_BELOW, chosen_epochs, final_config, parse_refit, refit_decision
+from tltf.training.run_folder import RunFolder, finished_run
+from tltf.training.runtime import set_precision
+from tltf.training.settings import FitConfig
+
+
+@dataclass
+class Run:
+    """One training run as the methods see it."""
+
+    config: FitConfig
+    spec: backbones.BackboneSpec
+    dist: distribution.Distribution
+    folder: RunFolder
+    verbose: int = 1
+    overwrite: bool = False
+    data: object = None  # tltf.data.Source: train / val / test splits
+    target: object = None  # with a "target" stream: the unlabelled target split
+    target_eval: object = None  # ... and its labelled evaluation split (--target-labels-for-eval)
+    model: keras.Model | None = None  # the classifier: what is saved
+    train_model: keras.Model | None = None  # what is fitted (the classifier or a wrapper sharing its layers)
+    plan: StagePlan | None = None
+    size: tuple = ()
+    train_bn: bool = False
+    augment: Augment | None = None
+    augment_text: str = ""
+    strategy: Strategies | None = None
+    defaults: dict = field(default_factory=dict)  # {setting: why tltf chose its value}
+    loss_terms: list = field(default_factory=list)
+    test: dict | None = None  # set by a trainer that evaluates the test split itself
+
+    def add_loss(self, term) -> None:
+        """Add ``term(x, y, y_pred) -> scalar`` to every training step's loss."""
+        self.loss_terms.append(term)
+
+    def standard_callbacks(self, images_per_epoch: int, keep_frozen=(), staged: bool = True,
+                           backup: bool = True) -> list:
+        return standard_callbacks(self.folder, self.plan, images_per_epoch, tensorboard=self.config.tensorboard,
+                                  verbose=self.verbose, keep_frozen=keep_frozen, staged=staged, backup=backup)
+
+
+def resolve_plan(config: FitConfig, num_blocks: int) -> StagePlan:
+    """The stage plan of ``config``: its ``plan`` (rescaled to ``epochs``) or the ``stage`` preset."""
+    if config.plan:
+        plan = (StagePlan.from_dict(config.plan, "plan") if isinstance(config.plan, dict)
+                else StagePlan.from_yaml(config.plan))
+        return plan.scaled(config.epochs) if config.epochs else plan
+    stage = config.stage or defaults.resolve_stage(config)[0].stage
+    return preset(stage, config.epochs or 6, config.learning_rate, num_blocks)
+
+
+def trainer_name(config: FitConfig) -> str:
+    if config.adapt != "none" or config.target_data:
+        trainer = methods.ADAPT_TRAINERS.get(config.adapt)
+        if trainer is None:
+            raise TltfError(f"--adapt {config.adapt}: choose {' or '.join(methods.ADAPT_TRAINERS)}")
+        return trainer
+    return "supervised"
+
+
+def fit(config: FitConfig, overwrite: bool = False, verbose: int = 1, callbacks=()) -> dict:
+    """Train a classifier as ``config`` says; returns the metrics written to ``out/metrics.json``.
+
+    ``callbacks`` are extra Keras callbacks, run after tltf's own (stages, timing, backup, CSV log). With
+    ``refit`` the run is two: the hold-out run that chooses the epochs, then all labelled images
+    (:mod:`tltf.training.refit`).
+    """
+    config, chosen = defaults.resolve_stage(config)
+    wanted, why = _refit_wanted(config)
+    if why:
+        chosen["refit"] = why
+    if not wanted:
+        return _fit_once(config, overwrite, verbose, callbacks, chosen)
+    out = Path(config.out)
+    holdout = replace(config, out=str(out / "holdout"), refit="off")
+    held = None if overwrite else finished_run(out / "holdout", holdout)
+    if held is None:
+        held = _fit_once(holdout, overwrite, verbose, callbacks, chosen)
+    history = read_history(out / "holdout" / "history.csv")
+    plan = StagePlan.from_dict(json.loads((out / "holdout" / "config.json").read_text())["resolved_plan"])
+    epochs = chosen_epochs(history)
+    if verbose:
+        print(f"refit: {epochs} of {plan.epochs} epochs chosen on the hold-out; training again on all labelled "
+              "images", flush=True)
+    metrics = _fit_once(final_config(config, plan, epochs), overwrite, verbose, callbacks, chosen)
+    row = history[epochs - 1] if len(history) >= epochs else {}
+    metrics["refit"] = {"chosen_epochs": epochs, "planned_epochs": plan.epochs, "holdout_run": str(out / "holdout"),
+                        "holdout_val_accuracy": row.get("val_accuracy"), "holdout_val_loss": row.get("val_loss"),
+                        "holdout_val_curve": [r.get("val_accuracy") for r in history],
+                        "holdout_num_train": held["num_train"], "holdout_num_val": held["num_val"],
+                        "num_train": metrics["num_train"],
+                        "holdout_test_accuracy": held.get("test_accuracy")}
+    metrics["val_accuracy"] = row.get("val_accuracy")  # the hold-out's estimate: no image is left to validate on
+    write_json(out / "metrics.json", metrics)
+    return metrics
+
+
+def _refit_wanted(config: FitConfig) -> tuple[bool, str]:
+    if parse_refit(config.refit) == "off":
+        return False, ""
+    if config.target_data or not config.val_split or parse_refit(config.refit) == "on":
+        return refit_decision(config, 0, False)
+    source = load_source(config.data, config.data_dir)
+    return refit_decision(config, len(source.train), source.val is not None)
+
+
+def _fit_once(config: FitConfig, overwrite: bool, verbose: int, callbacks, chosen: dict) -> dict:
+    """One run into ``config.out`` (see :func:`fit`)."""
+    trainer, extras = methods.select(config, trainer_name(config))
+    spec = backbones.get(config.backbone)
+    dist = distribution.setup(config.distribute, config.batch_size)  # first: multi-worker needs it before any op
+    if dist.name != "none" and not getattr(trainer, "distributable", True):
+        raise TltfError("--distribute: not supported with --adapt/--target-data yet (the DANN step is custom)")
+    folder = RunFolder(dist.run_dir(config.out))
+    folder.open(config, overwrite)
+    if str(config.augment).strip().lower() != "auto":
+        Augment.parse(config.augment)  # validated before any data is read
+    set_precision(config.precision)
+    keras.utils.set_random_seed(config.seed)
+
+    run = Run(config, spec, dist, folder, verbose=verbose, overwrite=overwrite, defaults=dict(chosen))
+    run.data = load_data(config.data, config.val_split, config.seed, config.data_dir)
+    run.augment_text, why = defaults.resolve_augment(config, run.data.train)
+    run.defaults.update(why)
+    run.augment = Augment.parse(run.augment_text)
+    for method in (trainer, *extras):
+        if "target" in method.streams:
+            from tltf.adapt.target import load_target
+
+            run.target, run.target_eval = load_target(config.target_data, run.data.class_names,
+                                                      config.target_labels_for_eval, config.data_dir)
+            break
+    run.train_bn = config.train_bn if config.train_bn is not None else config.weights == "none"
+    with dist.scope():
+        run.model = build_classifier(spec, run.data.class_names, config.image_size, config.weights,
+                                     config.dropout, run.train_bn)
+    run.train_model = run.model
+    run.size = tuple(run.model.input_shape[1:3])
+    run.plan = dist.scale_plan(resolve_plan(config, len(blocks_of(run.model, spec))))
+    if config.weights == "none" and run.plan.stages[0].unfreeze != "all":
+        print("warning: --weights none with a plan that starts frozen: a random backbone gives the head little to "
+              "work with; --stage scratch trains everything from the start", flush=True)
+    for method in (trainer, *extras):
+        method.start(run)
+    with dist.scope():  # --freeze-until, --reinit-top; whether the head can train on cached features
+        run.strategy = apply_strategies(run.model, run.plan, config, run.train_bn,
+                                        distributed=config.distribute != "none",
+                                        cache_allowed=trainer.name == "supervised")
+    if run.strategy.feature_cache:
+        trainer = methods.method_class("feature_head")(config)
+    with dist.scope():
+        for method in (trainer, *extras):
+            method.setup(run)
+    if run.loss_terms and not trainer.supports_loss_terms:
+        raise TltfError(f"{', '.join(m.name for m in extras)}: adds a loss term, which the {trainer.name} "
+                        "trainer does not take yet")
+
+    own = [cb for method in extras for cb in method.callbacks(run)]
+    start = time.perf_counter()
+    trainer.fit(run, [*own, *callbacks])
+    seconds = time.perf_counter() - start
+
+    classifier = trainer.classifier(run)
+    test = run.test
+    if test is None and run.data.test is not None:
+        test = evaluate_model(classifier, make_pipeline(run.data.test, run.size, config.batch_size, cache=False),
+                              run.data.class_names, run.data.class_names)
+    save_model(classifier, folder.path / "model.keras")
+    metrics = run_metrics(run, read_history(folder.path / "history.csv"), test, seconds)
+    metrics["strategies"] = run.strategy.report()
+    metrics["feature_cache"] = None
+    metrics["methods"] = [trainer.name, *(m.name for m in extras)]
+    for method in (trainer, *extras):
+        for key, value in method.report(run).items():
+            if key == "strategies":
+                metrics["strategies"].update(value)
+            else:
+                metrics[key] = value
+    for method in (trainer, *extras):
+        method.finish(run, metrics)
+    write_reports(run, metrics, title=trainer_title(run, trainer))
+    folder.discard_backup()
+    dist.finish(folder.path)
+    return metrics
+
+
+def trainer_title(run: Run, trainer) -> str:
+    if "target" in trainer.streams:
+        return f"{run.spec.name}: {run.config.data} -> {run.config.target_data} ({run.config.adapt})"
+    return f"{run.spec.name} on {run.config.data}"
+
+
+def describe(config: FitConfig) -> dict:
+    """The resolved settings and stage plan of ``config``, and why each default was taken, without loading data
+    or building the model."""
+    config, chosen = defaults.resolve_stage(config)
+    spec = backbones.get(config.backbone)
+    plan = resolve_plan(config, spec.num_blocks)
+    trainer, extras = methods.select(config, trainer_name(config))
+    if parse_refit(config.refit) == "auto":
+        chosen["refit"] = (f"auto: on below {REFIT_BELOW} labelled images when the data has no validation split of "
+                           "its own; decided when the data is read")
+    if str(config.augment).strip().lower() == "auto":
+        chosen["augment"] = (f"auto: {defaults.AUGMENT_COLOUR} for colour images, {defaults.AUGMENT_GREY} for grey "
+                             "ones (digits and text change class when mirrored); decided when the data is read")
+    return {"config": asdict(config), "groups": config.grouped(), "defaults": chosen,
+            "methods": [trainer.name, *(m.name for m in extras)], "backbone_blocks": spec.num_blocks,
+            "image_size": config.image_size or spec.default_size, "plan": plan.to_dict(),
+            "first_epochs": plan.boundaries()}
+

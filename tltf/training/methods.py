@@ -1,0 +1,163 @@
+"""Training methods as plug-ins of the engine (:mod:`tltf.training.engine`).
+
+A :class:`Method` says, in a few hooks, what a way of training adds to a run, in the spirit of Lightning's and
+fastai's callbacks:
+
+- ``wanted(config)``: whether the settings ask for it (``--l2sp 0.01``, ``--adapt dann``, ``methods: [name]``);
+- ``streams``: the data it needs besides the labelled source (``"target"``: unlabelled target images);
+- ``check(config)``: one-line errors for its options, before any data is read;
+- ``start(run)``: the classifier is built, with its starting (pretrained) weights still untouched;
+- ``setup(run)``: change what trains once the classifier and stage plan exist (``run.model`` is the classifier that
+  is saved, ``run.train_model`` the model fitted: a plug-in may wrap it); ``run.add_loss(term)`` adds a loss term
+  ``term(x, y, y_pred) -> scalar`` to every training step;
+- ``callbacks(run)``: extra Keras callbacks;
+- ``report(run)``: entries for ``metrics.json``;
+- a **trainer** (``trains = True``) also owns the loop: ``fit(run, callbacks)``; exactly one trainer runs (the
+  engine's supervised one unless the settings pick another, e.g. ``--adapt dann``), and ``classifier(run)`` is the
+  plain classifier it leaves to save.
+
+Register a method once, by name; the settings then select it::
+
+    from tltf.training import Method, register_method
+
+    @register_method
+    class HeadDecay(Method):
+        name = "head_decay"
+        def setup(self, run):
+            kernel = run.model.get_layer("head").dense.kernel
+            run.add_loss(lambda x, y, y_pred: 1e-3 * keras.ops.sum(kernel ** 2))
+
+    fit(FitConfig(..., methods=["head_decay"]))
+
+tltf's own methods are registered by module path below and imported only when a run selects them. An installed
+package can offer methods to ``tltf fit --method NAME`` through the ``tltf.methods`` entry-point group
+(``[project.entry-points."tltf.methods"] head_decay = "mypkg.methods:HeadDecay"``).
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from tltf.errors import TltfError
+
+
+class Method:
+    """A plug-in of the training engine; see the module docstring for the hooks."""
+
+    name: str = ""
+    trains: bool = False  # a trainer owns the training loop
+    streams: tuple[str, ...] = ()  # extra data streams: "target"
+    supports_loss_terms: bool = True  # (trainers) whether run.add_loss terms reach its training step
+
+    def __init__(self, config, options: dict | None = None):
+        self.config = config
+        self.options = dict(options or {})
+
+    @classmethod
+    def wanted(cls, config) -> bool:
+        """Whether ``config`` asks for this method without naming it in ``methods``."""
+        return False
+
+    def check(self, config) -> None:
+        """Raise :class:`tltf.errors.TltfError` for bad options (before data is read)."""
+
+    def start(self, run) -> None:
+        """The classifier is built with its starting weights, before ``--reinit-top`` or any other change."""
+
+    def setup(self, run) -> None:
+        """Change what trains: wrap ``run.train_model``, add loss terms, regularisers…"""
+
+    def callbacks(self, run) -> list:
+        return []
+
+    def fit(self, run, callbacks: list) -> None:  # trainers only
+        raise NotImplementedError
+
+    def classifier(self, run):
+        """The plain classifier to save after training (trainers)."""
+        return run.model
+
+    def report(self, run) -> dict:
+        """Entries merged into ``metrics.json``."""
+        return {}
+
+    def finish(self, run, metrics: dict) -> None:
+        """After ``metrics.json`` is assembled, before it is written (e.g. add a baseline run's figures)."""
+
+
+# name -> "module:Class" (tltf's own, imported on use) or a Method subclass (registered at run time)
+_REGISTRY: dict[str, str | type] = {
+    "supervised": "tltf.training.supervised:Supervised",
+    "feature_head": "tltf.strategies.head_on_features:FeatureHead",
+    "dann": "tltf.adapt.method:DANNMethod",
+    "source_only": "tltf.adapt.method:SourceOnly",
+    "lwf": "tltf.strategies.lwf:LwF",
+    "l2sp": "tltf.strategies.l2sp:L2SPMethod",
+    "lp_init": "tltf.strategies.linear_probe_init:LinearProbeInit",
+}
+#: ``--adapt NAME`` -> the trainer it selects
+ADAPT_TRAINERS = {"dann": "dann", "none": "source_only"}
+#: plug-ins tried (``wanted``) on every run, in this order; user-registered ones are added
+OPTIONAL = ["lp_init", "lwf", "l2sp"]
+
+
+def register_method(cls: type | None = None, *, name: str | None = None):
+    """Register a :class:`Method` subclass under ``name`` (default ``cls.name``); usable as a decorator."""
+    def add(method: type) -> type:
+        key = name or method.name
+        if not key:
+            raise TltfError(f"register_method: {method.__name__} has no name")
+        if not (isinstance(method, type) and issubclass(method, Method)):
+            raise TltfError(f"register_method: {method!r} is not a tltf.training.Method subclass")
+        _REGISTRY[key] = method
+        if not method.trains and key not in OPTIONAL:
+            OPTIONAL.append(key)
+        return method
+
+    return add(cls) if cls is not None else add
+
+
+def _load_entry_points() -> None:
+    """Methods that installed packages declare under the ``tltf.methods`` entry-point group (``name = module:Class``)."""
+    from importlib.metadata import entry_points
+
+    for point in entry_points(group="tltf.methods"):
+        if point.name not in _REGISTRY:
+            _REGISTRY[point.name] = point.value
+
+
+def method_class(name: str) -> type:
+    entry = _REGISTRY.get(name)
+    if entry is None:
+        _load_entry_points()
+        entry = _REGISTRY.get(name)
+    if entry is None:
+        raise TltfError(f"method {name!r}: not registered (known: {', '.join(sorted(_REGISTRY))})")
+    if isinstance(entry, str):
+        module, _, attr = entry.partition(":")
+        entry = getattr(importlib.import_module(module), attr)
+        _REGISTRY[name] = entry
+    return entry
+
+
+def registered() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def select(config, trainer: str) -> tuple[Method, list[Method]]:
+    """The trainer (by name) and the other plug-ins ``config`` selects, instantiated and checked."""
+    options = config.method_options or {}
+    if not isinstance(options, dict):
+        raise TltfError("method_options: expected a mapping {method name: {option: value}}")
+    main = method_class(trainer)(config, options.get(trainer))
+    names = list(dict.fromkeys(config.methods or []))
+    for name in names:
+        if method_class(name).trains:  # an unknown name is a one-line error here
+            raise TltfError(f"--method {name}: is a trainer; choose it with its own option (e.g. --adapt)")
+        if name not in OPTIONAL:
+            OPTIONAL.append(name)  # declared by an entry point
+    extras = [method_class(name)(config, options.get(name)) for name in OPTIONAL
+              if name in names or method_class(name).wanted(config)]
+    for method in (main, *extras):
+        method.check(config)
+    return main, extras
