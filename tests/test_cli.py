@@ -13,7 +13,7 @@ import pytest
 from conftest import cli
 
 FAST = ["--backbone", "mobilenet_v3_small", "--weights", "none", "--image-size", "32", "--batch-size", "16",
-        "--augment", "none"]
+        "--augment", "none", "--refit", "off"]
 
 
 def test_backbones_lists_the_registry():
@@ -120,3 +120,38 @@ def test_tensorflow_startup_chatter_is_filtered_and_real_errors_pass(capfd):
                           cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "absl::InitializeLog" not in proc.stderr and "cpu_feature_guard" not in proc.stderr, proc.stderr
+
+
+def test_no_cuda_lines_without_a_gpu(capfd):
+    """Without a GPU, the CUDA probe's "failed call to cuInit" (and CUDA diagnostics) are dropped at ``import tltf``
+    and never reach the user later; with a GPU a failing cuInit stays visible; ``TF_CPP_MIN_LOG_LEVEL=0`` keeps
+    everything."""
+    import os
+    import subprocess
+    import sys
+
+    from tltf.quiet import NO_GPU_NOISE, filtered_stderr, has_gpu_device
+
+    cuinit = b"E0000 00:00:1795925648.266900   24106 cuda_platform.cc:52] failed call to cuInit: INTERNAL: CUDA error\n"
+    with filtered_stderr(NO_GPU_NOISE):
+        os.write(2, cuinit)
+        os.write(2, b"E0000 00:00:1.2 1 cuda_driver.cc:282] failed call to cuInit: CUDA_ERROR_NO_DEVICE\n")
+        os.write(2, b"I0000 00:00:1.2 1 cuda_diagnostics.cc:134] retrieving CUDA diagnostic information for host\n")
+        os.write(2, b"I0000 00:00:1.2 1 cudart_stub.cc:31] Could not find cuda drivers on your machine\n")
+        os.write(2, b"E0000 00:00:1.2 1 cuda_platform.cc:60] some other CUDA failure\n")
+    assert capfd.readouterr().err.splitlines() == ["E0000 00:00:1.2 1 cuda_platform.cc:60] some other CUDA failure"]
+    with filtered_stderr():  # the filter used where a GPU is present keeps it
+        os.write(2, cuinit)
+    assert capfd.readouterr().err.encode() == cuinit
+
+    code = ("import tltf, tensorflow as tf; tf.config.list_physical_devices('GPU'); import keras; "
+            "keras.layers.Dense(2)(tf.zeros((1, 3)))")
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    quiet = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert quiet.returncode == 0, quiet.stderr[-2000:]
+    if not has_gpu_device():
+        assert "cuInit" not in quiet.stderr and "cuda" not in quiet.stderr.lower(), quiet.stderr
+    loud = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env=env | {"TF_CPP_MIN_LOG_LEVEL": "0"})
+    assert loud.returncode == 0, loud.stderr[-2000:]
+    assert "absl::InitializeLog" in loud.stderr, loud.stderr

@@ -396,7 +396,8 @@ def test_dann_combines_with_layer_transfer_and_l2sp(toy_domains, tmp_path):
     after = backbone_of(load_model(tmp_path / "r" / "model.keras")).get_weights()
     moved = [not np.array_equal(b, a) for b, a in zip(before, after)]
     assert moved[:2] == [False, False] and any(moved[2:])  # block 0 (conv1 kernel, bias) capped; others trained
-    assert metrics["methods"] == ["dann", "l2sp"] and metrics["strategies"]["frozen_layers"] >= 1
+    assert metrics["methods"] == ["dann", "lp_init", "l2sp"] and metrics["strategies"]["frozen_layers"] >= 1
+    assert [s["name"] for s in metrics["stages"]] == ["all"]  # the LP head replaced finetune's head stage
     assert metrics["strategies"]["l2sp_report"]["distance"] > 0
 
 

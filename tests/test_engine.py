@@ -139,7 +139,8 @@ def test_defaults_follow_the_weights_and_the_data(tmp_path):
     pretrained = describe(FitConfig(data="x", weights="imagenet", backbone="cnn_small"))
     assert [s["name"] for s in pretrained["plan"]["stages"]][0] == "head"
     assert "gradual" in pretrained["defaults"]["stage"] and "auto" in pretrained["defaults"]["augment"]
-    given = describe(FitConfig(data="x", weights="none", stage="feature", augment="none", backbone="cnn_small"))
+    given = describe(FitConfig(data="x", weights="none", stage="feature", augment="none", backbone="cnn_small",
+                               features="final", refit="off"))
     assert given["defaults"] == {}
 
     for grey, expected in ((True, "crop,color"), (False, "flip,crop,color")):

@@ -64,7 +64,32 @@ def test_fit_with_lp_init_starts_from_the_probe(tmp_path):
     keras.utils.set_random_seed(2)
     build_classifier(backbones.get("cnn_small"), ["0", "1", "2"], 24, "none").save(start)
     metrics = fit(_config(path, tmp_path / "r", weights=str(start), stage="finetune", epochs=2, lp_init=True,
-                          learning_rate=1e-5), verbose=0)
+                          learning_rate=1e-5, refit="off"), verbose=0)
     assert metrics["methods"] == ["supervised", "lp_init"] and metrics["lp_init"]["C"] > 0
     assert metrics["lp_init"]["train_accuracy"] > 0.9
+    assert [s["name"] for s in metrics["stages"]] == ["all"]  # the LP replaced finetune's head stage
     assert metrics["stages"][0]["accuracy"] > 0.8  # at a tiny rate the head stays where the probe put it
+
+
+def test_lp_replaces_the_head_stages_and_the_holdout_can_choose_it_alone(tmp_path):
+    """--stage feature with the LP is the LP alone (no Adam epochs); with --refit the hold-out compares the LP head
+    with every later epoch, and a tie goes to fewer epochs."""
+    from tltf.training.refit import chosen_epochs
+
+    x, y = blobs(60, seed=6)
+    path = tmp_path / "blobs.npz"
+    np.savez(path, x=x, y=y)
+    start = tmp_path / "start.keras"
+    keras.utils.set_random_seed(2)
+    build_classifier(backbones.get("cnn_small"), ["0", "1", "2"], 24, "none").save(start)
+    lp = fit(_config(path, tmp_path / "lp", weights=str(start), stage="feature", refit="on"), verbose=0)
+    assert lp["epochs"] == 0 and lp["stages"] == [] and lp["refit"]["chosen_epochs"] == 0
+    assert lp["num_train"] == 60 and lp["lp_init"]["num_train"] == 60  # the LP of the final model saw every image
+    assert lp["refit"]["holdout_lp_val_accuracy"] == lp["val_accuracy"]
+    tuned = fit(_config(path, tmp_path / "ft", weights=str(start), stage="finetune", epochs=2, refit="off"),
+                verbose=0)
+    assert [s["name"] for s in tuned["stages"]] == ["all"] and tuned["lp_init"]["replaced_stages"] == ["head"]
+    assert tuned["lp_init"]["val_accuracy"] is not None
+    rows = [{"epoch": 0, "val_accuracy": 0.8}, {"epoch": 1, "val_accuracy": 0.9}, {"epoch": 2, "val_accuracy": 0.9}]
+    assert chosen_epochs(rows, (0.9, 0.3)) == 0 and chosen_epochs(rows, (0.85, 0.3)) == 2
+    assert chosen_epochs(rows) == 2

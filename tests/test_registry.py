@@ -5,6 +5,7 @@ import pytest
 
 from tltf import backbones
 from tltf.errors import TltfError
+from tltf.models.transfer import build_backbone
 
 # Every keras.applications constructor has a registry entry.
 APPLICATIONS = [n for n in dir(keras.applications) if n[0].isupper() and callable(getattr(keras.applications, n))]
@@ -51,4 +52,6 @@ def test_weights_file_for_another_architecture_is_refused(tmp_path):
     path = tmp_path / "other.weights.h5"
     other.save_weights(path)
     with pytest.raises(TltfError, match="--weights .*other.weights.h5: does not match mobilenet_v2"):
+        build_backbone(backbones.get("mobilenet_v2"), 32, weights=str(path))
+    with pytest.raises(ValueError, match="build_backbone"):  # the registry builds Keras' weights only
         backbones.get("mobilenet_v2").build(32, weights=str(path))

@@ -65,7 +65,7 @@ def start(tmp_path_factory):
 def _run(tmp_path, start, target, name, **kw):
     config = FitConfig(data=str(target), backbone="cnn_small", weights=str(start), image_size=28,
                        augment="none", tensorboard=False, out=str(tmp_path / name),
-                       **{"stage": "scratch", "epochs": 2, "learning_rate": 3e-3, **kw})
+                       **{"stage": "scratch", "epochs": 2, "learning_rate": 3e-3, "features": "final", **kw})
     return config, fit(config, verbose=0)
 
 

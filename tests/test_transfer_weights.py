@@ -10,7 +10,7 @@ import pytest
 from tltf import backbones
 from tltf.errors import TltfError
 from tltf.models.classifier import backbone_of, build_classifier
-from tltf.models.transfer import copy_backbone_from
+from tltf.models.transfer import build_backbone, copy_backbone_from
 
 SIZE = 32
 
@@ -72,7 +72,7 @@ def test_build_classifier_with_keras_weights_survives_save_and_load(torch_source
     assert loaded.get_layer("preprocess").mode == "torch"
     np.testing.assert_allclose(loaded.predict(x, verbose=0), before, atol=1e-6)
     # the copied backbone computes the source's features (same weights, epsilons; any input size)
-    net = backbones.get("mobilenet_v2").build(64, weights=str(path))
+    net = build_backbone(backbones.get("mobilenet_v2"), 64, weights=str(path))
     x64 = source.get_layer("preprocess")(np.random.default_rng(1).uniform(0, 255, (1, 64, 64, 3))).numpy()
     want = backbone_of(source).predict(x64, verbose=0)
     assert want.std() > 0.1

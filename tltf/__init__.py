@@ -1,7 +1,8 @@
 """tltf: transfer learning for Keras 3 / TensorFlow.
 
 Importing ``tltf`` registers its serialisable Keras objects, so ``keras.models.load_model("run/model.keras")``
-works after ``import tltf``.
+works after ``import tltf``, and registers the named weight sets (``--weights torchvision:mobilenet_v2``) that
+:func:`tltf.models.classifier.build_classifier` accepts.
 """
 
 __version__ = "0.1.0"
@@ -11,3 +12,4 @@ from tltf.quiet import quiet_imports  # noqa: E402
 with quiet_imports():  # TensorFlow's start-up chatter (tltf.quiet)
     from tltf import models as _models  # noqa: F401  (registers custom Keras objects)
     from tltf.staging import optimizers as _optimizers  # noqa: F401  (tltf>Adam etc., saved with compiled models)
+    from tltf.weights import pretrained as _pretrained  # noqa: F401  (--weights torchvision:mobilenet_v2)

@@ -17,7 +17,6 @@ from __future__ import annotations
 import difflib
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable
 
 import keras
@@ -117,16 +116,16 @@ class BackboneSpec:
     family: str = ""
     kwargs: dict = field(default_factory=dict)
 
-    def build(self, image_size: int | tuple[int, int] | None = None, weights: str = "imagenet") -> keras.Model:
-        """The headless backbone for RGB inputs of ``image_size``; ``weights`` is ``imagenet``, ``none`` or a path.
+    def build(self, image_size: int | tuple[int, int] | None = None, weights: str | None = "imagenet") -> keras.Model:
+        """The headless backbone for RGB inputs of ``image_size`` with Keras' ``imagenet`` weights or none.
 
-        Raises :class:`TltfError` (one line, naming the option) for an image size the network refuses, a download
-        that fails, or a weights file that does not fit the architecture.
+        Weights files and named weight sets (``--weights``) are :func:`tltf.models.transfer.build_backbone`'s.
+        Raises :class:`TltfError` (one line, naming the option) for an image size the network refuses or an
+        ImageNet download that fails.
         """
-        from tltf.weights import pretrained
-
-        if pretrained.is_named(weights):  # e.g. torchvision:mobilenet_v2, fetched and imported once, cached
-            weights = str(pretrained.resolve(weights))
+        if weights not in ("imagenet", "none", None):
+            raise ValueError(f"BackboneSpec.build takes weights 'imagenet' or 'none', not {weights!r}; "
+                             "use tltf.models.transfer.build_backbone for files and named weights")
         h, w = _hw(image_size or self.default_size)
         if min(h, w) < self.min_size:
             raise TltfError(f"--image-size {h}x{w} is too small for {self.name} (minimum {self.min_size})")
@@ -145,8 +144,6 @@ class BackboneSpec:
                                 "`tltf weights import`") from None
             raise
         model.name = self.name  # EfficientNetV2 reads its block table from `name`, so rename after building
-        if weights not in ("imagenet", "none", None):
-            load_backbone_weights(model, weights, self.name)
         return model
 
     @property
@@ -168,27 +165,6 @@ def _hw(size) -> tuple[int, int]:
 def _first_line(e: BaseException) -> str:
     text = str(e).strip().splitlines()
     return text[0][:200] if text else type(e).__name__
-
-
-def load_backbone_weights(model: keras.Model, path: str, name: str) -> None:
-    """Load ``path`` into the headless backbone ``model``; refuse a file that does not match, in one line.
-
-    ``.keras`` files are whole models (a tltf run or an imported classifier, see ``tltf weights import``): the layers
-    of their backbone are matched by name and copied, BatchNorm epsilons included. Anything else is a Keras weights
-    file (``.weights.h5`` / ``.h5``) for the headless backbone itself.
-    """
-    file = Path(path)
-    if not file.exists():
-        raise TltfError(f"--weights {path}: no such file")
-    if file.suffix == ".keras":
-        from tltf.models.transfer import copy_backbone_from
-
-        copy_backbone_from(model, file)
-        return
-    try:
-        model.load_weights(str(file))
-    except Exception as e:
-        raise TltfError(f"--weights {path}: does not match {name} ({_first_line(e)})") from None
 
 
 def _spec(name, ctor, pre, size, key, **kw) -> BackboneSpec:

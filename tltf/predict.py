@@ -23,16 +23,10 @@ class _KerasModel:
     """A ``.keras`` classifier behind the same small interface as ``tltf.export.runtime.OnnxModel``."""
 
     def __init__(self, path: Path):
-        import keras
-
-        import tltf  # noqa: F401  (registers tltf's Keras objects)
         from tltf.models.classifier import class_names_of
+        from tltf.models.loading import load_model
 
-        try:
-            self.model = keras.models.load_model(str(path), compile=False)
-        except Exception as e:
-            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
-            raise TltfError(f"{path}: not a loadable Keras model ({first})") from None
+        self.model = load_model(path)
         shape = self.model.input_shape
         if isinstance(shape, list) or len(shape) != 4 or shape[-1] != 3:
             raise TltfError(f"{path}: not an image classifier (input shape {shape})")

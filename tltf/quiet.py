@@ -5,6 +5,11 @@ can take effect: "All log messages before absl::InitializeLog()", oneDNN, "Could
 features. ``import tltf`` imports Keras and TensorFlow inside :func:`filtered_stderr`, which catches file
 descriptor 2 meanwhile and passes on every line that is not one of those, so a real error during the import still
 reaches the user. ``TF_CPP_MIN_LOG_LEVEL=0`` keeps TensorFlow's output untouched.
+
+On a machine without an NVIDIA GPU (no ``/dev/nvidia*`` device, no ``/proc/driver/nvidia``, no WSL ``/dev/dxg``) the
+first device query logs "failed call to cuInit" (and, on some builds, CUDA diagnostics). The import then lists the
+physical devices inside the filter too, so that line is dropped there and never appears later; where a GPU is
+present nothing is probed and a failing cuInit stays visible.
 """
 
 from __future__ import annotations
@@ -18,6 +23,10 @@ import tempfile
 NOISE = re.compile(r"(WARNING: All log messages before absl::InitializeLog\(\) is called"
                    r"|To enable the following instructions: "
                    r"|[IW]\d{4} [\d:. ]+\d+ (port|cudart_stub|cpu_feature_guard)\.cc:\d+\] )")
+# What CUDA says when it finds no GPU to initialise; noise only where there is none.
+NO_GPU_NOISE = re.compile(NOISE.pattern + r"|E\d{4} [\d:. ]+\d+ cuda_(platform|driver)\.cc:\d+\] failed call to cuInit"
+                          r"|I\d{4} [\d:. ]+\d+ cuda_diagnostics\.cc:\d+\] ")
+GPU_DEVICES = ("/dev/nvidiactl", "/dev/nvidia0", "/proc/driver/nvidia", "/dev/dxg")
 
 
 @contextlib.contextmanager
@@ -45,9 +54,26 @@ def filtered_stderr(noise: re.Pattern = NOISE):
                 sys.stderr.flush()
 
 
+def has_gpu_device() -> bool:
+    """Whether this machine shows an NVIDIA GPU to programs (a device node or the driver's /proc entry)."""
+    return any(os.path.exists(path) for path in GPU_DEVICES)
+
+
+@contextlib.contextmanager
+def _without_gpu():
+    with filtered_stderr(NO_GPU_NOISE):
+        yield
+        tf = sys.modules.get("tensorflow")
+        if tf is not None:
+            try:
+                tf.config.list_physical_devices("GPU")  # cuInit fails now, inside the filter
+            except Exception:  # noqa: BLE001  (a probe; the user's own call reports any real problem)
+                pass
+
+
 def quiet_imports():
-    """:func:`filtered_stderr` for the first import of TensorFlow; a no-op once it is imported or when
-    ``TF_CPP_MIN_LOG_LEVEL=0`` asks for everything."""
+    """:func:`filtered_stderr` for the first import of TensorFlow (plus the device probe on a machine without a
+    GPU); a no-op once it is imported or when ``TF_CPP_MIN_LOG_LEVEL=0`` asks for everything."""
     if "tensorflow" in sys.modules or os.environ.get("TF_CPP_MIN_LOG_LEVEL") == "0":
         return contextlib.nullcontext()
-    return filtered_stderr()
+    return filtered_stderr() if has_gpu_device() else _without_gpu()

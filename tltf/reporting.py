@@ -68,7 +68,8 @@ def plot_history(history: list[dict], boundaries: list[tuple[int, str]], path: s
             ax.text(first_epoch + 0.6, ax.get_ylim()[1], name, fontsize=8, va="top", color="dimgrey")
         ax.set_xlabel("epoch")
         ax.set_title(metric)
-        ax.legend(fontsize=8)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
     if title:
         fig.suptitle(title)
     save_figure(fig, path)

@@ -28,6 +28,9 @@ from tltf.cli import options
 @click.option("--train-bn/--freeze-bn", "train_bn", default=None,
               help="Let BatchNorm update its statistics [default: only with --weights none].")
 @click.option("--dropout", type=float, default=0.2, show_default=True)
+@click.option("--features", type=click.Choice(["auto", "final", "multilevel"]), default="auto", show_default=True,
+              help="What the head reads: the backbone's output, or also the top half of its blocks (multilevel); "
+                   "auto: multilevel for pretrained weights.")
 @click.option("--augment", default="auto", show_default=True,
               help="Subset of flip,crop,color, none, or auto (flips for colour images only).")
 @click.option("--optimizer", default="adam", show_default=True, help="adam, adamw or sgd.")
@@ -58,9 +61,11 @@ from tltf.cli import options
               "outputs on the target images [default: 0, off].")
 @click.option("--lwf-temperature", type=float, help="LwF: softmax temperature [default: 2].")
 @click.option("--refit", type=click.Choice(["on", "off", "auto"]),
-              help="Choose the epochs on the hold-out, then train again on all labelled images [default: off].")
+              help="Choose the epochs on the hold-out, then train again on all labelled images [default: auto, on "
+                   "below 50 images per class].")
 @click.option("--lp-init", type=click.Choice(["on", "off", "auto"]),
-              help="LP-FT: set the head by logistic regression on the frozen features before the plan [default: off].")
+              help="LP-FT: set the head by logistic regression on the frozen features before the plan [default: auto, on "
+                   "for pretrained weights when the first stage trains the head only].")
 @click.option("--method", "methods", multiple=True,
               help="A registered training plug-in to add (tltf.training.register_method); repeatable.")
 @click.option("--overwrite", is_flag=True, help="Start over even if --out holds a run.")

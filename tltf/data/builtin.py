@@ -79,8 +79,8 @@ def _mnist_source() -> Source:
 
 
 def _uci_digits_source() -> Source:
-    from tltf.adapt.digits import uci_to_mnist_frame
     from tltf.data import offline
+    from tltf.data.digits import uci_to_mnist_frame
 
     x, y = offline.uci_digits()
     x = uci_to_mnist_frame(x, 28, 20).round().astype(np.uint8)

@@ -45,21 +45,13 @@ PRECISIONS = ("fp32", "fp16", "int8")
 # --- loading and choosing what to export ---------------------------------------------------------------------------
 
 def load_keras(path: str | Path):
-    """``keras.models.load_model`` with tltf's objects registered; a bad path is a one-line :class:`TltfError`."""
-    import keras
-
-    import tltf  # noqa: F401  (registers tltf's Keras objects)
+    """A ``.keras`` model (:func:`tltf.models.loading.load_model`); a bad path is a one-line :class:`TltfError`."""
+    from tltf.models.loading import load_model
 
     path = Path(path)
-    if not path.is_file():
-        raise TltfError(f"{path}: no such model file")
-    if path.suffix.lower() != ".keras":
+    if path.is_file() and path.suffix.lower() != ".keras":
         raise TltfError(f"{path}: expected a .keras model file")
-    try:
-        return keras.models.load_model(str(path), compile=False)
-    except Exception as e:
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
-        raise TltfError(f"{path}: not a loadable Keras model ({first})") from None
+    return load_model(path)
 
 
 def _is_tltf_classifier(model) -> bool:
@@ -412,7 +404,7 @@ def export_onnx(model, out: str | Path, opset: int = DEFAULT_OPSET, precision: s
 def _speed_vs_fp32(fp32_proto, path: Path) -> dict | None:
     """Batch-1 p50 of the quantized file at ``path`` against its fp32 original, here; None if it cannot be timed.
     (int8 is not faster everywhere: on x86 CPUs onnxruntime has no int8 swish/hard-swish, see the README.)"""
-    from tltf.bench.runner import compare_latency
+    from tltf.export.latency import compare_latency
 
     try:
         with tempfile.TemporaryDirectory(prefix="tltf-fp32-") as folder:

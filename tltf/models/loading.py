@@ -1,4 +1,9 @@
-"""The one loader of tltf ``.keras`` files: custom objects registered, safe mode on, one-line errors."""
+"""The one loader of tltf ``.keras`` files: custom objects registered, safe mode on, one-line errors.
+
+``import tltf`` registers the serialisable objects (``tltf/__init__`` imports :mod:`tltf.models` and
+:mod:`tltf.staging.optimizers`); this module imports nothing else of tltf, so every layer above ``models``
+(weights, export, predict, the API) can load models through it without an import cycle.
+"""
 
 from __future__ import annotations
 
@@ -9,14 +14,20 @@ import keras
 from tltf.errors import TltfError
 
 
-def load_model(path: str | Path) -> keras.Model:
-    """A tltf ``.keras`` model, or a one-line error naming the file."""
-    import tltf  # noqa: F401  (registers custom objects)
+def load_model(path: str | Path, option: str | None = None) -> keras.Model:
+    """A tltf ``.keras`` model (not compiled), or a one-line :class:`TltfError` naming the file.
+
+    ``option`` (e.g. ``"--weights"``) prefixes the error when the path came from that command-line option:
+    ``"--weights FILE: not a loadable Keras model (...)"``.
+    """
+    import tltf  # noqa: F401  (registers tltf's serialisable Keras objects)
 
     path = Path(path)
-    if not path.exists():
-        raise TltfError(f"{path}: no such model file")
+    named = f"{option} {path}" if option else str(path)
+    if not path.is_file():
+        raise TltfError(f"{named}: no such model file")
     try:
         return keras.models.load_model(str(path), compile=False)
-    except Exception as e:
-        raise TltfError(f"{path}: not a loadable Keras model ({str(e).splitlines()[0][:150]})") from None
+    except Exception as e:  # a corrupt zip, a foreign custom layer, a Lambda refused by safe mode …
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+        raise TltfError(f"{named}: not a loadable Keras model ({first})") from None

@@ -1,8 +1,17 @@
-"""Start a backbone from another model's backbone: ``--weights FILE.keras`` (an imported or a trained classifier).
+"""A backbone with its ``--weights``: ``imagenet``, ``none``, a weights file, a ``.keras`` model, or a named set.
 
-:func:`copy_backbone_from` loads the ``.keras`` file, finds its backbone (the nested model of a tltf classifier, or
-the file's model itself when it is a bare backbone), and copies every weight-bearing layer into a freshly built
-backbone **by layer name**, checking shapes. It also carries over what makes those weights mean what they mean:
+:func:`build_backbone` is what :func:`tltf.models.classifier.build_classifier` builds its network with.
+``imagenet``/``none`` are Keras' own (:meth:`tltf.backbones.BackboneSpec.build`); a path goes through
+:func:`load_backbone_weights`; a named set such as ``torchvision:mobilenet_v2`` is first resolved to a local
+``.keras`` file by the resolver registered for its prefix (:func:`register_named_weights`;
+:mod:`tltf.weights.pretrained` registers ``torchvision``, and ``tltf/__init__`` imports it). The registry is how
+this layer reaches the weights package without importing it: converting named weights builds a classifier, so
+``tltf.weights`` imports ``tltf.models``, never the other way round.
+
+:func:`copy_backbone_from` (``--weights FILE.keras``, an imported or a trained classifier) loads the file, finds its
+backbone (the nested model of a tltf classifier, or the file's model itself when it is a bare backbone), and copies
+every weight-bearing layer into a freshly built backbone **by layer name**, checking shapes. It also carries over
+what makes those weights mean what they mean:
 
 - each BatchNormalization's ``epsilon`` (torchvision-imported weights need 1e-5, Keras builds 1e-3), which is part
   of the layer config and so survives ``model.save``/``load_model`` of the classifier built on it;
@@ -12,43 +21,75 @@ backbone **by layer name**, checking shapes. It also carries over what makes tho
 
 The input size may differ between source and target (convolution weights do not depend on it).
 
->>> net = backbones.get("mobilenet_v2").build(96, weights="none")     # doctest: +SKIP
->>> copy_backbone_from(net, "imported.keras"); net._tltf_preprocess   # doctest: +SKIP
+>>> net = build_backbone(backbones.get("mobilenet_v2"), 96, weights="imported.keras")   # doctest: +SKIP
+>>> net._tltf_preprocess                                                                # doctest: +SKIP
 'torch'
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 import keras
 import numpy as np
 
+from tltf import backbones
 from tltf.errors import TltfError
+from tltf.models.backbone import Backbone
+from tltf.models.loading import load_model
+from tltf.models.preprocess import Preprocess
+
+#: ``--weights`` prefix (before the colon) -> a function from the full name to the local ``.keras`` file.
+NAMED_WEIGHTS: dict[str, Callable[[str], Path]] = {}
 
 
-def _load(file: Path) -> keras.Model:
-    import tltf  # noqa: F401  (registers tltf's serialisable layers)
+def register_named_weights(prefix: str, resolve: Callable[[str], Path]) -> None:
+    """Resolve ``--weights PREFIX:NAME`` with ``resolve("PREFIX:NAME") -> Path`` of a ``.keras`` model."""
+    NAMED_WEIGHTS[prefix] = resolve
 
+
+def build_backbone(spec: backbones.BackboneSpec, image_size=None, weights: str | None = "imagenet") -> keras.Model:
+    """The headless network of ``spec`` for ``image_size`` with ``weights`` (``imagenet``, ``none``, a path, or a
+    registered name such as ``torchvision:mobilenet_v2``, fetched and imported once, cached)."""
+    prefix = str(weights).split(":", 1)[0] if weights and ":" in str(weights) else None
+    if prefix in NAMED_WEIGHTS:
+        weights = str(NAMED_WEIGHTS[prefix](str(weights)))
+    model = spec.build(image_size, weights="imagenet" if weights == "imagenet" else "none")
+    if weights not in ("imagenet", "none", None):
+        load_backbone_weights(model, weights, spec.name)
+    return model
+
+
+def load_backbone_weights(model: keras.Model, path: str, name: str) -> None:
+    """Load ``path`` into the headless backbone ``model``; refuse a file that does not match, in one line.
+
+    ``.keras`` files are whole models (a tltf run or an imported classifier, see ``tltf weights import``): the layers
+    of their backbone are matched by name and copied, BatchNorm epsilons included (:func:`copy_backbone_from`).
+    Anything else is a Keras weights file (``.weights.h5`` / ``.h5``) for the headless backbone itself.
+    """
+    file = Path(path)
+    if not file.exists():
+        raise TltfError(f"--weights {path}: no such file")
+    if file.suffix == ".keras":
+        copy_backbone_from(model, file)
+        return
     try:
-        return keras.models.load_model(str(file), compile=False)
-    except Exception as e:  # a corrupt zip, a foreign custom layer, a Lambda refused by safe mode …
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
-        raise TltfError(f"--weights {file}: not a loadable Keras model ({first})") from None
+        model.load_weights(str(file))
+    except Exception as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise TltfError(f"--weights {path}: does not match {name} ({first})") from None
 
 
 def _source_backbone(source: keras.Model) -> keras.Model:
-    from tltf.models.classifier import backbone_of
-
-    try:
-        return backbone_of(source)
-    except ValueError:
-        return source  # a bare backbone saved on its own
+    """The nested network of a tltf classifier's :class:`Backbone` layer, or ``source`` itself (a bare backbone)."""
+    for layer in source.layers:
+        if isinstance(layer, Backbone):
+            return layer.net
+    return source
 
 
 def _preprocess_of(source: keras.Model):
-    from tltf.models.preprocess import Preprocess
-
     for layer in source.layers:
         if isinstance(layer, Preprocess):
             return layer
@@ -63,7 +104,7 @@ def copy_backbone_from(model: keras.Model, file: str | Path) -> None:
     the file or whose weight shapes differ; ``model`` is left untouched in that case.
     """
     file = Path(file)
-    source = _load(file)
+    source = load_model(file, option="--weights")
     src = _source_backbone(source)
     target_name = model.name
     plan = []  # (target layer, source layer): all checked before anything is written

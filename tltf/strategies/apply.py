@@ -60,7 +60,7 @@ def apply_strategies(model: keras.Model, plan, config, train_bn: bool, distribut
         _note(f"--reinit-top {config.reinit_top}: no stage trains {never[0].name} and {len(never) - 1} other "
               "re-initialised layer(s); they stay random (unfreeze them with the plan, e.g. --stage finetune)")
 
-    if config.feature_cache and not trained and cache_allowed:
+    if config.feature_cache and not trained and cache_allowed and plan.epochs:
         if train_bn:
             _note("feature cache off: --train-bn runs the backbone in training mode, so its features change")
         elif distributed:
@@ -82,7 +82,8 @@ def _trained_by_plan(model, plan, blocks, frozen) -> set[int]:
         freeze_to(model, stage.unfreeze, stage.discriminative, blocks, frozen)
         for _, layers in blocks:
             trained.update(id(layer) for layer in layers if layer.trainable_weights)
-    freeze_to(model, plan.stages[0].unfreeze, plan.stages[0].discriminative, blocks, frozen)
+    first = plan.stages[0] if plan.stages else None  # no stage at all: the head was set another way (LP)
+    freeze_to(model, first.unfreeze if first else 0, first.discriminative if first else 1.0, blocks, frozen)
     return trained
 
 

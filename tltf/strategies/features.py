@@ -71,6 +71,8 @@ def fingerprint(model: keras.Model) -> str:
             for layer in layers if not isinstance(layer, keras.layers.InputLayer)]
     head = {"format": FORMAT, "input": list(model.input_shape[1:]), "bn_inference": wrapper.bn_inference,
             "pool": "avg", "arch": arch}
+    if wrapper.taps:  # multi-level features: a different function of the same layers
+        head["taps"] = list(wrapper.taps)
     h.update(json.dumps(head, sort_keys=True, default=str).encode())
     for layer in layers:
         for w in layer.weights:

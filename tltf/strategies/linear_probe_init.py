@@ -9,8 +9,8 @@ grid, then refitted on every training image. The solution is written into the cl
 head that is already good, and moves the features less (the paper's point). ``metrics.json`` records the chosen
 ``C``, the folds' scores and the head's training loss.
 
-Selected with ``--lp-init`` (``FitConfig.lp_init = True``); ``auto`` turns it on for pretrained weights when the
-plan's first stage trains the head only.
+``--lp-init auto`` (the default) turns it on for pretrained weights when the plan's first stage trains the head
+only; ``on``/``off`` force it.
 """
 
 from __future__ import annotations
@@ -21,10 +21,12 @@ import numpy as np
 
 from tltf.errors import TltfError
 from tltf.models.classifier import head_of
+from tltf.staging import StagePlan
 from tltf.training.methods import Method
 
 C_GRID = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0)
 MAX_FOLDS = 5
+CV_MAX_IMAGES = 2000  # C is chosen on a stratified sample of at most this many images; the final fit uses all
 
 
 def choose_c(x: np.ndarray, y: np.ndarray, seed: int = 0, grid=C_GRID) -> tuple[float, dict]:
@@ -34,6 +36,11 @@ def choose_c(x: np.ndarray, y: np.ndarray, seed: int = 0, grid=C_GRID) -> tuple[
     from sklearn.metrics import log_loss
     from sklearn.model_selection import StratifiedKFold
 
+    if len(y) > CV_MAX_IMAGES:
+        from sklearn.model_selection import train_test_split
+
+        keep, _ = train_test_split(np.arange(len(y)), train_size=CV_MAX_IMAGES, stratify=y, random_state=seed)
+        x, y = x[keep], y[keep]
     counts = np.bincount(y)
     folds = int(min(MAX_FOLDS, counts[counts > 0].min()))
     if folds < 2:
@@ -82,24 +89,40 @@ def fit_probe(features: np.ndarray, labels: np.ndarray, num_classes: int, seed: 
 
 
 class LinearProbeInit(Method):
-    """``--lp-init``: the head starts at the convex optimum on the frozen features (LP), then the plan runs (FT)."""
+    """``--lp-init``: the head starts at the convex optimum on the frozen features (LP), then the plan runs (FT).
+
+    The LP *is* a converged head-only stage, so the plan's leading head-only stages are dropped (``--stage
+    feature`` becomes the LP alone): measured on 10 shapes per class, 12 more Adam epochs on the LP head moved it
+    from 0.907 to 0.793 test accuracy (the cross-validated regularisation is lost as the weights grow).
+    With a validation split the LP head's validation accuracy and loss are recorded: ``--refit`` compares them with
+    every later epoch, so the hold-out can choose the LP alone.
+    """
 
     name = "lp_init"
 
     @classmethod
     def wanted(cls, config) -> bool:
-        return config.lp_init not in (False, None, "off", "false")
+        return str(config.lp_init).lower() not in ("false", "none", "off")
 
     def check(self, config) -> None:
-        if config.lp_init not in (True, False, None, "auto", "on", "off", "true", "false"):
+        if str(config.lp_init).lower() not in ("true", "false", "none", "auto", "on", "off"):
             raise TltfError(f"--lp-init {config.lp_init}: choose on, off or auto")
+
+    def start(self, run) -> None:
+        self.report_ = None
+        self.applies = self.active = applies(self.config, run.plan)
+        if not self.applies:
+            return
+        lead = 0
+        while lead < len(run.plan.stages) and run.plan.stages[lead].unfreeze == 0:
+            lead += 1
+        self.dropped = [s.name for s in run.plan.stages[:lead]]
+        run.plan = StagePlan(run.plan.stages[lead:])
 
     def setup(self, run) -> None:
         from tltf.strategies.features import split_features
 
-        self.report_ = None
-        auto = self.config.lp_init == "auto"
-        if auto and (self.config.weights == "none" or run.plan.stages[0].unfreeze != 0):
+        if not self.applies:
             return
         start = time.perf_counter()
         feats = split_features(run.model, run.data.train, run.config.batch_size, True)
@@ -107,12 +130,41 @@ class LinearProbeInit(Method):
         kernel, bias, report = fit_probe(feats.x, feats.y, len(head.class_names), run.config.seed)
         head.dense.kernel.assign(kernel)
         head.dense.bias.assign(bias)
+        if run.data.val is not None:
+            val = split_features(run.model, run.data.val, run.config.batch_size, True)
+            report["val_accuracy"], report["val_loss"] = head_scores(val.x, val.y, kernel, bias)
         report.update(seconds=round(time.perf_counter() - start, 2), features_cached=feats.cached,
-                      num_train=int(len(feats.y)))
+                      num_train=int(len(feats.y)), replaced_stages=self.dropped)
         self.report_ = report
         if run.verbose:
-            print(f"lp-init: head set by logistic regression on {len(feats.y)} images' features (C={report['C']:g}, "
-                  f"train loss {report['train_log_loss']:.3f}) in {report['seconds']:.1f}s", flush=True)
+            shown = f", val accuracy {report['val_accuracy']:.3f}" if "val_accuracy" in report else ""
+            print(f"lp-init: head set by logistic regression on {len(feats.y)} images' features (C={report['C']:g}"
+                  f"{shown}) in {report['seconds']:.1f}s; replaces stage(s) {', '.join(self.dropped) or '-'}",
+                  flush=True)
 
     def report(self, run) -> dict:
         return {"lp_init": self.report_}
+
+    def finish(self, run, metrics: dict) -> None:
+        if self.report_ and run.plan.epochs == 0:  # the LP alone: its figures are the run's
+            metrics["val_accuracy"] = self.report_.get("val_accuracy")
+            metrics["best_val_accuracy"] = self.report_.get("val_accuracy")
+
+
+def applies(config, plan) -> bool:
+    """``--lp-init on``, or ``auto`` with pretrained weights and a plan whose first stage trains the head only."""
+    if str(config.lp_init).lower() in ("on", "true"):
+        return True
+    return config.weights != "none" and bool(plan.stages) and plan.stages[0].unfreeze == 0
+
+
+def head_scores(features: np.ndarray, labels: np.ndarray, kernel: np.ndarray, bias: np.ndarray) -> tuple:
+    """``(accuracy, mean cross-entropy)`` of the linear head ``(kernel, bias)`` on ``features``."""
+    logits = features.astype(np.float64) @ kernel + bias
+    if logits.shape[1] == 1:  # a sigmoid unit
+        logits = np.concatenate([np.zeros_like(logits), logits], axis=1)
+    logits -= logits.max(axis=1, keepdims=True)
+    log_p = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+    labels = np.asarray(labels, np.int64)
+    return (float((log_p.argmax(axis=1) == labels).mean()),
+            float(-log_p[np.arange(len(labels)), labels].mean()))

@@ -74,6 +74,9 @@ class LearningWithoutForgetting(keras.layers.Layer):
     def _logits(self, features):
         pooled = keras.ops.mean(keras.ops.cast(features, "float32"), axis=(1, 2)) if len(features.shape) == 4 \
             else keras.ops.cast(features, "float32")
+        width = self._fixed.kernel.shape[0]  # multi-level features end with the final ones the source head reads
+        if pooled.shape[-1] != width:
+            pooled = pooled[:, -width:]
         return keras.ops.matmul(pooled, self._fixed.kernel) + self._fixed.bias
 
     def distillation_loss(self, pixels, features):

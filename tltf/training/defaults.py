@@ -30,6 +30,17 @@ def resolve_stage(config) -> tuple[object, dict]:
         "stage": "gradual: pretrained weights; the head learns first, then the top blocks, then all"}
 
 
+def resolve_features(config) -> tuple[str, dict]:
+    """The head's features for ``--features auto``: multi-level for pretrained weights (see
+    :func:`tltf.models.classifier.multilevel_taps` for the measurements), the network's output for random ones."""
+    if config.features != "auto":
+        return config.features, {}
+    if config.weights == "none":
+        return "final", {"features": "final: random weights, no pretrained intermediate features to read"}
+    return "multilevel", {"features": "multilevel: pooled outputs of the top half of the blocks as well as the last "
+                                      "(MNIST 10/class linear probe 0.826 -> 0.878, 10 shapes/class 0.880 -> 0.907)"}
+
+
 def is_grey(split, sample: int = GREY_SAMPLE) -> bool | None:
     """Whether the first ``sample`` images of ``split`` have equal R, G and B (None: none could be read)."""
     try:

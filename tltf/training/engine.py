@@ -22,14 +22,15 @@ from tltf.data import Augment, load_data, load_source, make_pipeline
 from tltf.errors import TltfError
 from tltf.models.classifier import build_classifier
 from tltf.reporting import read_history, write_json
-from tltf.staging import StagePlan, preset
+from tltf.staging import Stage, StagePlan, preset
 from tltf.staging.freezing import blocks_of
 from tltf.strategies.apply import Strategies, apply_strategies
 from tltf.training import defaults, methods
 from tltf.training.callbacks import standard_callbacks
 from tltf.training.evaluation import evaluate_model
 from tltf.training.report import run_metrics, write_reports
-from tltf.training.refit import REFIT_BELOW, chosen_epochs, final_config, parse_refit, refit_decision
+from tltf.training.refit import (REFIT_BELOW, chosen_epochs, final_config, parse_refit, refit_decision,
+                                 smallest_class)
 from tltf.training.run_folder import RunFolder, finished_run
 from tltf.training.runtime import set_precision
 from tltf.training.settings import FitConfig
@@ -108,16 +109,21 @@ def fit(config: FitConfig, overwrite: bool = False, verbose: int = 1, callbacks=
     if held is None:
         held = _fit_once(holdout, overwrite, verbose, callbacks, chosen)
     history = read_history(out / "holdout" / "history.csv")
-    plan = StagePlan.from_dict(json.loads((out / "holdout" / "config.json").read_text())["resolved_plan"])
-    epochs = chosen_epochs(history)
+    stages = json.loads((out / "holdout" / "config.json").read_text())["resolved_plan"]["stages"]
+    plan = StagePlan([Stage(**stage) for stage in stages])  # as it ran (the LP's head stages already replaced)
+    lp = held.get("lp_init") or {}
+    epochs = chosen_epochs(history, (lp.get("val_accuracy"), lp.get("val_loss")) if lp else None)
     if verbose:
-        print(f"refit: {epochs} of {plan.epochs} epochs chosen on the hold-out; training again on all labelled "
-              "images", flush=True)
-    metrics = _fit_once(final_config(config, plan, epochs), overwrite, verbose, callbacks, chosen)
-    row = history[epochs - 1] if len(history) >= epochs else {}
+        print(f"refit: {epochs} of {plan.epochs} epochs chosen on the hold-out"
+              f"{' (the LP head alone)' if epochs == 0 else ''}; training again on all labelled images", flush=True)
+    metrics = _fit_once(final_config(config, plan, epochs, lp_applied=bool(lp)), overwrite, verbose, callbacks,
+                        chosen)
+    row = history[epochs - 1] if 0 < epochs <= len(history) else {"val_accuracy": lp.get("val_accuracy"),
+                                                                  "val_loss": lp.get("val_loss")}
     metrics["refit"] = {"chosen_epochs": epochs, "planned_epochs": plan.epochs, "holdout_run": str(out / "holdout"),
                         "holdout_val_accuracy": row.get("val_accuracy"), "holdout_val_loss": row.get("val_loss"),
                         "holdout_val_curve": [r.get("val_accuracy") for r in history],
+                        "holdout_lp_val_accuracy": lp.get("val_accuracy"),
                         "holdout_num_train": held["num_train"], "holdout_num_val": held["num_val"],
                         "num_train": metrics["num_train"],
                         "holdout_test_accuracy": held.get("test_accuracy")}
@@ -132,7 +138,7 @@ def _refit_wanted(config: FitConfig) -> tuple[bool, str]:
     if config.target_data or not config.val_split or parse_refit(config.refit) == "on":
         return refit_decision(config, 0, False)
     source = load_source(config.data, config.data_dir)
-    return refit_decision(config, len(source.train), source.val is not None)
+    return refit_decision(config, smallest_class(source.train.selected_labels), source.val is not None)
 
 
 def _fit_once(config: FitConfig, overwrite: bool, verbose: int, callbacks, chosen: dict) -> dict:
@@ -162,9 +168,11 @@ def _fit_once(config: FitConfig, overwrite: bool, verbose: int, callbacks, chose
                                                       config.target_labels_for_eval, config.data_dir)
             break
     run.train_bn = config.train_bn if config.train_bn is not None else config.weights == "none"
+    features, why = defaults.resolve_features(config)
+    run.defaults.update(why)
     with dist.scope():
         run.model = build_classifier(spec, run.data.class_names, config.image_size, config.weights,
-                                     config.dropout, run.train_bn)
+                                     config.dropout, run.train_bn, features=features)
     run.train_model = run.model
     run.size = tuple(run.model.input_shape[1:3])
     run.plan = dist.scale_plan(resolve_plan(config, len(blocks_of(run.model, spec))))
@@ -173,6 +181,7 @@ def _fit_once(config: FitConfig, overwrite: bool, verbose: int, callbacks, chose
               "work with; --stage scratch trains everything from the start", flush=True)
     for method in (trainer, *extras):
         method.start(run)
+    extras = [method for method in extras if method.active]
     with dist.scope():  # --freeze-until, --reinit-top; whether the head can train on cached features
         run.strategy = apply_strategies(run.model, run.plan, config, run.train_bn,
                                         distributed=config.distribute != "none",
@@ -188,7 +197,12 @@ def _fit_once(config: FitConfig, overwrite: bool, verbose: int, callbacks, chose
 
     own = [cb for method in extras for cb in method.callbacks(run)]
     start = time.perf_counter()
-    trainer.fit(run, [*own, *callbacks])
+    if run.plan.epochs:
+        trainer.fit(run, [*own, *callbacks])
+    else:  # a plug-in did all the training (the LP head of --stage feature): nothing left to fit
+        folder.write_config(config, run.plan, run.size, train_bn_effective=run.train_bn, defaults=run.defaults,
+                            augment_effective="none")
+        (folder.path / "history.csv").unlink(missing_ok=True)
     seconds = time.perf_counter() - start
 
     classifier = trainer.classifier(run)
@@ -228,12 +242,22 @@ def describe(config: FitConfig) -> dict:
     spec = backbones.get(config.backbone)
     plan = resolve_plan(config, spec.num_blocks)
     trainer, extras = methods.select(config, trainer_name(config))
+    chosen.update(defaults.resolve_features(config)[1])
     if parse_refit(config.refit) == "auto":
-        chosen["refit"] = (f"auto: on below {REFIT_BELOW} labelled images when the data has no validation split of "
-                           "its own; decided when the data is read")
+        chosen["refit"] = (f"auto: on below {REFIT_BELOW} labelled images per class when the data has no validation "
+                           "split of its own; decided when the data is read")
     if str(config.augment).strip().lower() == "auto":
         chosen["augment"] = (f"auto: {defaults.AUGMENT_COLOUR} for colour images, {defaults.AUGMENT_GREY} for grey "
                              "ones (digits and text change class when mirrored); decided when the data is read")
+    lp = [m for m in extras if m.name == "lp_init"]
+    if lp:
+        from tltf.strategies.linear_probe_init import applies
+
+        if applies(config, plan):
+            chosen["lp_init"] = ("on: the head is first set by logistic regression on the frozen features; it "
+                                 "replaces the plan's leading head-only stage(s)")
+        else:
+            extras.remove(lp[0])
     return {"config": asdict(config), "groups": config.grouped(), "defaults": chosen,
             "methods": [trainer.name, *(m.name for m in extras)], "backbone_blocks": spec.num_blocks,
             "image_size": config.image_size or spec.default_size, "plan": plan.to_dict(),

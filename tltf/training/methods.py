@@ -48,6 +48,7 @@ class Method:
     trains: bool = False  # a trainer owns the training loop
     streams: tuple[str, ...] = ()  # extra data streams: "target"
     supports_loss_terms: bool = True  # (trainers) whether run.add_loss terms reach its training step
+    active: bool = True  # False when, once the plan is known, it has nothing to do (not listed in metrics.json)
 
     def __init__(self, config, options: dict | None = None):
         self.config = config
@@ -62,7 +63,8 @@ class Method:
         """Raise :class:`tltf.errors.TltfError` for bad options (before data is read)."""
 
     def start(self, run) -> None:
-        """The classifier is built with its starting weights, before ``--reinit-top`` or any other change."""
+        """The classifier is built with its starting weights, before ``--reinit-top`` or any other change; a
+        method with nothing to do for this run sets ``self.active = False``."""
 
     def setup(self, run) -> None:
         """Change what trains: wrap ``run.train_model``, add loss terms, regularisers…"""

