@@ -103,7 +103,7 @@ def tltf_arm(arm: str, npz: Path, out: Path, seed: int, args) -> dict:
                        epochs=args.epochs, seed=seed, out=str(out), tensorboard=False, **ARMS[arm],
                        **json.loads(args.fit_options))
     start = time.perf_counter()
-    metrics = finished_run(out, config) or fit(config, verbose=0)
+    metrics = finished_run(out, config) or fit(config, verbose=0)  # an interrupted benchmark goes on
     return {"test_accuracy": metrics["test_accuracy"], "val_accuracy": metrics.get("val_accuracy"),
             "seconds": round(time.perf_counter() - start, 1), "methods": metrics.get("methods"),
             "defaults": metrics.get("defaults"), "refit": metrics.get("refit"), "lp_init": metrics.get("lp_init")}

@@ -1,4 +1,4 @@
-"""`tltf advise`: the SEEDS.md decision on constructed numbers, the proxy-A-distance on known distributions, the CLI."""
+"""`tltf advise`: the size x similarity decision on constructed numbers, the proxy-A-distance on known distributions, the CLI."""
 
 import json
 
@@ -12,8 +12,8 @@ from tltf.errors import TltfError
 
 @pytest.mark.parametrize("n, probe, chance, pad, strategy, similarity", [
     (60, 0.95, 0.5, 1.2, "feature", "high"),      # < 100 images, features separate, moderate gap: extract features
-    (60, 0.60, 0.5, 1.2, "finetune", "low"),      # < 100, the features do not separate the classes: light tuning
-    (60, 0.95, 0.5, 1.9, "finetune", "low"),      # a good probe but a domain far from photos: not "close"
+    (60, 0.60, 0.5, 1.2, "feature", "low"),       # < 100, the features do not separate: earlier layers' too
+    (60, 0.95, 0.5, 1.9, "feature", "low"),       # a good probe but a domain far from photos: not "close"
     (800, 0.95, 0.2, 1.2, "partial:8", "high"),   # hundreds-thousands, close: fine-tune upper layers
     (800, 0.40, 0.2, 1.9, "finetune", "low"),     # hundreds-thousands, far: fine-tune all layers
     (800, 0.40, 0.2, 0.3, "partial:8", "high"),   # the probe is weak but the images look like the source

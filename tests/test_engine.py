@@ -10,6 +10,7 @@ from conftest import cli
 
 from tltf.errors import TltfError
 from tltf.training import FitConfig, Method, describe, fit, load_recipe, register_method
+from tltf.training.run_folder import finished_run
 from tltf.training.settings import changed_setting, resume_keys
 
 
@@ -162,7 +163,8 @@ def test_dry_run_says_why_each_default_was_taken(tmp_path):
 
 
 def test_refit_chooses_epochs_on_the_holdout_then_trains_on_every_labelled_image(data, tmp_path):
-    metrics = fit(_config(data, tmp_path / "r", epochs=3, refit="on", val_split=0.25), verbose=0)
+    config = _config(data, tmp_path / "r", epochs=3, refit="on", val_split=0.25)
+    metrics = fit(config, verbose=0)
     refit = metrics["refit"]
     assert refit["holdout_num_train"] == 90 and refit["holdout_num_val"] == 30
     assert metrics["num_train"] == 120 and metrics["num_val"] == 0  # every labelled image trained the final model
@@ -170,7 +172,9 @@ def test_refit_chooses_epochs_on_the_holdout_then_trains_on_every_labelled_image
     curve = refit["holdout_val_curve"]
     assert metrics["val_accuracy"] == curve[refit["chosen_epochs"] - 1] == max(curve)
     final = json.loads((tmp_path / "r" / "config.json").read_text())
-    assert final["val_split"] == 0.0 and (tmp_path / "r" / "holdout" / "model.keras").exists()
+    assert final["val_split"] == 0.25 and (tmp_path / "r" / "holdout" / "model.keras").exists()
     assert "on (asked)" in metrics["defaults"]["refit"]
+    # the finished refit is recognised as a run of the settings asked for (tltf compare reuses it)
+    assert finished_run(tmp_path / "r", config)["refit"] == refit and final["refit_final"]["val_split"] == 0.0
     with pytest.raises(TltfError, match="--refit on: --val-split 0 holds nothing out"):
         fit(_config(data, tmp_path / "q", refit="on", val_split=0.0), verbose=0)

@@ -21,7 +21,7 @@ from tltf.cli import options
 @options.data_dir
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def command(data, backbone, weights, image_size, max_images, reference, seed, data_dir, as_json):
-    """Recommend a transfer strategy: data size x closeness to the source domain (SEEDS.md table)."""
+    """Recommend a transfer strategy: data size x closeness to the source domain (the size x similarity table)."""
     import json
 
     from tltf.advise import advise, format_report

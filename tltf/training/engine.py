@@ -116,8 +116,8 @@ def fit(config: FitConfig, overwrite: bool = False, verbose: int = 1, callbacks=
     if verbose:
         print(f"refit: {epochs} of {plan.epochs} epochs chosen on the hold-out"
               f"{' (the LP head alone)' if epochs == 0 else ''}; training again on all labelled images", flush=True)
-    metrics = _fit_once(final_config(config, plan, epochs, lp_applied=bool(lp)), overwrite, verbose, callbacks,
-                        chosen)
+    final = final_config(config, plan, epochs, lp_applied=bool(lp))
+    metrics = _fit_once(final, overwrite, verbose, callbacks, chosen)
     row = history[epochs - 1] if 0 < epochs <= len(history) else {"val_accuracy": lp.get("val_accuracy"),
                                                                   "val_loss": lp.get("val_loss")}
     metrics["refit"] = {"chosen_epochs": epochs, "planned_epochs": plan.epochs, "holdout_run": str(out / "holdout"),
@@ -129,7 +129,18 @@ def fit(config: FitConfig, overwrite: bool = False, verbose: int = 1, callbacks=
                         "holdout_test_accuracy": held.get("test_accuracy")}
     metrics["val_accuracy"] = row.get("val_accuracy")  # the hold-out's estimate: no image is left to validate on
     write_json(out / "metrics.json", metrics)
+    _record_settings(out, config, final)
     return metrics
+
+
+def _record_settings(out: Path, config: FitConfig, final: FitConfig) -> None:
+    """``config.json`` of a finished refit: the settings asked for (so that ``tltf compare`` and a second ``fit``
+    recognise the run), and under ``refit_final`` those the final run took instead."""
+    saved = json.loads((out / "config.json").read_text())
+    asked, taken = asdict(config), asdict(final)
+    saved["refit_final"] = {key: taken[key] for key in taken if taken[key] != asked[key] and key != "out"}
+    saved.update(asked)
+    write_json(out / "config.json", saved)
 
 
 def _refit_wanted(config: FitConfig) -> tuple[bool, str]:

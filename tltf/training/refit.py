@@ -70,14 +70,14 @@ def smallest_class(labels) -> int:
 def chosen_epochs(history: list[dict], start: tuple | None = None) -> int:
     """Number of epochs of the best validation accuracy (ties: fewer epochs). ``start`` is
     ``(val_accuracy, val_loss)`` before the first epoch (the LP head's), which can win: 0 epochs."""
-    scored = [(r.get("val_accuracy"), r.get("val_loss"), int(r["epoch"]) + 1) for r in history
-              if r.get("val_accuracy") is not None]
+    scored = [(round(r["val_accuracy"], 6), int(r["epoch"]) + 1) for r in history
+              if r.get("val_accuracy") is not None]  # rounded: Keras' float32 0.85000002 ties numpy's 0.85
     if start is not None and start[0] is not None:
-        scored.append((start[0], start[1], 0))
+        scored.append((round(start[0], 6), 0))
     if not scored:
         return len(history)
-    best = max(scored, key=lambda s: (s[0], -s[2]))
-    return best[2]
+    best = max(scored, key=lambda s: (s[0], -s[1]))
+    return best[1]
 
 
 def final_config(config, plan, epochs: int, lp_applied: bool = False):
