@@ -91,5 +91,7 @@ def test_lp_replaces_the_head_stages_and_the_holdout_can_choose_it_alone(tmp_pat
     assert [s["name"] for s in tuned["stages"]] == ["all"] and tuned["lp_init"]["replaced_stages"] == ["head"]
     assert tuned["lp_init"]["val_accuracy"] is not None
     rows = [{"epoch": 0, "val_accuracy": 0.8}, {"epoch": 1, "val_accuracy": 0.9}, {"epoch": 2, "val_accuracy": 0.9}]
-    assert chosen_epochs(rows, (0.9, 0.3)) == 0 and chosen_epochs(rows, (0.85, 0.3)) == 2
-    assert chosen_epochs(rows) == 2
+    assert chosen_epochs(rows, (0.9, 0.3)) == 0 and chosen_epochs(rows, (0.85, 0.3)) == 2  # ties: fewer epochs
+    # one standard error of 0.9 on 20 images is 0.067: the LP's 0.85 is as good; on 1,000 images it is not
+    assert chosen_epochs(rows, (0.85, 0.3), num_val=20) == 0 and chosen_epochs(rows, (0.85, 0.3), num_val=1000) == 2
+    assert chosen_epochs(rows) == 2 and chosen_epochs(rows, num_val=20) == 2  # 1 epoch (0.8) is > 1 SE below

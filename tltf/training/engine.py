@@ -112,7 +112,8 @@ def fit(config: FitConfig, overwrite: bool = False, verbose: int = 1, callbacks=
     stages = json.loads((out / "holdout" / "config.json").read_text())["resolved_plan"]["stages"]
     plan = StagePlan([Stage(**stage) for stage in stages])  # as it ran (the LP's head stages already replaced)
     lp = held.get("lp_init") or {}
-    epochs = chosen_epochs(history, (lp.get("val_accuracy"), lp.get("val_loss")) if lp else None)
+    epochs = chosen_epochs(history, (lp.get("val_accuracy"), lp.get("val_loss")) if lp else None,
+                           num_val=int(held.get("num_val") or 0))
     if verbose:
         print(f"refit: {epochs} of {plan.epochs} epochs chosen on the hold-out"
               f"{' (the LP head alone)' if epochs == 0 else ''}; training again on all labelled images", flush=True)

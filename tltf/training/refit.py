@@ -2,9 +2,9 @@
 
 With little data, the images held out for validation are a real share of what there is to learn from (20 % of
 100 images is 20 images the model never trains on). ``--refit`` runs the plan once with the hold-out
-(``OUT/holdout/``, a complete run of its own), takes the number of epochs whose validation accuracy was best
-(ties: fewer epochs, so more training must be better, not as good; with ``--lp-init`` the LP head before any
-epoch competes too, and 0 epochs means the LP alone), and trains again from the start on all labelled images
+(``OUT/holdout/``, a complete run of its own), takes the fewest epochs whose validation accuracy is within one
+standard error of the best (more training must be better by more than the hold-out's noise; with ``--lp-init`` the
+LP head before any epoch competes too, and 0 epochs means the LP alone), and trains again from the start on all labelled images
 for that many epochs of the same plan, into ``OUT``. ``metrics.json``'s ``refit`` records the choice, the hold-out
 curve and the image counts; ``val_accuracy`` is the hold-out's at the chosen epoch (the final model has no
 validation images left: that figure is its estimate).
@@ -67,17 +67,20 @@ def smallest_class(labels) -> int:
     return int(counts[counts > 0].min()) if counts.size else 0
 
 
-def chosen_epochs(history: list[dict], start: tuple | None = None) -> int:
-    """Number of epochs of the best validation accuracy (ties: fewer epochs). ``start`` is
-    ``(val_accuracy, val_loss)`` before the first epoch (the LP head's), which can win: 0 epochs."""
+def chosen_epochs(history: list[dict], start: tuple | None = None, num_val: int = 0) -> int:
+    """The fewest epochs whose validation accuracy is within one standard error of the best (Breiman's one-SE
+    rule: on 20 validation images one image is 5 points, and a longer run that wins by it is noise, not evidence).
+    ``start`` is ``(val_accuracy, val_loss)`` before the first epoch (the LP head's), which can be chosen: 0 epochs.
+    ``num_val`` = 0 takes the best accuracy itself (ties: fewer epochs)."""
     scored = [(round(r["val_accuracy"], 6), int(r["epoch"]) + 1) for r in history
               if r.get("val_accuracy") is not None]  # rounded: Keras' float32 0.85000002 ties numpy's 0.85
     if start is not None and start[0] is not None:
         scored.append((round(start[0], 6), 0))
     if not scored:
         return len(history)
-    best = max(scored, key=lambda s: (s[0], -s[1]))
-    return best[1]
+    best = max(acc for acc, _ in scored)
+    se = float(np.sqrt(best * (1 - best) / num_val)) if num_val > 0 else 0.0
+    return min(epochs for acc, epochs in scored if acc >= best - se - 1e-9)
 
 
 def final_config(config, plan, epochs: int, lp_applied: bool = False):
