@@ -56,13 +56,19 @@ def test_cv_folds_are_stratified_and_seeded():
         assert len(set(np.bincount(y[held]))) == 1  # 30 per class -> 6 per class in each fold
 
 
-def test_fit_with_lp_init_starts_from_the_probe(tmp_path):
-    x, y = blobs(90, seed=5)
+def _data_and_start(tmp_path, n: int, seed: int):
+    """An .npz of ``n`` blob images and a saved random cnn_small classifier as the "pretrained" starting point."""
+    x, y = blobs(n, seed=seed)
     path = tmp_path / "blobs.npz"
     np.savez(path, x=x, y=y)
     start = tmp_path / "start.keras"
     keras.utils.set_random_seed(2)
     build_classifier(backbones.get("cnn_small"), ["0", "1", "2"], 24, "none").save(start)
+    return path, start
+
+
+def test_fit_with_lp_init_starts_from_the_probe(tmp_path):
+    path, start = _data_and_start(tmp_path, 90, seed=5)
     metrics = fit(_config(path, tmp_path / "r", weights=str(start), stage="finetune", epochs=2, lp_init=True,
                           learning_rate=1e-5, refit="off"), verbose=0)
     assert metrics["methods"] == ["supervised", "lp_init"] and metrics["lp_init"]["C"] > 0
@@ -76,12 +82,7 @@ def test_lp_replaces_the_head_stages_and_the_holdout_can_choose_it_alone(tmp_pat
     with every later epoch, and a tie goes to fewer epochs."""
     from tltf.training.refit import chosen_epochs
 
-    x, y = blobs(60, seed=6)
-    path = tmp_path / "blobs.npz"
-    np.savez(path, x=x, y=y)
-    start = tmp_path / "start.keras"
-    keras.utils.set_random_seed(2)
-    build_classifier(backbones.get("cnn_small"), ["0", "1", "2"], 24, "none").save(start)
+    path, start = _data_and_start(tmp_path, 60, seed=6)
     lp = fit(_config(path, tmp_path / "lp", weights=str(start), stage="feature", refit="on"), verbose=0)
     assert lp["epochs"] == 0 and lp["stages"] == [] and lp["refit"]["chosen_epochs"] == 0
     assert lp["num_train"] == 60 and lp["lp_init"]["num_train"] == 60  # the LP of the final model saw every image
