@@ -96,3 +96,4 @@ def test_lp_replaces_the_head_stages_and_the_holdout_can_choose_it_alone(tmp_pat
     # one standard error of 0.9 on 20 images is 0.067: the LP's 0.85 is as good; on 1,000 images it is not
     assert chosen_epochs(rows, (0.85, 0.3), num_val=20) == 0 and chosen_epochs(rows, (0.85, 0.3), num_val=1000) == 2
     assert chosen_epochs(rows) == 2 and chosen_epochs(rows, num_val=20) == 2  # 1 epoch (0.8) is > 1 SE below
+    assert chosen_epochs(rows, (0.5, 0.9), num_val=6) == 0  # 6 held-out images cannot choose fine-tuning
