@@ -62,8 +62,10 @@ register_method(HeadDecay)
 
 
 def test_a_method_registered_outside_tltf_changes_training(data, tmp_path):
-    plain = fit(_config(data, tmp_path / "plain", learning_rate=0.05, epochs=3), verbose=0)
-    decayed = fit(_config(data, tmp_path / "decay", learning_rate=0.05, methods=["test_head_decay"],
+    # Adam at 0.02: the decayed kernel settles near 0 within its step size (ratio 0.21-0.24 over seeds 1-3; at 0.05
+    # its jitter made the ratio 0.14-0.52)
+    plain = fit(_config(data, tmp_path / "plain", learning_rate=0.02, epochs=3), verbose=0)
+    decayed = fit(_config(data, tmp_path / "decay", learning_rate=0.02, methods=["test_head_decay"],
                           method_options={"test_head_decay": {"weight": 10.0}}, epochs=3), verbose=0)
     assert plain["methods"] == ["supervised"] and decayed["methods"] == ["supervised", "test_head_decay"]
     head = keras.models.load_model(tmp_path / "plain" / "model.keras").get_layer("head").dense.kernel
