@@ -3,8 +3,10 @@
 At each epoch boundary where the plan moves to a new stage, :class:`StagedFineTuning` freezes/unfreezes blocks,
 sets the stage's learning rate and per-group multipliers, and **retraces the train function**: Keras traces
 ``train_step`` once with the trainable variables of that moment, so flipping ``trainable`` inside a running
-``fit()`` would otherwise train nothing new. The optimizer is built up front over every variable any stage may
-train (:func:`prepare`), so its state survives stage changes and a resumed run restores it.
+``fit()`` would otherwise train nothing new. The optimizer is built up front over every variable some stage of the
+plan trains (:func:`prepare`), so its state survives stage changes and a resumed run restores it; variables no
+stage trains (a frozen backbone under ``--stage feature``) get no optimizer slots, which would only be memory and
+checkpoint weight (Adam: two copies of the backbone, written at every epoch's backup).
 
 Resuming (``keras.callbacks.BackupAndRestore``) needs nothing special: the callback looks up the stage of whatever
 epoch ``fit`` starts at.
@@ -18,12 +20,24 @@ from tltf.staging.freezing import all_trainable_variables, blocks_of, freeze_to,
 from tltf.staging.plan import StagePlan
 
 
+def plan_variables(model: keras.Model, plan: StagePlan, keep_frozen=()) -> list:
+    """Every variable that some stage of ``plan`` trains, in model order (leaves the model frozen for the last
+    stage)."""
+    blocks = blocks_of(model)
+    trained: set[int] = set()
+    for stage in plan.stages:
+        freeze_to(model, stage.unfreeze, blocks=blocks, keep_frozen=keep_frozen)
+        trained.update(id(v) for v in model.trainable_variables)
+    return [v for v in all_trainable_variables(model) if id(v) in trained]
+
+
 def prepare(model: keras.Model, plan: StagePlan, keep_frozen=()) -> None:
-    """Build the optimizer over all trainable-capable variables, then freeze for the first stage.
+    """Build the optimizer over every variable some stage trains (:func:`plan_variables`), then freeze for the
+    first stage.
 
     ``keep_frozen``: backbone layers no stage trains (``--freeze-until``), as in :func:`freeze_to`.
     """
-    model.optimizer.build(all_trainable_variables(model))
+    model.optimizer.build(plan_variables(model, plan, keep_frozen))
     freeze_to(model, plan.stages[0].unfreeze, keep_frozen=keep_frozen)
 
 
