@@ -79,11 +79,11 @@ def fit_probe(features: np.ndarray, labels: np.ndarray, num_classes: int, seed: 
         for row, k in enumerate(model.classes_):
             kernel[:, k] = coef[row] / std
             bias[k] = intercept[row] - np.sum(coef[row] * mean / std)
-    probs = model.predict_proba(x)
-    loss = float(-np.mean(np.log(probs[np.arange(len(labels)), np.searchsorted(model.classes_, labels)] + 1e-12)))
-    report = {"C": float(c), "cv_log_loss": scores, "train_log_loss": loss,
-              "train_accuracy": float((model.predict(x) == labels).mean()), "iterations": int(np.max(model.n_iter_))}
-    return kernel.astype(np.float32), bias.astype(np.float32), report
+    kernel, bias = kernel.astype(np.float32), bias.astype(np.float32)
+    accuracy, loss = head_scores(features, labels, kernel, bias)  # the imprinted head, as the model computes it
+    report = {"C": float(c), "cv_log_loss": scores, "train_log_loss": loss, "train_accuracy": accuracy,
+              "iterations": int(np.max(model.n_iter_))}
+    return kernel, bias, report
 
 
 class LinearProbeInit(Method):
@@ -106,11 +106,18 @@ class LinearProbeInit(Method):
         if str(config.lp_init).lower() not in ("true", "false", "none", "auto", "on", "off"):
             raise TltfError(f"--lp-init {config.lp_init}: choose on, off or auto")
 
+    def applies(self, plan) -> bool:
+        """``--lp-init on``, or ``auto`` with pretrained weights and a plan whose first stage trains the head only."""
+        if str(self.config.lp_init).lower() in ("on", "true"):
+            return True
+        return self.config.weights != "none" and bool(plan.stages) and plan.stages[0].unfreeze == 0
+
+    def note(self) -> dict:
+        return {"lp_init": "on: the head is first set by logistic regression on the frozen features; it replaces "
+                           "the plan's leading head-only stage(s)"}
+
     def start(self, run) -> None:
         self.report_ = None
-        self.applies = self.active = applies(self.config, run.plan)
-        if not self.applies:
-            return
         lead = 0
         while lead < len(run.plan.stages) and run.plan.stages[lead].unfreeze == 0:
             lead += 1
@@ -120,8 +127,6 @@ class LinearProbeInit(Method):
     def setup(self, run) -> None:
         from tltf.strategies.features import split_features
 
-        if not self.applies:
-            return
         start = time.perf_counter()
         feats = split_features(run.model, run.data.train, run.config.batch_size, True)
         head = head_of(run.model)
@@ -147,13 +152,6 @@ class LinearProbeInit(Method):
         if self.report_ and run.plan.epochs == 0:  # the LP alone: its figures are the run's
             metrics["val_accuracy"] = self.report_.get("val_accuracy")
             metrics["best_val_accuracy"] = self.report_.get("val_accuracy")
-
-
-def applies(config, plan) -> bool:
-    """``--lp-init on``, or ``auto`` with pretrained weights and a plan whose first stage trains the head only."""
-    if str(config.lp_init).lower() in ("on", "true"):
-        return True
-    return config.weights != "none" and bool(plan.stages) and plan.stages[0].unfreeze == 0
 
 
 def head_scores(features: np.ndarray, labels: np.ndarray, kernel: np.ndarray, bias: np.ndarray) -> tuple:

@@ -191,9 +191,9 @@ def _fit_once(config: FitConfig, overwrite: bool, verbose: int, callbacks, chose
     if config.weights == "none" and run.plan.stages[0].unfreeze != "all":
         print("warning: --weights none with a plan that starts frozen: a random backbone gives the head little to "
               "work with; --stage scratch trains everything from the start", flush=True)
+    extras = [method for method in extras if method.applies(run.plan)]
     for method in (trainer, *extras):
         method.start(run)
-    extras = [method for method in extras if method.active]
     with dist.scope():  # --freeze-until, --reinit-top; whether the head can train on cached features
         run.strategy = apply_strategies(run.model, run.plan, config, run.train_bn,
                                         distributed=config.distribute != "none",
@@ -261,15 +261,9 @@ def describe(config: FitConfig) -> dict:
     if str(config.augment).strip().lower() == "auto":
         chosen["augment"] = (f"auto: {defaults.AUGMENT_COLOUR} for colour images, {defaults.AUGMENT_GREY} for grey "
                              "ones (digits and text change class when mirrored); decided when the data is read")
-    lp = [m for m in extras if m.name == "lp_init"]
-    if lp:
-        from tltf.strategies.linear_probe_init import applies
-
-        if applies(config, plan):
-            chosen["lp_init"] = ("on: the head is first set by logistic regression on the frozen features; it "
-                                 "replaces the plan's leading head-only stage(s)")
-        else:
-            extras.remove(lp[0])
+    extras = [method for method in extras if method.applies(plan)]
+    for method in extras:
+        chosen.update(method.note())
     return {"config": asdict(config), "groups": config.grouped(), "defaults": chosen,
             "methods": [trainer.name, *(m.name for m in extras)], "backbone_blocks": spec.num_blocks,
             "image_size": config.image_size or spec.default_size, "plan": plan.to_dict(),

@@ -48,7 +48,6 @@ class Method:
     trains: bool = False  # a trainer owns the training loop
     streams: tuple[str, ...] = ()  # extra data streams: "target"
     supports_loss_terms: bool = True  # (trainers) whether run.add_loss terms reach its training step
-    active: bool = True  # False when, once the plan is known, it has nothing to do (not listed in metrics.json)
 
     def __init__(self, config, options: dict | None = None):
         self.config = config
@@ -62,9 +61,16 @@ class Method:
     def check(self, config) -> None:
         """Raise :class:`tltf.errors.TltfError` for bad options (before data is read)."""
 
+    def applies(self, plan) -> bool:
+        """Whether, for this stage plan, it has anything to do (if not it is dropped: not run, not listed)."""
+        return True
+
+    def note(self) -> dict:
+        """``{setting: why}`` for ``--dry-run``'s ``defaults`` when it applies."""
+        return {}
+
     def start(self, run) -> None:
-        """The classifier is built with its starting weights, before ``--reinit-top`` or any other change; a
-        method with nothing to do for this run sets ``self.active = False``."""
+        """The classifier is built with its starting weights, before ``--reinit-top`` or any other change."""
 
     def setup(self, run) -> None:
         """Change what trains: wrap ``run.train_model``, add loss terms, regularisers…"""
