@@ -78,7 +78,7 @@ def _distance(a: dict, b: dict) -> float:
 
 
 def test_freeze_until_keeps_the_lower_backbone_bit_identical_and_trains_the_rest(tmp_path, start, target):
-    _, metrics = _run(tmp_path, start, target, "frozen", freeze_until="block1", epochs=3)
+    _, metrics = _run(tmp_path, start, target, "frozen", freeze_until="block1", epochs=5)
     before = _weights_by_layer(backbone_of(load_model(start)))
     after = _weights_by_layer(backbone_of(load_model(tmp_path / "frozen" / "model.keras")))
     assert all(np.array_equal(x, y) for x, y in zip(before["block1_conv"], after["block1_conv"]))
@@ -87,7 +87,9 @@ def test_freeze_until_keeps_the_lower_backbone_bit_identical_and_trains_the_rest
     # `scratch` unfreezes everything; --freeze-until caps it: conv2 (38,448), dense (76,900) and the head (303)
     assert metrics["stages"][0]["trainable_params"] == (5 * 5 * 32 * 48 + 48) + (768 * 100 + 100) + (100 * 3 + 3)
     history = read_history(tmp_path / "frozen" / "history.csv")
-    assert history[-1]["loss"] < 0.8 * history[0]["loss"]  # it learns the new task on the frozen lower block
+    # it learns the new task on the frozen lower block: the loss ends well under chance (ln 3 = 1.10). Measured over
+    # seeds 0-2: 0.755-0.767 after 5 epochs. (The first epoch's loss is too noisy to compare against: 1.11-1.67.)
+    assert history[-1]["loss"] < 0.8 * np.log(3)
 
 
 def test_freeze_until_accepts_block_index_and_layer_name_and_refuses_unknown():
