@@ -30,6 +30,7 @@ import numpy as np
 
 from tltf.errors import TltfError
 from tltf.export.latency import Timing, compare_latency, measure  # noqa: F401  (tltf.bench.runner.* as before)
+from tltf.export.precision import DEFAULT as DEFAULT_PRECISION
 
 
 def parse_batch_sizes(text: str | None, option: str = "--batch-sizes") -> list[int]:
@@ -85,7 +86,7 @@ class OnnxRunner:
                        for t, spin in configs]
         self.model = self.models[0][2]
         self.name = Path(path).name
-        self.precision = self.model.metadata.get("precision", "fp32")
+        self.precision = self.model.metadata.get("precision", DEFAULT_PRECISION)
         self.image_size = tuple(self.model.image_size)
         self.chosen: dict[int, dict] = {}
 

@@ -3,6 +3,31 @@
 
 import click
 
+from tltf.export import precision as precisions
+
+
+def _precision_flags(f):
+    """One ``--NAME`` flag per non-default row of :data:`tltf.export.precision.PRECISIONS`, in table order."""
+    for row in reversed(precisions.flagged()):
+        help_ = row.description + ("; needs --calibration-data." if row.needs_calibration else ".")
+        f = click.option(row.flag, row.name, is_flag=True, help=help_)(f)
+    return f
+
+
+def _gate_help(gate: precisions.Gate) -> str:
+    """``--fp16/--int8 parity gate: the smallest top-1 agreement with Keras accepted [default: 0.99 fp16, ...].``"""
+    rows = precisions.gated_by(gate)
+    labels = "/".join(row.label for row in rows)
+    if len(rows) == 1:
+        defaults = precisions.format_threshold(rows[0].threshold)
+    else:
+        defaults = ", ".join(f"{precisions.format_threshold(row.threshold)} {row.name}" for row in rows)
+    return f"{labels} parity gate: {gate.help} [default: {defaults}]."
+
+
+def _calibrated_flags() -> str:
+    return "/".join(row.label for row in precisions.PRECISIONS if row.needs_calibration)
+
 
 @click.command("export")
 @click.argument("model", type=click.Path(dir_okay=False))
@@ -10,18 +35,15 @@ import click
 @click.option("--out", type=click.Path(dir_okay=False),
               help="Output file [default: exported/<model stem, or run folder name>.onnx].")
 @click.option("--opset", type=int, default=17, show_default=True, help="ONNX opset (13-18).")
-@click.option("--fp16", is_flag=True, help="Float16 weights and compute (for GPUs); float32 input and output.")
-@click.option("--int8", is_flag=True, help="Static int8 quantization (QDQ, per-channel); needs --calibration-data.")
-@click.option("--calibration-data", help="Real images to calibrate --int8 and to check parity on: an image folder "
-              "(class sub-folders or flat), builtin:NAME, tfds:NAME[:SPLIT] or a .npz.")
+@_precision_flags
+@click.option("--calibration-data", help=f"Real images to calibrate {_calibrated_flags()} and to check parity on: an "
+              "image folder (class sub-folders or flat), builtin:NAME, tfds:NAME[:SPLIT] or a .npz.")
 @click.option("--max-calibration", type=int, default=256, show_default=True, help="At most this many images.")
-@click.option("--max-diff", type=float, help="fp32 parity gate: the largest |onnxruntime - Keras| accepted, as a "
-              "fraction of the output range [default: 1e-4].")
-@click.option("--min-agreement", type=float, help="--fp16/--int8 parity gate: the smallest top-1 agreement with "
-              "Keras accepted [default: 0.99 fp16, 0.97 int8].")
+@click.option(precisions.MAX_DIFF.option, type=float, help=_gate_help(precisions.MAX_DIFF))
+@click.option(precisions.MIN_AGREEMENT.option, type=float, help=_gate_help(precisions.MIN_AGREEMENT))
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of a table.")
-def command(model, to_onnx, out, opset, fp16, int8, calibration_data, max_calibration, max_diff, min_agreement,
-            as_json):
+def command(model, to_onnx, out, opset, calibration_data, max_calibration, max_diff, min_agreement, as_json,
+            **flags):
     """Export MODEL (a .keras file) to ONNX; the file is kept only if onnxruntime matches Keras (parity gate).
 
     The graph takes raw RGB pixels, float32 0..255, NHWC, input "pixels" (dynamic batch) -- preprocessing is
@@ -35,22 +57,25 @@ def command(model, to_onnx, out, opset, fp16, int8, calibration_data, max_calibr
 
     if not to_onnx:
         raise TltfError("--onnx: choose an export format (only --onnx exists)")
-    if fp16 and int8:
-        raise TltfError("--fp16 and --int8: choose one")
-    if int8 and not calibration_data:
-        raise TltfError("--int8 needs --calibration-data DATA (an image folder, builtin:NAME, tfds:NAME or .npz)")
+    chosen = [row for row in precisions.flagged() if flags[row.name]]
+    if len(chosen) > 1:
+        raise TltfError(f"{' and '.join(row.flag for row in chosen)}: choose one")
+    row = chosen[0] if chosen else precisions.get(precisions.DEFAULT)
+    if row.needs_calibration and not calibration_data:
+        raise TltfError(precisions.needs_calibration_message(row))
     if max_calibration < 1:
         raise TltfError(f"--max-calibration {max_calibration}: must be at least 1")
-    precision = "fp16" if fp16 else "int8" if int8 else "fp32"
-    if max_diff is not None and precision != "fp32":
-        raise TltfError(f"--max-diff gates fp32 exports; for --{precision} use --min-agreement")
-    if min_agreement is not None and precision == "fp32":
-        raise TltfError("--min-agreement gates --fp16/--int8 exports; for fp32 use --max-diff")
+    precision = row.name
+    thresholds = {precisions.MAX_DIFF: max_diff, precisions.MIN_AGREEMENT: min_agreement}
+    for gate in precisions.gates():
+        if thresholds[gate] is not None and gate != row.gate:
+            gated = "/".join(other.label for other in precisions.gated_by(gate))
+            raise TltfError(f"{gate.option} gates {gated} exports; for {row.label} use {row.gate.option}")
     out = out or str(default_output(model))
     say = (lambda message: None) if as_json else (lambda message: click.echo(f"· {message}", err=True))
     report = export_onnx(model, out, opset=opset, precision=precision, calibration_data=calibration_data,
                          max_calibration=max_calibration, progress=say,
-                         threshold=max_diff if precision == "fp32" else min_agreement)
+                         threshold=thresholds[row.gate])
     if as_json:
         click.echo(json.dumps(report, indent=2))
         return
@@ -58,9 +83,7 @@ def command(model, to_onnx, out, opset, fp16, int8, calibration_data, max_calibr
     from rich.table import Table
 
     table = Table(title=f"{report['onnx']} ({precision}, opset {report['opset']})", box=None, show_header=False)
-    fp32 = precision == "fp32"
-    gate = (f"<= {report['threshold']:g} of the output range" if fp32 else
-            f">= {100 * report['threshold']:.0f}% top-1 agreement")
+    gate = row.gate.describe(report["threshold"])
     rows = [
         ("parity images", f"{report['parity_images']} {report['parity_source']}"),
         ("max |onnx - keras|", f"{report['max_abs_diff']:.3g} ({report['relative_diff']:.2g} of output range)"),

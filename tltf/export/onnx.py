@@ -31,6 +31,8 @@ import numpy as np
 
 from tltf.atomic import replacing
 from tltf.errors import TltfError
+from tltf.export import precision as precisions
+from tltf.export.precision import DEFAULT
 from tltf.reporting import write_json
 
 INPUT_NAME = "pixels"
@@ -39,7 +41,7 @@ DEFAULT_OPSET = 17
 MIN_OPSET, MAX_OPSET = 13, 18
 INPUT_RANGE = "0..255 float32, preprocessing inside the graph"
 OUTPUT_DOC = "probabilities (batch, num_classes); a binary sigmoid head is exported as [1 - p, p]"
-PRECISIONS = ("fp32", "fp16", "int8")
+PRECISIONS = precisions.names()  # the rows of tltf.export.precision.PRECISIONS
 
 
 # --- loading and choosing what to export ---------------------------------------------------------------------------
@@ -194,7 +196,7 @@ def model_info(model) -> dict:
             "binary_sigmoid": n_out == 1}
 
 
-def metadata(info: dict, precision: str = "fp32") -> dict[str, str]:
+def metadata(info: dict, precision: str = DEFAULT) -> dict[str, str]:
     """The ONNX ``metadata_props`` (all strings) describing the graph's contract."""
     from tltf import __version__
 
@@ -317,30 +319,29 @@ def default_output(model_path: str | Path, out_dir: str | Path = "exported") -> 
     return Path(out_dir) / f"{name}.onnx"
 
 
-def export_onnx(model, out: str | Path, opset: int = DEFAULT_OPSET, precision: str = "fp32",
+def export_onnx(model, out: str | Path, opset: int = DEFAULT_OPSET, precision: str = DEFAULT,
                 calibration_data: str | Path | None = None, parity_images: np.ndarray | None = None,
                 max_calibration: int = 256, seed: int = 0, progress=None, threshold: float | None = None) -> dict:
     """Export ``model`` (a path to a ``.keras`` file or a Keras model) to ``out`` and verify it; returns the report.
 
     ``precision``: ``fp32`` (parity gate: max |onnxruntime - Keras| <= 1e-4 x output range), ``fp16`` (float16
     weights and compute, float32 I/O; top-1 agreement >= 99 %) or ``int8`` (static QDQ per-channel quantization
-    calibrated on the images of ``calibration_data``; top-1 agreement >= 97 %). The gate runs onnxruntime on
-    ``parity_images``, else the calibration images, else structured synthetic images. Nothing is written unless the
-    gate passes: the model goes to a temporary file beside ``out`` and is renamed into place; the report JSON
-    (``out`` + ``.json``) follows the same way. ``threshold`` overrides the gate (fp32: the largest difference as a
-    fraction of the output range; fp16/int8: the smallest top-1 agreement); the report records the one used.
+    calibrated on the images of ``calibration_data``; top-1 agreement >= 97 %), the rows of
+    :data:`tltf.export.precision.PRECISIONS`. The gate runs onnxruntime on ``parity_images``, else the calibration
+    images, else structured synthetic images. Nothing is written unless the gate passes: the model goes to a
+    temporary file beside ``out`` and is renamed into place; the report JSON (``out`` + ``.json``) follows the same
+    way. ``threshold`` overrides the gate (fp32: the largest difference as a fraction of the output range;
+    fp16/int8: the smallest top-1 agreement); the report records the one used.
     ``progress(message)`` is called at each step if given.
     """
     from tltf.export import parity, quantize
 
     say = progress or (lambda message: None)
-    if precision not in PRECISIONS:
-        raise TltfError(f"precision {precision!r}: must be one of {', '.join(PRECISIONS)}")
-    if threshold is not None and not (threshold > 0 if precision == "fp32" else 0 <= threshold <= 1):
-        raise TltfError(f"{'--max-diff' if precision == 'fp32' else '--min-agreement'} {threshold}: must be "
-                        f"{'above 0' if precision == 'fp32' else 'between 0 and 1'}")
-    if precision == "int8" and calibration_data is None:
-        raise TltfError("--int8 needs --calibration-data DATA (an image folder, builtin:NAME, tfds:NAME or .npz)")
+    row = precisions.get(precision)
+    if threshold is not None and not row.gate.valid(threshold):
+        raise TltfError(f"{row.gate.option} {threshold}: must be {row.gate.rule}")
+    if row.needs_calibration and calibration_data is None:
+        raise TltfError(precisions.needs_calibration_message(row))
     out = Path(out)
     if out.suffix.lower() != ".onnx":
         raise TltfError(f"--out {out}: the file name must end in .onnx")
@@ -375,14 +376,13 @@ def export_onnx(model, out: str | Path, opset: int = DEFAULT_OPSET, precision: s
 
     with replacing(out, ".part") as tmp:  # a failed gate or an interruption leaves no file
         t0 = time.perf_counter()
-        if precision == "fp16":
-            say("converting weights and compute to float16")
-            proto = quantize.to_fp16(proto)
-            set_metadata(proto, metadata(info, "fp16"))
-        elif precision == "int8":
-            say(f"quantizing to int8 (QDQ, per-channel) on {len(calib)} calibration images")
-            fp32_proto, proto = proto, quantize.to_int8(proto, calib, workdir=out.parent)
-            set_metadata(proto, metadata(info, "int8"))
+        fp32_proto = proto
+        if row.quantizer is not None:
+            say(row.progress.format(n=0 if calib is None else len(calib)))
+            to_precision = getattr(quantize, row.quantizer)
+            proto = (to_precision(proto, calib, workdir=out.parent) if row.needs_calibration
+                     else to_precision(proto))
+            set_metadata(proto, metadata(info, row.name))
         timings["quantize_s"] = time.perf_counter() - t0
         _save(proto, tmp)
 
@@ -394,8 +394,8 @@ def export_onnx(model, out: str | Path, opset: int = DEFAULT_OPSET, precision: s
         report = _report(source, out, tmp, proto, precision, opset, info, result, check_source, fp32_nodes,
                          timings)
         parity.gate(result, precision, out)  # raises TltfError before the file is put in place
-        if precision == "int8":
-            say("timing int8 against fp32 on this CPU (batch 1)")
+        if row.timed_vs_float32:
+            say(f"timing {row.name} against {DEFAULT} on this CPU (batch 1)")
             report["speed_vs_fp32"] = _speed_vs_fp32(fp32_proto, tmp)
     write_json(Path(str(out) + ".json"), report)
     return report

@@ -2,9 +2,10 @@
 
 onnxruntime runs the candidate file on the same images as Keras. fp32 passes when the largest absolute difference
 of any probability is at most 1e-4 of the Keras outputs' range; fp16 and int8, which change the numbers on purpose,
-pass on top-1 agreement (>= 99 % and >= 97 % of the images). Without real images the check uses
-:func:`synthetic_images` -- gratings, gradients, shapes and texture rather than noise, so that even a network with
-random weights gives outputs that vary from image to image (``output_std`` in the result says by how much).
+pass on top-1 agreement (>= 99 % and >= 97 % of the images) -- the defaults of :mod:`tltf.export.precision`.
+Without real images the check uses :func:`synthetic_images` -- gratings, gradients, shapes and texture rather than
+noise, so that even a network with random weights gives outputs that vary from image to image (``output_std`` in
+the result says by how much).
 
 For tests and benchmarks on ``weights="none"`` models, :func:`spread_random_model` makes the outputs of a random
 network vary between images at all. Such networks stay chaotic (a 1e-6 change of the input moves their
@@ -24,9 +25,13 @@ from pathlib import Path
 import numpy as np
 
 from tltf.errors import TltfError
+from tltf.export import precision as precisions
+from tltf.export.precision import DEFAULT, MAX_DIFF
 
-#: fp32: max |onnxruntime - keras| / (max - min of the Keras outputs); fp16/int8: minimum top-1 agreement.
-THRESHOLDS = {"fp32": 1e-4, "fp16": 0.99, "int8": 0.97}
+#: The default gate of each precision (:data:`tltf.export.precision.PRECISIONS`): for a --max-diff gate (fp32) the
+#: largest max |onnxruntime - keras| / (max - min of the Keras outputs), for --min-agreement (fp16, int8) the
+#: smallest top-1 agreement.
+THRESHOLDS = {p.name: p.threshold for p in precisions.PRECISIONS}
 VAR_FLOOR = 0.5  # spread_random_model: moving variance >= VAR_FLOOR x the layer's median variance
 
 
@@ -77,7 +82,7 @@ def keras_probabilities(model, images: np.ndarray, batch_size: int = 32) -> np.n
     return class_probabilities(np.concatenate(parts, axis=0))
 
 
-def compare(onnx_path: str | Path, keras_probs: np.ndarray, images: np.ndarray, precision: str = "fp32",
+def compare(onnx_path: str | Path, keras_probs: np.ndarray, images: np.ndarray, precision: str = DEFAULT,
             batch_size: int = 32, threshold: float | None = None) -> dict:
     """Run ``onnx_path`` in onnxruntime (CPU) on ``images`` and compare with ``keras_probs``."""
     from tltf.export.runtime import OnnxModel
@@ -96,11 +101,12 @@ def compare(onnx_path: str | Path, keras_probs: np.ndarray, images: np.ndarray, 
         "onnxruntime_ms_per_image": round(1000 * elapsed / max(len(images), 1), 3)}
 
 
-def measure(candidate: np.ndarray, reference: np.ndarray, precision: str = "fp32",
+def measure(candidate: np.ndarray, reference: np.ndarray, precision: str = DEFAULT,
             threshold: float | None = None) -> dict:
     """Differences between two ``(N, C)`` probability arrays: ``max_abs_diff``, ``output_range``,
     ``relative_diff`` (their ratio), ``top1_agreement``, ``output_std`` (spread of the reference across images),
     and the gate's ``threshold`` (``THRESHOLDS[precision]`` unless given)."""
+    precision = precisions.get(precision).name
     a = np.asarray(candidate, np.float64)
     b = np.asarray(reference, np.float64)
     if a.shape != b.shape:
@@ -123,9 +129,8 @@ def measure(candidate: np.ndarray, reference: np.ndarray, precision: str = "fp32
 
 
 def passed(result: dict) -> bool:
-    if result["precision"] == "fp32":
-        return result["relative_diff"] <= result["threshold"]
-    return result["top1_agreement"] >= result["threshold"]
+    gate = precisions.get(result["precision"]).gate
+    return gate.passes(result[gate.metric], result["threshold"])
 
 
 def gate(result: dict, precision: str, out: str | Path) -> None:
@@ -133,17 +138,18 @@ def gate(result: dict, precision: str, out: str | Path) -> None:
     if passed(result):
         return
     need = result["threshold"]
-    if precision == "fp32":
+    held_to = precisions.get(precision).gate
+    if held_to == MAX_DIFF:
         raise TltfError(
             f"{out}: parity check failed, nothing written: max |onnxruntime - keras| = {result['max_abs_diff']:.3g}"
             f" is {result['relative_diff']:.3g} of the output range {result['output_range']:.3g}, "
             f"{result['relative_diff'] / need:.1f}x the {need:g} tolerance ({result['n']} images; "
-            f"--max-diff {_round_up(result['relative_diff'])} would accept it)")
+            f"{held_to.option} {_round_up(result['relative_diff'])} would accept it)")
     raise TltfError(
         f"{out}: {precision} parity check failed, nothing written: top-1 agreement with Keras "
         f"{100 * result['top1_agreement']:.1f}% < {100 * need:.0f}% ({result['top1_disagreements']} of "
         f"{result['n']} images differ; max |diff| {result['max_abs_diff']:.3g}; "
-        f"--min-agreement {np.floor(100 * result['top1_agreement']) / 100:.2f} would accept it)")
+        f"{held_to.option} {np.floor(100 * result['top1_agreement']) / 100:.2f} would accept it)")
 
 
 def _round_up(x: float) -> str:
