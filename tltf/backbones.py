@@ -213,6 +213,8 @@ REGISTRY: dict[str, BackboneSpec] = {s.name: s for s in [
     _spec("nasnet_large", A.NASNetLarge, "tf", 331, _NASNET, params=84_916_818, family="nasnet"),
     # Not a Keras Application: the DANN paper's digit CNN, trained from scratch (--weights none).
     _spec("cnn_small", small_cnn, "tf", 28, _VGG_XCEPTION, min_size=16, params=117_780, family="cnn"),
+    _spec("cnn_small_bn", small_cnn, "tf", 28, _VGG_XCEPTION, min_size=16, params=118_320, family="cnn",
+          kwargs={"batchnorm": True}),
 ]}
 
 
@@ -226,7 +228,7 @@ BLOCK_COUNTS: dict[str, int] = {
     "efficientnet_v2_b3": 8, "efficientnet_v2_s": 8, "efficientnet_v2_m": 9, "efficientnet_v2_l": 9,
     "convnext_tiny": 5, "convnext_small": 5, "convnext_base": 5, "convnext_large": 5, "convnext_xlarge": 5,
     "inception_v3": 11, "inception_resnet_v2": 6, "xception": 14, "nasnet_mobile": 16, "nasnet_large": 22,
-    "cnn_small": 3,
+    "cnn_small": 3, "cnn_small_bn": 3,
 }
 
 

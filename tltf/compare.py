@@ -60,6 +60,19 @@ STRATEGIES: dict[str, Strategy] = {s.name: s for s in (
 
 DEFAULT_STRATEGIES = ("scratch", "feature", "finetune", "gradual", "l2sp")
 
+#: ``tltf compare --adapt``: domain-adaptation methods against the source-only baseline (``none``), same budget
+ADAPTATIONS: dict[str, Strategy] = {s.name: s for s in (
+    Strategy("none", {"adapt": "none"}, transfer=False, doc="source-only: the target images are not used to train"),
+    Strategy("dann", {"adapt": "dann"}, doc="domain-adversarial training (gradient reversal)"),
+    Strategy("mmd", {"adapt": "mmd"}, doc="multi-kernel MMD between source and target features (DAN)"),
+    Strategy("coral", {"adapt": "coral"}, doc="Deep CORAL: source and target feature covariances aligned"),
+    Strategy("adabn", {"adapt": "adabn"}, doc="source-only, then BatchNorm statistics from the target (AdaBN)"),
+    Strategy("dann+adabn", {"adapt": "dann+adabn"}, doc="DANN, then AdaBN"),
+    Strategy("mmd+adabn", {"adapt": "mmd+adabn"}, doc="MMD, then AdaBN"),
+    Strategy("coral+adabn", {"adapt": "coral+adabn"}, doc="CORAL, then AdaBN"),
+)}
+DEFAULT_ADAPTATIONS = ("none", "dann", "mmd", "coral", "adabn")
+
 
 @dataclass(frozen=True)
 class Choice:
@@ -80,10 +93,12 @@ class Choice:
         return values
 
 
-def parse_strategies(specs) -> list[Choice]:
-    """``"scratch,feature,l2sp:0.1"`` (or a list of such names) -> the :class:`Choice` of each, checked."""
+def parse_strategies(specs, table: dict | None = None, option: str = "--strategies") -> list[Choice]:
+    """``"scratch,feature,l2sp:0.1"`` (or a list of such names) -> the :class:`Choice` of each, checked; ``table``
+    is :data:`STRATEGIES` (default) or :data:`ADAPTATIONS` (``option="--adapt"``)."""
     from tltf.training import FitConfig
 
+    table = STRATEGIES if table is None else table
     if isinstance(specs, str):
         specs = specs.split(",")
     known = {f.name for f in fields(FitConfig)}
@@ -92,24 +107,25 @@ def parse_strategies(specs) -> list[Choice]:
         if not spec:
             continue
         name, _, raw = spec.partition(":")
-        strategy = STRATEGIES.get(name.strip().lower())
+        strategy = table.get(name.strip().lower())
         if strategy is None:
-            raise TltfError(f"--strategies {spec}: unknown strategy (known: {', '.join(STRATEGIES)})")
+            raise TltfError(f"{option} {spec}: unknown {'method' if option == '--adapt' else 'strategy'} "
+                            f"(known: {', '.join(table)})")
         if raw and not strategy.param:
-            raise TltfError(f"--strategies {spec}: {strategy.name} takes no value")
+            raise TltfError(f"{option} {spec}: {strategy.name} takes no value")
         missing = [k for k in (*strategy.overrides, strategy.param) if k and k not in known]
         if missing:
-            raise TltfError(f"--strategies {spec}: needs the fit option {missing[0]!r}, which this version of "
+            raise TltfError(f"{option} {spec}: needs the fit option {missing[0]!r}, which this version of "
                             "tltf.api.FitConfig does not have")
         if strategy.param and not raw and strategy.default is None:
-            raise TltfError(f"--strategies {spec}: give {strategy.name}:VALUE (sets {strategy.param})")
+            raise TltfError(f"{option} {spec}: give {strategy.name}:VALUE (sets {strategy.param})")
         value = _parse_value(raw, spec, strategy.param) if raw else strategy.default
         label = f"{strategy.name}:{raw}" if raw else strategy.name
         if any(c.label == label for c in choices):
-            raise TltfError(f"--strategies {spec}: given twice")
+            raise TltfError(f"{option} {spec}: given twice")
         choices.append(Choice(label, strategy, value))
     if not choices:
-        raise TltfError("--strategies: no strategy given")
+        raise TltfError(f"{option}: nothing given")
     return choices
 
 
@@ -162,22 +178,36 @@ def _run_record(label: str, seed: int, folder: Path, root: Path, metrics: dict, 
             "train_seconds": round(sum(r.get("seconds") or 0.0 for r in history) + extract, 3),
             "feature_extract_seconds": extract,
             "trainable_params": stages[-1].get("trainable_params"), "epochs": metrics.get("epochs"),
-            "val_curve": [r.get("val_accuracy") for r in history]}
+            "val_curve": [r.get("val_accuracy") for r in history],
+            "target_accuracy": metrics.get("target_accuracy"),
+            "unsupervised": {k: v for k, v in (metrics.get("unsupervised") or {}).items() if k != "images"}}
 
 
 # --- the comparison ---------------------------------------------------------------------------------------------
 
 def compare(data: str, out: str | Path, backbone: str = "mobilenet_v2", weights: str = "imagenet",
             strategies=DEFAULT_STRATEGIES, seeds=3, epochs: int | None = None, image_size: int | None = None,
-            batch_size: int = 32, overwrite: bool = False, verbose: int = 0, log=print, **fit_options) -> dict:
+            batch_size: int = 32, overwrite: bool = False, verbose: int = 0, log=print, adapt=None,
+            criterion: str | None = None, **fit_options) -> dict:
     """Run every strategy for every seed (or reuse finished runs) and write the table, JSON and curves.
 
     ``fit_options`` are further :class:`tltf.api.FitConfig` fields shared by every run (``learning_rate``,
     ``val_split``, ``augment`` …). Returns what ``out/compare.json`` holds.
+
+    ``adapt`` (``"none,dann,mmd"`` or a list; needs ``target_data`` in ``fit_options``) compares domain-adaptation
+    methods instead of strategies: the baseline is ``none`` (source-only), each row reports the target accuracy
+    (with ``target_labels_for_eval``) and the label-free criteria (:mod:`tltf.adapt.selection`), and ``selected``
+    names the method ``criterion`` (default :data:`tltf.adapt.selection.DEFAULT_CRITERION`) picks.
     """
     from tltf.training import FitConfig, fit
 
-    choices = parse_strategies(strategies)
+    if adapt is not None:
+        if not fit_options.get("target_data"):
+            raise TltfError("--adapt: needs --target-data (the unlabelled target images)")
+        choices = parse_strategies(adapt, ADAPTATIONS, "--adapt")
+        criterion = _criterion(criterion)
+    else:
+        choices = parse_strategies(strategies)
     seed_list = _seed_list(seeds)
     root = Path(out)
     base = {"data": data, "backbone": backbone, "weights": weights, "epochs": epochs, "image_size": image_size,
@@ -202,6 +232,8 @@ def compare(data: str, out: str | Path, backbone: str = "mobilenet_v2", weights:
                 log(f"[{choice.label} seed {seed}] reusing the finished run in {folder}")
             runs.append(record)
     result = summarise(runs, [c.label for c in choices], [c.label for c in choices if not c.strategy.transfer])
+    if adapt is not None:
+        result.update(select_method(result["summary"], criterion))
     result["settings"] = {**{k: v for k, v in base.items() if k != "tensorboard"}, "seeds": seed_list,
                           "strategies": [c.label for c in choices]}
     result["runs"] = runs
@@ -212,6 +244,26 @@ def compare(data: str, out: str | Path, backbone: str = "mobilenet_v2", weights:
         tmp.write_text(format_markdown(result) + "\n")
     plot_curves(result, root / "curves.png")
     return result
+
+
+def _criterion(name: str | None) -> str:
+    from tltf.adapt.selection import CRITERIA, DEFAULT_CRITERION
+
+    name = (name or DEFAULT_CRITERION).strip().lower()
+    if name not in CRITERIA:
+        raise TltfError(f"--criterion {name}: choose {' or '.join(CRITERIA)}")
+    return name
+
+
+def select_method(summary: list[dict], criterion: str) -> dict:
+    """``{"criterion", "selected"}``: the row whose mean ``criterion`` is best (lowest risk, highest density)."""
+    from tltf.adapt.selection import CRITERIA
+
+    scored = [row for row in summary if row.get(f"{criterion}_mean") is not None]
+    if not scored:
+        return {"criterion": criterion, "selected": None}
+    pick = (max if CRITERIA[criterion] else min)(scored, key=lambda row: row[f"{criterion}_mean"])
+    return {"criterion": criterion, "selected": pick["strategy"]}
 
 
 def _mean_sd(values: list) -> tuple[float | None, float | None]:
@@ -228,12 +280,17 @@ def summarise(runs: list[dict], labels: list[str], baselines: list[str]) -> dict
     transfer strategy is flagged when its mean is below the (first) baseline's; ``beyond_spread`` says whether
     the gap exceeds the two standard deviations added together (a gap inside that is weak evidence).
     """
-    judged = "test_accuracy" if runs and all(r.get("test_accuracy") is not None for r in runs) else "val_accuracy"
+    judged = next((key for key in ("target_accuracy", "test_accuracy")
+                   if runs and all(r.get(key) is not None for r in runs)), "val_accuracy")
     summary = []
     for label in labels:
         rows = [r for r in runs if r["strategy"] == label]
         val, val_sd = _mean_sd([r["val_accuracy"] for r in rows])
         test, test_sd = _mean_sd([r.get("test_accuracy") for r in rows])
+        target, target_sd = _mean_sd([r.get("target_accuracy") for r in rows])
+        criteria = sorted({k for r in rows for k in (r.get("unsupervised") or {})})
+        unsupervised = {f"{k}_mean": _mean_sd([(r.get("unsupervised") or {}).get(k) for r in rows])[0]
+                        for k in criteria}
         seconds, _ = _mean_sd([r["train_seconds"] for r in rows])
         curves = [r["val_curve"] for r in rows if r.get("val_curve")]
         length = min((len(c) for c in curves), default=0)
@@ -242,6 +299,8 @@ def summarise(runs: list[dict], labels: list[str], baselines: list[str]) -> dict
         summary.append({"strategy": label, "baseline": label in baselines, "seeds": len(rows),
                         "val_accuracy_mean": val, "val_accuracy_sd": val_sd,
                         "test_accuracy_mean": test, "test_accuracy_sd": test_sd,
+                        **({"target_accuracy_mean": target, "target_accuracy_sd": target_sd} if target is not None
+                           else {}), **unsupervised,
                         "train_seconds_mean": seconds,
                         "trainable_params": max((r["trainable_params"] or 0 for r in rows), default=None),
                         "val_curve_mean": curve})
@@ -274,20 +333,31 @@ def format_markdown(result: dict) -> str:
              f"{s.get('image_size') or 'default'}, batch {s.get('batch_size', '?')}. Accuracy: mean ± sample "
              "standard deviation over seeds (final epoch); train s: sum of epoch times (plus the feature "
              "extraction where the head trained on cached features), mean over seeds; "
-             "trainable: parameters of the final stage.", "",
-             "| strategy | val accuracy | test accuracy | train s | trainable params | seeds |",
-             "|---|---|---|---:|---:|---:|"]
+             "trainable: parameters of the final stage.", ""]
+    target = any(row.get("target_accuracy_mean") is not None for row in result["summary"])
+    criteria = [c for c in ("dev_risk", "snd") if any(row.get(f"{c}_mean") is not None for row in result["summary"])]
+    extra = (["target accuracy"] if target else []) + [c.replace("_", " ") for c in criteria]
+    lines += ["| " + " | ".join(["strategy", "val accuracy", "test accuracy", *extra, "train s", "trainable params",
+                                  "seeds"]) + " |",
+              "|" + "---|" * (3 + len(extra)) + "---:|---:|---:|"]
     for row in result["summary"]:
         seconds = "–" if row["train_seconds_mean"] is None else f"{row['train_seconds_mean']:.1f}"
         params = "–" if row["trainable_params"] is None else f"{row['trainable_params']:,}"
         name = row["strategy"] + (" (baseline)" if row["baseline"] else "")
         val = _cell(row["val_accuracy_mean"], row["val_accuracy_sd"], row["seeds"])
         test = _cell(row["test_accuracy_mean"], row["test_accuracy_sd"], row["seeds"])
-        lines.append(f"| {name} | {val} | {test} | {seconds} | {params} | {row['seeds']} |")
+        cells = ([_cell(row.get("target_accuracy_mean"), row.get("target_accuracy_sd"), row["seeds"])] if target
+                 else []) + ["–" if row.get(f"{c}_mean") is None else f"{row[f'{c}_mean']:.3f}" for c in criteria]
+        lines.append(f"| {name} | {val} | {test} | {' | '.join([*cells, ''])}{seconds} | {params} | {row['seeds']} |")
     lines.append("")
+    if result.get("criterion"):
+        better = "highest" if result["criterion"] == "snd" else "lowest"
+        lines.append(f"Selected without target labels: **{result.get('selected') or '–'}** ({better} mean "
+                     f"{result['criterion'].replace('_', ' ')}).")
+        lines.append("")
     metric = result["judged_metric"].replace("_", " ")
     if result["baseline"] is None:
-        lines.append("No scratch baseline in this comparison: negative transfer cannot be judged.")
+        lines.append("No baseline in this comparison: negative transfer cannot be judged.")
     elif not result["negative_transfer"]:
         lines.append(f"No negative transfer: every transfer strategy's mean {metric} is at or above "
                      f"{result['baseline']}'s.")

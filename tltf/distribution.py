@@ -34,15 +34,16 @@ CHOICES = ("none", "mirrored", "multiworker")
 
 @dataclass
 class Distribution:
-    """The chosen strategy (None: the default one-device strategy) and its batch and learning-rate scaling."""
+    """The chosen ``tf.distribute`` strategy (None: the default one-device one) and its batch and learning-rate
+    scaling."""
 
     name: str
-    strategy: object | None
+    tf_strategy: object | None
     batch_size: int  # per replica
 
     @property
     def replicas(self) -> int:
-        return int(self.strategy.num_replicas_in_sync) if self.strategy is not None else 1
+        return int(self.tf_strategy.num_replicas_in_sync) if self.tf_strategy is not None else 1
 
     @property
     def global_batch(self) -> int:
@@ -50,7 +51,7 @@ class Distribution:
 
     def scope(self):
         """Where variables are created (model build, compile, optimizer) so that they are mirrored."""
-        return self.strategy.scope() if self.strategy is not None else contextlib.nullcontext()
+        return self.tf_strategy.scope() if self.tf_strategy is not None else contextlib.nullcontext()
 
     def scale_plan(self, plan):
         """``plan`` with each stage's learning rate times the number of replicas (unchanged for one replica)."""

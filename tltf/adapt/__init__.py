@@ -1,8 +1,14 @@
-"""Unsupervised domain adaptation: domain-adversarial training (DANN) of tltf classifiers.
+"""Unsupervised domain adaptation of tltf classifiers: labelled source images, unlabelled target images.
 
-- :mod:`tltf.adapt.dann`: the :class:`DANN` model, :func:`build_dann`, :func:`label_model`, :func:`train_dann`,
+- :mod:`tltf.adapt.dann`: the adaptation model (classifier + domain classifier; DANN's gradient reversal, or a
+  feature discrepancy for MMD/CORAL), :func:`build_dann`, :func:`label_model`, :func:`train_dann`,
   :func:`train_source_only`.
+- :mod:`tltf.adapt.discrepancy`: multi-kernel MMD (DAN) and Deep CORAL between source and target features.
+- :mod:`tltf.adapt.adabn`: AdaBN, BatchNorm statistics recomputed on the target.
+- :mod:`tltf.adapt.method`: ``--adapt dann|mmd|coral|none`` as trainers of the training engine.
+- :mod:`tltf.adapt.selection`: label-free criteria (SND, DEV) by which ``tltf compare --adapt`` picks a method.
 - :mod:`tltf.adapt.schedules`: the paper's lambda warm-up and annealed learning rate, :class:`LambdaScheduler`.
+- :mod:`tltf.adapt.target`: ``--target-data`` and its evaluation labels.
 - :mod:`tltf.adapt.digits`: the MNIST -> UCI digits domain pair as tltf pixels.
 """
 

@@ -54,14 +54,18 @@ from tltf.models.gradient_reversal import GradientReversal, reversal_layers
 
 LABEL = "label"
 DOMAIN = "domain"
+FEATURES = "features"
 GRL_NAME = "grad_reverse"
 DOMAIN_HEAD_NAME = "domain_head"
-MODES = ("dann", "source_only")
+#: "dann": reversed domain gradient; "mmd"/"coral": a feature discrepancy (tltf.adapt.discrepancy) added to the loss;
+#: "source_only": the label loss alone. In every mode but "dann" the domain classifier is a probe only.
+MODES = ("dann", "source_only", "mmd", "coral")
+ALIGNING = ("mmd", "coral")
 
 
 def _tf():
     if keras.backend.backend() != "tensorflow":
-        raise TltfError(f"--adapt dann needs the TensorFlow backend (KERAS_BACKEND={keras.backend.backend()})")
+        raise TltfError(f"--adapt needs the TensorFlow backend (KERAS_BACKEND={keras.backend.backend()})")
     import tensorflow as tf
 
     return tf
@@ -144,16 +148,19 @@ def _is_adapt_batch(data) -> bool:
 class DANN(keras.Model):
     """A tltf classifier with a reversed-gradient domain classifier; outputs ``{"label", "domain"}``.
 
-    Build it with :func:`build_dann`. ``mode`` is ``"dann"`` or ``"source_only"`` (see the module docstring);
+    Build it with :func:`build_dann`. ``mode`` is one of :data:`MODES` (see the module docstring);
     ``domain_weight`` multiplies the domain loss; ``classifier_name`` names the model :func:`label_model` returns.
+    In the aligning modes (``"mmd"``, ``"coral"``) the loss adds ``align_weight * discrepancy(source features,
+    target features)``; ``align_weight`` is a variable that :class:`~tltf.adapt.schedules.LambdaScheduler` warms up.
+    The model's third output, ``"features"``, is the backbone's (pooled) output.
     """
 
     def __init__(self, *args, mode: str = "dann", domain_weight: float = 1.0, classifier_name: str | None = None,
                  **kwargs):
         super().__init__(*args, **kwargs)
-        if mode not in MODES:
-            raise TltfError(f"--adapt {mode}: choose dann or none")
+        _check_mode(mode)
         self.mode = mode
+        self.align_weight = keras.Variable(0.0, trainable=False, name="align_weight")
         self.domain_weight = float(domain_weight)
         self.classifier_name = classifier_name or self.name
         self.binary = bool(self.get_layer(HEAD_NAME).binary)
@@ -163,6 +170,7 @@ class DANN(keras.Model):
         self.accuracy_metric = (keras.metrics.BinaryAccuracy(name="accuracy") if self.binary
                                 else keras.metrics.SparseCategoricalAccuracy(name="accuracy"))
         self.domain_accuracy_metric = keras.metrics.BinaryAccuracy(name="domain_accuracy", threshold=0.0)
+        self.align_loss_tracker = keras.metrics.Mean(name="align_loss")
 
     # --- configuration ---------------------------------------------------------------------------------------
     def get_config(self):
@@ -172,16 +180,16 @@ class DANN(keras.Model):
 
     def set_mode(self, mode: str) -> None:
         """Switch between ``"dann"`` and ``"source_only"`` (the train function is retraced)."""
-        if mode not in MODES:
-            raise TltfError(f"--adapt {mode}: choose dann or none")
+        _check_mode(mode)
         if mode != self.mode:
             self.mode = mode
             self.train_function = None  # fit() retraces train_step with the new mode
 
     @property
     def metrics(self):
-        return [self.loss_tracker, self.label_loss_tracker, self.domain_loss_tracker, self.accuracy_metric,
-                self.domain_accuracy_metric]
+        own = [self.loss_tracker, self.label_loss_tracker, self.domain_loss_tracker, self.accuracy_metric,
+               self.domain_accuracy_metric]
+        return [*own, self.align_loss_tracker] if self.mode in ALIGNING else own
 
     # --- losses ----------------------------------------------------------------------------------------------
     def _label_loss(self, y, probs):
@@ -197,18 +205,27 @@ class DANN(keras.Model):
         return tf.concat([tf.zeros((ns, 1), "float32"), tf.ones((nt, 1), "float32")], axis=0)
 
     def _forward(self, xs, xt, training):
-        """``(source label probabilities, domain logits of source then target)``."""
+        """``(source label probabilities, domain logits of source then target, feature discrepancy)``; the
+        discrepancy is 0 outside the aligning modes."""
         tf = _tf()
         ns = tf.shape(xs)[0]
-        if self.mode == "dann":
+        if self.mode != "source_only":
             out = self(tf.concat([xs, tf.cast(xt, xs.dtype)], axis=0), training=training)
-            return out[LABEL][:ns], out[DOMAIN]
+            align = 0.0
+            if self.mode in ALIGNING:
+                from tltf.adapt.discrepancy import DISCREPANCIES
+
+                features = out[FEATURES]
+                align = DISCREPANCIES[self.mode](features[:ns], features[ns:])
+            return out[LABEL][:ns], out[DOMAIN], align
         # source-only: target images must not touch the network's state (BatchNorm statistics)
         out_s = self(xs, training=training)
         out_t = self(tf.cast(xt, xs.dtype), training=False)
-        return out_s[LABEL], tf.concat([out_s[DOMAIN], out_t[DOMAIN]], axis=0)
+        return out_s[LABEL], tf.concat([out_s[DOMAIN], out_t[DOMAIN]], axis=0), 0.0
 
-    def _update(self, loss, label_loss, domain_loss, ys, probs, d_true, d_logits):
+    def _update(self, loss, label_loss, domain_loss, ys, probs, d_true, d_logits, align=0.0):
+        if self.mode in ALIGNING:
+            self.align_loss_tracker.update_state(align)
         self.loss_tracker.update_state(loss)
         self.label_loss_tracker.update_state(label_loss)
         self.domain_loss_tracker.update_state(domain_loss)
@@ -222,12 +239,12 @@ class DANN(keras.Model):
         variables = self.trainable_variables
         source_only = self.mode == "source_only"
         with tf.GradientTape(persistent=source_only) as tape:
-            probs, d_logits = self._forward(xs, xt, training=True)
+            probs, d_logits, align = self._forward(xs, xt, training=True)
             d_true = self._domain_targets(tf.shape(xs)[0], tf.shape(xt)[0])
             label_loss = self._label_loss(ys, probs)
             domain_loss = tf.reduce_mean(keras.losses.binary_crossentropy(d_true, d_logits, from_logits=True))
             reg = tf.add_n([tf.cast(v, "float32") for v in self.losses]) if self.losses else 0.0
-            loss = label_loss + self.domain_weight * domain_loss + reg
+            loss = label_loss + self.domain_weight * domain_loss + reg + self.align_weight * align
             if source_only:
                 scaled_label = self.optimizer.scale_loss(label_loss + reg)
                 scaled_domain = self.optimizer.scale_loss(self.domain_weight * domain_loss)
@@ -243,7 +260,7 @@ class DANN(keras.Model):
         else:
             grads = tape.gradient(scaled, variables)
         self.optimizer.apply(grads, variables)
-        self._update(loss, label_loss, domain_loss, ys, probs, d_true, d_logits)
+        self._update(loss, label_loss, domain_loss, ys, probs, d_true, d_logits, align)
         return {m.name: m.result() for m in self.metrics}
 
     def test_step(self, data):
@@ -251,11 +268,11 @@ class DANN(keras.Model):
         tf = _tf()
         if _is_adapt_batch(data):
             xs, ys, xt = split_adapt_batch(data)
-            probs, d_logits = self._forward(xs, xt, training=False)
+            probs, d_logits, align = self._forward(xs, xt, training=False)
             d_true = self._domain_targets(tf.shape(xs)[0], tf.shape(xt)[0])
             label_loss = self._label_loss(ys, probs)
             domain_loss = tf.reduce_mean(keras.losses.binary_crossentropy(d_true, d_logits, from_logits=True))
-            self._update(label_loss, label_loss, domain_loss, ys, probs, d_true, d_logits)
+            self._update(label_loss, label_loss, domain_loss, ys, probs, d_true, d_logits, align)
             return {m.name: m.result() for m in self.metrics}
         x, y, _ = keras.utils.unpack_x_y_sample_weight(data)
         probs = self(x, training=False)[LABEL]
@@ -263,6 +280,11 @@ class DANN(keras.Model):
         self.loss_tracker.update_state(label_loss)
         self.accuracy_metric.update_state(y, probs)
         return {"loss": self.loss_tracker.result(), "accuracy": self.accuracy_metric.result()}
+
+
+def _check_mode(mode: str) -> None:
+    if mode not in MODES:
+        raise TltfError(f"--adapt {mode}: choose {', '.join(m for m in MODES if m != 'source_only')} or none")
 
 
 def build_dann(classifier: keras.Model, domain_hidden=(100,), domain_dropout: float = 0.0, mode: str = "dann",
@@ -277,7 +299,7 @@ def build_dann(classifier: keras.Model, domain_hidden=(100,), domain_dropout: fl
     label = classifier.get_layer(HEAD_NAME).output
     reversed_ = GradientReversal(lambda_, name=GRL_NAME)(features)
     domain = DomainClassifier(domain_hidden, domain_dropout, domain_norm, name=DOMAIN_HEAD_NAME)(reversed_)
-    return DANN(classifier.inputs[0], {LABEL: label, DOMAIN: domain}, name=name or f"{classifier.name}_dann",
+    return DANN(classifier.inputs[0], {LABEL: label, DOMAIN: domain, FEATURES: features}, name=name or f"{classifier.name}_dann",
                 mode=mode, domain_weight=domain_weight, classifier_name=classifier.name)
 
 
@@ -476,7 +498,7 @@ def train_dann(source, target, *, target_eval=None, source_val=None, model: kera
                domain_hidden=(100,), domain_dropout: float = 0.0, domain_weight: float = 1.0,
                domain_norm: str = "layer", restore_best: bool = False, early_stopping: int = 0,
                val_split: float = 0.1, ema: float | str | None = "auto", callbacks=(), seed: int = 0,
-               verbose: int = 0, mode: str = "dann", domain_eval=None) -> AdaptResult:
+               verbose: int = 0, mode: str = "dann", domain_eval=None, align_weight: float = 1.0) -> AdaptResult:
     """Domain-adversarial training; returns an :class:`AdaptResult` (``model``, ``history``, ``metrics``).
 
     Data: ``source`` is labelled (numpy ``(x, y)`` or a batched ``tf.data.Dataset`` of ``(pixels, label)``),
@@ -502,8 +524,7 @@ def train_dann(source, target, *, target_eval=None, source_val=None, model: kera
     ``target`` is an endless augmented pipeline), ``grl_lambda``, ``diverged``, ``seconds``.
     """
     tf = _tf()
-    if mode not in MODES:
-        raise TltfError(f"--adapt {mode}: choose dann or none")
+    _check_mode(mode)
     if epochs < 1:
         raise TltfError(f"--epochs must be >= 1, got {epochs}")
     if not isinstance(source, tf.data.Dataset):
@@ -536,7 +557,7 @@ def train_dann(source, target, *, target_eval=None, source_val=None, model: kera
     steps = steps_per_epoch or (int(train.cardinality()) if int(train.cardinality()) > 0 else None)
     if steps is None and int(train.cardinality()) == tf.data.INFINITE_CARDINALITY:
         raise TltfError("--data/--target-data: both pipelines repeat forever; give steps_per_epoch")
-    if steps is None and (mode == "dann" or anneal_lr):
+    if steps is None and (mode != "source_only" or anneal_lr):
         raise TltfError("--data/--target-data: the number of batches per epoch is unknown (a filtered pipeline?); "
                         "give steps_per_epoch so the lambda schedule knows the run's length")
     if not model.compiled:
@@ -546,10 +567,11 @@ def train_dann(source, target, *, target_eval=None, source_val=None, model: kera
 
     own = [keras.callbacks.TerminateOnNaN()]
     schedule = None
-    if mode == "dann" or anneal_lr:
+    if mode != "source_only" or anneal_lr:
         schedule = LambdaScheduler(epochs * steps if steps else None, gamma=gamma,
                                    lambda_max=lambda_max if mode == "dann" else 0.0, anneal_lr=anneal_lr,
-                                   alpha=alpha, beta=beta, base_lr=learning_rate if anneal_lr else None)
+                                   alpha=alpha, beta=beta, base_lr=learning_rate if anneal_lr else None,
+                                   align_max=align_weight if mode in ALIGNING else 0.0)
         own.append(schedule)
     if tgt_eval is not None:
         own.append(TargetEvaluation(tgt_eval))
@@ -568,7 +590,7 @@ def train_dann(source, target, *, target_eval=None, source_val=None, model: kera
                                   domain_eval if domain_eval is not None else target, target_eval,
                                   batch_size, source_is_validation=source_val is not None)
     losses = hist.get("loss", [])
-    metrics.update(adapt="dann" if mode == "dann" else "none", epochs_run=len(losses),
+    metrics.update(adapt="none" if mode == "source_only" else mode, epochs_run=len(losses),
                    source_accuracy=hist.get("accuracy", [None])[-1] if hist.get("accuracy") else None,
                    grl_lambda=schedule.lambda_ if schedule and mode == "dann" else 0.0,
                    diverged=_diverged(hist), seconds=seconds)

@@ -9,6 +9,11 @@ tf.data pipelines (one epoch = as many steps as the larger of the two needs), zi
   lambda schedule, weight averaging (``--ema``); ``--adapt none`` with ``--target-data`` (:class:`SourceOnly`): the
   source-only baseline under the same budget, with the domain classifier trained as a probe only, so both report
   ``domain_accuracy``.
+- ``--adapt mmd`` / ``--adapt coral`` (:class:`MMDMethod`, :class:`CORALMethod`): the same model and loop; the loss
+  adds a discrepancy between the source and target features of each batch (:mod:`tltf.adapt.discrepancy`), its
+  weight warmed up to ``--align-weight`` like DANN's lambda; the domain classifier is a probe only.
+- ``--adapt adabn`` or ``--adapt METHOD+adabn`` (:mod:`tltf.adapt.adabn`): afterwards, the BatchNorm statistics are
+  recomputed on the target images.
 - Target labels are read only with ``--target-labels-for-eval`` and used only to measure ``target_accuracy``
   (per epoch in history.csv, final in metrics.json). With a class-folder target and no such flag, the labels are
   ignored. The target's own test split, when it has one, is the evaluation set; otherwise its training images are
@@ -35,7 +40,7 @@ from tltf.training.methods import Method
 from tltf.training.runtime import use_jit
 
 FINAL_KEYS = ("target_accuracy", "source_val_accuracy", "domain_accuracy", "target_loss", "source_val_loss",
-              "grl_lambda", "diverged", "target_accuracy_peak", "target_accuracy_best_epoch")
+              "grl_lambda", "align_weight", "diverged", "target_accuracy_peak", "target_accuracy_best_epoch")
 
 
 class DANNMethod(Method):
@@ -62,7 +67,7 @@ class DANNMethod(Method):
         model.compile(optimizer=adapt_optimizer(config.optimizer, plan.stages[0].learning_rate, config.clipnorm,
                                                 ema_momentum(plan.epochs * steps, config.ema)),
                       jit_compile=use_jit(config.jit))
-        prepare(model, plan, run.strategy.frozen)
+        prepare(model, plan, run.transfer.frozen)
         size, augment = run.size, run.augment
         source_train = make_pipeline(run.data.train, size, batch, training=True, augment=augment, seed=config.seed,
                                      cache=config.cache, repeat=True)
@@ -75,13 +80,14 @@ class DANNMethod(Method):
         run.folder.write_config(config, plan, size, train_bn_effective=run.train_bn, steps_per_epoch=steps,
                                 num_target=len(run.target), augment_effective=run.augment_text,
                                 defaults=run.defaults)
-        own = run.standard_callbacks(steps * batch, keep_frozen=run.strategy.frozen)
+        own = run.standard_callbacks(steps * batch, keep_frozen=run.transfer.frozen)
         warnings.filterwarnings("ignore", message="Your input ran out of data")  # evaluation of unknown length
         self.result = train_dann(source_train, target_train, target_eval=target_eval, source_val=source_val,
                                  model=model, epochs=plan.epochs, batch_size=batch, steps_per_epoch=steps,
                                  learning_rate=plan.stages[0].learning_rate, gamma=config.gamma,
                                  lambda_max=config.lambda_max, anneal_lr=config.anneal_lr, seed=config.seed,
                                  callbacks=[*own, *callbacks], verbose=run.verbose, mode=self.mode,
+                                 align_weight=config.align_weight,
                                  domain_eval=make_pipeline(run.target, size, batch, cache=False))
 
     def classifier(self, run):
@@ -92,7 +98,18 @@ class DANNMethod(Method):
         found = {k: self.result.metrics[k] for k in FINAL_KEYS if k in self.result.metrics}
         found.update(adapt=config.adapt, target_data=config.target_data, num_target=len(run.target),
                      target_labels_for_eval=bool(config.target_labels_for_eval))
+        found["unsupervised"] = self._unsupervised(run)
         return found
+
+    @staticmethod
+    def _unsupervised(run) -> dict:
+        """The label-free criteria of the final model (:mod:`tltf.adapt.selection`)."""
+        from tltf.adapt.selection import unsupervised_scores
+
+        size, batch = run.size, run.config.batch_size
+        val = make_pipeline(run.data.val, size, batch, cache=False) if run.data.val is not None else None
+        return unsupervised_scores(run.model, make_pipeline(run.data.train, size, batch, cache=False), val,
+                                   make_pipeline(run.target, size, batch, cache=False), seed=run.config.seed)
 
     def finish(self, run, metrics: dict) -> None:
         if "source_val_accuracy" in metrics:
@@ -113,3 +130,17 @@ class SourceOnly(DANNMethod):
 
     name = "source_only"
     mode = "source_only"
+
+
+class MMDMethod(DANNMethod):
+    """``--adapt mmd``: multi-kernel MMD between source and target features (DAN), weight ``--align-weight``."""
+
+    name = "mmd"
+    mode = "mmd"
+
+
+class CORALMethod(DANNMethod):
+    """``--adapt coral``: Deep CORAL's covariance distance between source and target features."""
+
+    name = "coral"
+    mode = "coral"

@@ -51,11 +51,16 @@ class LambdaScheduler(keras.callbacks.Callback):
     :class:`~tltf.staging.StagedFineTuning` entering a stage), that rate becomes the base, so stage plans keep their
     rates and annealing scales them. On a resumed run, a restored rate equal to ``base_lr``'s annealed value keeps
     ``base_lr``; any other rate is taken as a newly set base. Each epoch's logs get ``grl_lambda`` (and ``lr``).
+    With ``align_max`` (``--adapt mmd|coral``) the same warm-up sets the model's ``align_weight`` (the weight of the
+    feature discrepancy), logged as ``align_weight``.
     """
 
     def __init__(self, total_steps: int | None = None, gamma: float = 10.0, lambda_max: float = 1.0,
-                 anneal_lr: bool = False, alpha: float = 10.0, beta: float = 0.75, base_lr: float | None = None):
+                 anneal_lr: bool = False, alpha: float = 10.0, beta: float = 0.75, base_lr: float | None = None,
+                 align_max: float = 0.0):
         super().__init__()
+        self.align_max = float(align_max)
+        self.align_weight = 0.0
         self.total_steps = total_steps
         self.gamma = float(gamma)
         self.lambda_max = float(lambda_max)
@@ -95,6 +100,9 @@ class LambdaScheduler(keras.callbacks.Callback):
         self.lambda_ = dann_lambda(p, self.gamma, self.lambda_max)
         for layer in self._layers:
             layer.lambda_var.assign(self.lambda_)
+        if self.align_max:
+            self.align_weight = dann_lambda(p, self.gamma, self.align_max)
+            self.model.align_weight.assign(self.align_weight)
         if self.anneal_lr:
             if self._check_base:
                 self._update_base(float(keras.ops.convert_to_numpy(optimizer.learning_rate)), p)
@@ -124,5 +132,7 @@ class LambdaScheduler(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if logs is not None:
             logs["grl_lambda"] = self.lambda_
+            if self.align_max:
+                logs["align_weight"] = self.align_weight
             if self.anneal_lr and self._last_lr is not None:
                 logs["lr"] = self._last_lr

@@ -14,25 +14,36 @@ from tltf.cli import options
               help="Pretrained weights of the transfer strategies (scratch always uses none).")
 @click.option("--strategies", default="scratch,feature,finetune,gradual,l2sp",
               help="Comma-separated: scratch, feature, finetune, gradual, l2sp[:COEF], lwf[:WEIGHT].")
+@click.option("--target-data", help="Domain adaptation: the unlabelled target images (with --adapt).")
+@click.option("--target-labels-for-eval", is_flag=True, default=None,
+              help="The target data has labels: measure each method's target accuracy with them (never to train).")
+@click.option("--adapt", help="Compare domain-adaptation methods instead of strategies: comma-separated from none "
+              "(source-only baseline), dann, mmd, coral, adabn, METHOD+adabn; e.g. none,dann,mmd,coral,adabn.")
+@click.option("--criterion", type=click.Choice(["snd", "dev_risk"]),
+              help="With --adapt: the label-free criterion that selects a method [default: snd].")
 @click.option("--seeds", type=int, default=3, show_default=True, help="Seeds per strategy (0, 1, …).")
 @click.option("--epochs", type=int, help="Epoch budget of every run [default: 6].")
 @options.image_size
 @options.batch_size
 @click.option("--learning-rate", "--lr", "learning_rate", type=float, default=1e-3, show_default=True)
 @options.val_split
-@click.option("--augment", default="flip,crop,color", show_default=True)
+@click.option("--augment", default="auto", show_default=True,
+              help="Subset of flip,crop,color, none, or auto (flips for colour images only).")
 @options.data_dir
 @click.option("--out", required=True, help="Comparison folder (one run folder per strategy and seed under runs/).")
 @click.option("--overwrite", is_flag=True, help="Retrain every run even where a finished one exists.")
 @click.option("--verbose", is_flag=True, help="Per-epoch progress of each run.")
-def command(data, backbone, weights, strategies, seeds, epochs, image_size, batch_size, learning_rate, val_split,
-            augment, data_dir, out, overwrite, verbose):
+def command(data, backbone, weights, strategies, target_data, target_labels_for_eval, adapt, criterion, seeds, epochs,
+            image_size, batch_size, learning_rate, val_split, augment, data_dir, out, overwrite, verbose):
     """Compare transfer strategies with training from scratch: same splits, seeds and epoch budget."""
     from tltf.compare import compare, format_markdown
 
     result = compare(data, out, backbone=backbone, weights=weights, strategies=strategies, seeds=seeds,
                      epochs=epochs, image_size=image_size, batch_size=batch_size, overwrite=overwrite,
                      verbose=2 if verbose else 0, log=lambda line: click.echo(line, err=True),
-                     learning_rate=learning_rate, val_split=val_split, augment=augment, data_dir=data_dir)
+                     learning_rate=learning_rate, val_split=val_split, augment=augment, data_dir=data_dir,
+                     adapt=adapt, criterion=criterion,
+                     **({"target_data": target_data} if target_data else {}),
+                     **({"target_labels_for_eval": True} if target_labels_for_eval else {}))
     click.echo(format_markdown(result))
     click.echo(f"\nsaved {out}/compare.md, compare.json, curves.png")

@@ -39,8 +39,9 @@ from tltf.cli import options
 @click.option("--precision", default="float32", show_default=True, help="float32, mixed or mixed_bfloat16.")
 @click.option("--distribute", type=click.Choice(["none", "mirrored", "multiworker"]), default="none",
               show_default=True, help="tf.distribute strategy; --batch-size is per replica, the LR scales with them.")
-@click.option("--adapt", type=click.Choice(["none", "dann"]), default="none", show_default=True,
-              help="Domain adaptation to --target-data (none with --target-data: the source-only baseline).")
+@click.option("--adapt", default="none", show_default=True,
+              help="Domain adaptation to --target-data: dann, mmd, coral, adabn, METHOD+adabn, or none (with "
+                   "--target-data: the source-only baseline).")
 @click.option("--target-data", help="Unlabelled target images: a folder (flat or class folders), .npz, tfds:… .")
 @click.option("--target-labels-for-eval", is_flag=True, default=None,
               help="The target data has labels: use them to measure target accuracy (never to train).")
@@ -50,6 +51,7 @@ from tltf.cli import options
 @click.option("--gamma", type=float, help="DANN: steepness of the lambda schedule 2/(1+exp(-gamma p))-1 [10].")
 @click.option("--anneal-lr", is_flag=True, default=None, help="DANN: the paper's lr/(1+10p)^0.75 annealing.")
 @click.option("--ema", help="DANN: weight-averaging momentum, auto or off [default: auto].")
+@click.option("--align-weight", type=float, help="--adapt mmd|coral: weight of the feature discrepancy [default: 1].")
 @click.option("--feature-cache/--no-feature-cache", "feature_cache", default=None,
               help="When no stage trains the backbone, train the head on cached backbone features [default: on].")
 @click.option("--freeze-until", help="Keep the backbone frozen up to and including this block (0-based index or "
@@ -117,8 +119,9 @@ def _adaptation_table(metrics: dict) -> str:
     rows = [(metrics["adapt"], metrics)]
     if metrics.get("source_only"):
         rows.append(("none", metrics["source_only"]))
-    lines = [f"\n{'adapt':<8}{'source_val':>11}{'target':>9}{'domain':>9}"]
+    width = max(8, *(len(name) + 1 for name, _ in rows))
+    lines = [f"\n{'adapt':<{width}}{'source_val':>11}{'target':>9}{'domain':>9}"]
     for name, m in rows:
-        lines.append(f"{name:<8}{cell(m.get('source_val_accuracy')):>11}{cell(m.get('target_accuracy')):>9}"
+        lines.append(f"{name:<{width}}{cell(m.get('source_val_accuracy')):>11}{cell(m.get('target_accuracy')):>9}"
                      f"{cell(m.get('domain_accuracy')):>9}")
     return "\n".join(lines)

@@ -23,11 +23,14 @@ from tltf.errors import TltfError
 
 
 def small_cnn(include_top: bool = False, weights=None, input_shape=(28, 28, 3), name: str = "cnn_small",
-              top_units: int = 100, input_tensor=None, pooling=None, **kwargs) -> keras.Model:
+              top_units: int = 100, input_tensor=None, pooling=None, batchnorm: bool = False,
+              **kwargs) -> keras.Model:
     """The headless digit CNN; ``weights`` must be ``None`` (or ``"none"``): it is always trained from scratch.
 
     ``include_top`` must be False (tltf adds its own head). With ``top_units=0``, ``pooling`` shapes the conv
     features as in ``keras.applications`` (``"avg"``/``"max"``), or ``"flatten"`` (the paper's 768 features).
+    ``batchnorm=True`` (the ``cnn_small_bn`` backbone) puts a BatchNormalization before each ReLU (conv and dense
+    layers lose their bias): the digit-sized testbed for what depends on BatchNorm, e.g. ``--adapt adabn``.
     """
     if weights not in (None, "none"):
         raise TltfError(f"--weights {weights}: cnn_small has no pretrained weights; use --weights none")
@@ -39,13 +42,23 @@ def small_cnn(include_top: bool = False, weights=None, input_shape=(28, 28, 3), 
     if min(shape[:2]) < 16:
         raise TltfError(f"--image-size {shape[0]}x{shape[1]} is too small for cnn_small (minimum 16)")
     inputs = input_tensor if input_tensor is not None else keras.Input(shape, name="input_layer")
-    x = keras.layers.Conv2D(32, 5, activation="relu", name="block1_conv")(inputs)
+
+    def unit(layer_class, x, block, *args):
+        """``layer -> ReLU``, or ``layer (no bias) -> BatchNorm -> ReLU``; named ``{block}_conv``/``_dense``..."""
+        kind = "conv" if layer_class is keras.layers.Conv2D else "dense"
+        if not batchnorm:
+            return layer_class(*args, activation="relu", name=f"{block}_{kind}")(x)
+        x = layer_class(*args, use_bias=False, name=f"{block}_{kind}")(x)
+        x = keras.layers.BatchNormalization(name=f"{block}_bn")(x)
+        return keras.layers.ReLU(name=f"{block}_relu")(x)
+
+    x = unit(keras.layers.Conv2D, inputs, "block1", 32, 5)
     x = keras.layers.MaxPooling2D(2, name="block1_pool")(x)
-    x = keras.layers.Conv2D(48, 5, activation="relu", name="block2_conv")(x)
+    x = unit(keras.layers.Conv2D, x, "block2", 48, 5)
     x = keras.layers.MaxPooling2D(2, name="block2_pool")(x)
     if top_units:
         x = keras.layers.Flatten(name="block3_flatten")(x)
-        x = keras.layers.Dense(int(top_units), activation="relu", name="block3_dense")(x)
+        x = unit(keras.layers.Dense, x, "block3", int(top_units))
     elif pooling == "flatten":
         x = keras.layers.Flatten(name="block2_flatten")(x)
     elif pooling == "avg":

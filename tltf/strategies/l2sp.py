@@ -95,10 +95,10 @@ class L2SPMethod(Method):
 
     def setup(self, run) -> None:
         self.anchors = None
-        if not run.strategy.backbone_trains:
+        if not run.transfer.backbone_trains:
             print("note: --l2sp has no effect: no stage trains the backbone", flush=True)
             return
-        self.anchors = attach_l2sp(run.model, self.config.l2sp, exclude=run.strategy.reinitialised)
+        self.anchors = attach_l2sp(run.model, self.config.l2sp, exclude=run.transfer.reinitialised)
 
     def report(self, run) -> dict:
         anchors = getattr(self, "anchors", None)

@@ -18,8 +18,8 @@ from tltf.errors import TltfError
 
 
 @dataclass
-class Strategies:
-    """What :func:`apply_strategies` set up on ``model`` (plug-ins add their reports under ``settings``)."""
+class LayerTransfer:
+    """What :func:`apply_layer_transfer` set up on ``model`` (plug-ins add their reports under ``settings``)."""
 
     model: keras.Model
     frozen: list = field(default_factory=list)
@@ -34,8 +34,8 @@ class Strategies:
                 "backbone_trains": self.backbone_trains, "l2sp_report": None}
 
 
-def apply_strategies(model: keras.Model, plan, config, train_bn: bool, distributed: bool = False,
-                     cache_allowed: bool = True) -> Strategies:
+def apply_layer_transfer(model: keras.Model, plan, config, train_bn: bool, distributed: bool = False,
+                     cache_allowed: bool = True) -> LayerTransfer:
     """Apply ``--freeze-until`` and ``--reinit-top`` to ``model`` and decide on the feature cache
     (``cache_allowed``: the trainer is the plain supervised one).
 
@@ -53,7 +53,7 @@ def apply_strategies(model: keras.Model, plan, config, train_bn: bool, distribut
     trained = _trained_by_plan(model, plan, blocks, frozen)
     settings = {"freeze_until": config.freeze_until, "reinit_top": config.reinit_top, "l2sp": config.l2sp,
                 "lwf": config.lwf, "lwf_temperature": config.lwf_temperature}
-    result = Strategies(model, frozen, backbone_trains=bool(trained), settings=settings)
+    result = LayerTransfer(model, frozen, backbone_trains=bool(trained), settings=settings)
     result.reinitialised = reinit_top(model, config.reinit_top, blocks, config.seed, frozen)
     never = [layer for layer in result.reinitialised if layer.weights and id(layer) not in trained]
     if never:

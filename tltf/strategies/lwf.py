@@ -144,7 +144,7 @@ class LwF(Method):
                                               self.config.lwf_temperature)
 
     def setup(self, run) -> None:
-        if not run.strategy.backbone_trains:
+        if not run.transfer.backbone_trains:
             print("note: --lwf has no effect: no stage trains the backbone", flush=True)
             return
         run.train_model = self.train_model

@@ -1,7 +1,7 @@
 """The training engine: one flow for every way of training a tltf classifier.
 
 ``fit(config)`` opens the run folder (fresh, resumed or refused), reads the data, builds the classifier and its
-stage plan, applies the layer-transfer settings (:mod:`tltf.strategies.apply`), lets the selected methods
+stage plan, applies the layer-transfer settings (:mod:`tltf.strategies.layer_transfer`), lets the selected methods
 (:mod:`tltf.training.methods`) set up what trains, hands the loop to the trainer, then evaluates, saves
 ``model.keras`` and writes ``metrics.json`` and ``curves.png``. The methods never touch the run folder, resume,
 timing, history or reports: those are the engine's (:class:`Run` gives them what they need).
@@ -24,7 +24,7 @@ from tltf.models.classifier import build_classifier
 from tltf.reporting import read_history, write_json
 from tltf.staging import Stage, StagePlan, preset
 from tltf.staging.freezing import blocks_of
-from tltf.strategies.apply import Strategies, apply_strategies
+from tltf.strategies.layer_transfer import LayerTransfer, apply_layer_transfer
 from tltf.training import defaults, methods
 from tltf.training.callbacks import standard_callbacks
 from tltf.training.evaluation import evaluate_model
@@ -56,7 +56,7 @@ class Run:
     train_bn: bool = False
     augment: Augment | None = None
     augment_text: str = ""
-    strategy: Strategies | None = None
+    transfer: LayerTransfer | None = None  # --freeze-until, --reinit-top, the feature-cache decision
     defaults: dict = field(default_factory=dict)  # {setting: why tltf chose its value}
     loss_terms: list = field(default_factory=list)
     test: dict | None = None  # set by a trainer that evaluates the test split itself
@@ -77,16 +77,13 @@ def resolve_plan(config: FitConfig, num_blocks: int) -> StagePlan:
         plan = (StagePlan.from_dict(config.plan, "plan") if isinstance(config.plan, dict)
                 else StagePlan.from_yaml(config.plan))
         return plan.scaled(config.epochs) if config.epochs else plan
-    stage = config.stage or defaults.resolve_stage(config)[0].stage
+    stage = config.stage or defaults.resolve_schedule(config)[0].stage
     return preset(stage, config.epochs or 6, config.learning_rate, num_blocks)
 
 
 def trainer_name(config: FitConfig) -> str:
     if config.adapt != "none" or config.target_data:
-        trainer = methods.ADAPT_TRAINERS.get(config.adapt)
-        if trainer is None:
-            raise TltfError(f"--adapt {config.adapt}: choose {' or '.join(methods.ADAPT_TRAINERS)}")
-        return trainer
+        return methods.ADAPT_TRAINERS[methods.adapt_parts(config.adapt)[0]]
     return "supervised"
 
 
@@ -97,7 +94,7 @@ def fit(config: FitConfig, overwrite: bool = False, verbose: int = 1, callbacks=
     ``refit`` the run is two: the hold-out run that chooses the epochs, then all labelled images
     (:mod:`tltf.training.refit`).
     """
-    config, chosen = defaults.resolve_stage(config)
+    config, chosen = defaults.resolve_schedule(config)
     wanted, why = _refit_wanted(config)
     if why:
         chosen["refit"] = why
@@ -195,10 +192,10 @@ def _fit_once(config: FitConfig, overwrite: bool, verbose: int, callbacks, chose
     for method in (trainer, *extras):
         method.start(run)
     with dist.scope():  # --freeze-until, --reinit-top; whether the head can train on cached features
-        run.strategy = apply_strategies(run.model, run.plan, config, run.train_bn,
+        run.transfer = apply_layer_transfer(run.model, run.plan, config, run.train_bn,
                                         distributed=config.distribute != "none",
                                         cache_allowed=trainer.name == "supervised")
-    if run.strategy.feature_cache:
+    if run.transfer.feature_cache:
         trainer = methods.method_class("feature_head")(config)
     with dist.scope():
         for method in (trainer, *extras):
@@ -215,6 +212,8 @@ def _fit_once(config: FitConfig, overwrite: bool, verbose: int, callbacks, chose
         folder.write_config(config, run.plan, run.size, train_bn_effective=run.train_bn, defaults=run.defaults,
                             augment_effective="none")
         (folder.path / "history.csv").unlink(missing_ok=True)
+    for method in (trainer, *extras):
+        method.trained(run)
     seconds = time.perf_counter() - start
 
     classifier = trainer.classifier(run)
@@ -224,7 +223,7 @@ def _fit_once(config: FitConfig, overwrite: bool, verbose: int, callbacks, chose
                               run.data.class_names, run.data.class_names)
     save_model(classifier, folder.path / "model.keras")
     metrics = run_metrics(run, read_history(folder.path / "history.csv"), test, seconds)
-    metrics["strategies"] = run.strategy.report()
+    metrics["strategies"] = run.transfer.report()
     metrics["feature_cache"] = None
     metrics["methods"] = [trainer.name, *(m.name for m in extras)]
     for method in (trainer, *extras):
@@ -250,7 +249,7 @@ def trainer_title(run: Run, trainer) -> str:
 def describe(config: FitConfig) -> dict:
     """The resolved settings and stage plan of ``config``, and why each default was taken, without loading data
     or building the model."""
-    config, chosen = defaults.resolve_stage(config)
+    config, chosen = defaults.resolve_schedule(config)
     spec = backbones.get(config.backbone)
     plan = resolve_plan(config, spec.num_blocks)
     trainer, extras = methods.select(config, trainer_name(config))

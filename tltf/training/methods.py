@@ -11,6 +11,7 @@ fastai's callbacks:
   is saved, ``run.train_model`` the model fitted: a plug-in may wrap it); ``run.add_loss(term)`` adds a loss term
   ``term(x, y, y_pred) -> scalar`` to every training step;
 - ``callbacks(run)``: extra Keras callbacks;
+- ``trained(run)``: the trainer's loop is over; change the model before it is evaluated and saved;
 - ``report(run)``: entries for ``metrics.json``;
 - a **trainer** (``trains = True``) also owns the loop: ``fit(run, callbacks)``; exactly one trainer runs (the
   engine's supervised one unless the settings pick another, e.g. ``--adapt dann``), and ``classifier(run)`` is the
@@ -78,6 +79,9 @@ class Method:
     def callbacks(self, run) -> list:
         return []
 
+    def trained(self, run) -> None:
+        """After the trainer's loop, before the classifier is evaluated and saved (e.g. AdaBN's statistics)."""
+
     def fit(self, run, callbacks: list) -> None:  # trainers only
         raise NotImplementedError
 
@@ -99,14 +103,28 @@ _REGISTRY: dict[str, str | type] = {
     "feature_head": "tltf.strategies.head_on_features:FeatureHead",
     "dann": "tltf.adapt.method:DANNMethod",
     "source_only": "tltf.adapt.method:SourceOnly",
+    "mmd": "tltf.adapt.method:MMDMethod",
+    "coral": "tltf.adapt.method:CORALMethod",
+    "adabn": "tltf.adapt.adabn:AdaBN",
     "lwf": "tltf.strategies.lwf:LwF",
     "l2sp": "tltf.strategies.l2sp:L2SPMethod",
     "lp_init": "tltf.strategies.linear_probe_init:LinearProbeInit",
 }
 #: ``--adapt NAME`` -> the trainer it selects
-ADAPT_TRAINERS = {"dann": "dann", "none": "source_only"}
+ADAPT_TRAINERS = {"dann": "dann", "mmd": "mmd", "coral": "coral", "none": "source_only", "adabn": "source_only"}
 #: plug-ins tried (``wanted``) on every run, in this order; user-registered ones are added
-OPTIONAL = ["lp_init", "lwf", "l2sp"]
+OPTIONAL = ["lp_init", "lwf", "l2sp", "adabn"]
+
+
+def adapt_parts(text) -> list[str]:
+    """``--adapt`` as its parts: ``"dann"`` -> ``["dann"]``, ``"mmd+adabn"`` -> ``["mmd", "adabn"]`` (AdaBN is the one
+    method that follows another); a one-line error for anything else."""
+    parts = [p.strip().lower() for p in str(text or "none").split("+")]
+    known = " or ".join(ADAPT_TRAINERS)
+    if len(parts) > 2 or any(p not in ADAPT_TRAINERS for p in parts) or (len(parts) == 2 and (
+            parts[1] != "adabn" or parts[0] in ("adabn", "none"))):
+        raise TltfError(f"--adapt {text}: choose {known}, or METHOD+adabn (e.g. dann+adabn)")
+    return parts
 
 
 def register_method(cls: type | None = None, *, name: str | None = None):

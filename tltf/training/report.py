@@ -35,7 +35,7 @@ def stage_trainable_params(model, plan, keep_frozen=()) -> list[int]:
 def run_metrics(run, history: list[dict], test: dict | None, seconds: float) -> dict:
     """The ``metrics.json`` entries every run has (methods add their own)."""
     plan, data = run.plan, run.data
-    counts = stage_trainable_params(run.train_model, plan, run.strategy.frozen)
+    counts = stage_trainable_params(run.train_model, plan, run.transfer.frozen)
     stages = []
     for first, stage, trainable in zip(plan.boundaries(), plan.stages, counts):
         rows = [r for r in history if first <= r["epoch"] < first + stage.epochs]

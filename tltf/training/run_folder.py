@@ -73,9 +73,9 @@ class RunFolder:
 def finished_run(folder: str | Path, config: FitConfig) -> dict | None:
     """The metrics of a finished run in ``folder`` whose results-changing settings equal ``config``'s; None when
     there is none; a one-line error when a finished run there has other settings."""
-    from tltf.training.defaults import resolve_stage
+    from tltf.training.defaults import resolve_schedule
 
-    config = resolve_stage(config)[0]  # as the run saved it
+    config = resolve_schedule(config)[0]  # as the run saved it
     folder = Path(folder)
     metrics_file, saved = folder / "metrics.json", folder / "config.json"
     if not (metrics_file.exists() and (folder / "model.keras").exists() and saved.exists()):

@@ -64,7 +64,9 @@ class FitConfig:
     refit: bool | str = _setting("auto", "schedule", help="choose epochs on the hold-out, then train on all labelled "
                                                           "images: on, off or auto (tltf.training.refit)")
     # method: what trains (tltf.training.methods) and the transfer strategies (tltf.strategies)
-    adapt: str = _setting("none", "method")  # domain adaptation to target_data: dann | none (source-only)
+    adapt: str = _setting("none", "method")  # domain adaptation to target_data: dann | mmd | coral | adabn | none
+    #                                            (source-only), or METHOD+adabn
+    align_weight: float = _setting(1.0, "method")  # --adapt mmd|coral: the discrepancy's weight (after warm-up)
     compare_source_only: bool = _setting(False, "method", resume=False)
     lambda_max: float = _setting(0.3, "method")  # the gradient-reversal weight's ceiling
     gamma: float = _setting(10.0, "method")  # the lambda schedule's steepness

@@ -28,7 +28,7 @@ class Supervised(Method):
             train_model.compile(optimizer=make_optimizer(config.optimizer, plan.stages[0].learning_rate,
                                                          config.clipnorm),
                                 **loss_and_metrics(len(run.data.class_names) == 2), jit_compile=jit)
-            prepare(train_model, plan, run.strategy.frozen)
+            prepare(train_model, plan, run.transfer.frozen)
         train = make_pipeline(run.data.train, run.size, dist.global_batch, training=True, augment=run.augment,
                               seed=config.seed, cache=config.cache)
         val = (make_pipeline(run.data.val, run.size, dist.global_batch, cache=config.cache)
@@ -37,7 +37,7 @@ class Supervised(Method):
                                 replicas=dist.replicas, global_batch_size=dist.global_batch,
                                 feature_cache_effective=False, augment_effective=run.augment_text,
                                 defaults=run.defaults)
-        own = run.standard_callbacks(len(run.data.train), keep_frozen=run.strategy.frozen)
+        own = run.standard_callbacks(len(run.data.train), keep_frozen=run.transfer.frozen)
         if run.train_bn:  # evaluate and save with BatchNorm statistics of the final weights (tltf.staging.batchnorm)
             own.append(PreciseBatchNorm(run.model, train))
         warnings.filterwarnings("ignore", message="Your input ran out of data")  # unknown cardinality
