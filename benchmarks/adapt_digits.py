@@ -10,7 +10,7 @@ per method mean +- sd of the target accuracy, the label-free criteria, and how w
 true target accuracy over all runs (Spearman's rho, and whether its pick is the best method).
 
     python benchmarks/adapt_digits.py                          # ~20 min on 2 cores
-    python benchmarks/adapt_digits.py --variants raw --backbones cnn_small --seeds 0,1 --json out.json
+    python benchmarks/adapt_digits.py --runs raw/cnn_small --seeds 0,1 --json out.json
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import numpy as np  # noqa: E402
 
-METHODS = {"cnn_small": "none,dann,mmd,coral", "cnn_small_bn": "none,dann,mmd,coral,adabn,dann+adabn"}
+METHODS = {"cnn_small": "none,dann,mmd,coral", "cnn_small_bn": "none,adabn,mmd,mmd+adabn"}
 
 
 def write_folders(root: Path) -> dict[str, tuple[Path, Path]]:
@@ -82,8 +82,8 @@ def agreement(result: dict) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--variants", default="raw,framed")
-    parser.add_argument("--backbones", default="cnn_small,cnn_small_bn")
+    parser.add_argument("--runs", default="raw/cnn_small,raw/cnn_small_bn,framed/cnn_small",
+                        help="VARIANT/BACKBONE pairs; the methods of each backbone are in METHODS")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--epochs", type=int, default=None, help="default: tltf's (6 for --weights none)")
     parser.add_argument("--work", default="/tmp/tltf_adapt_digits")
@@ -96,30 +96,30 @@ def main() -> None:
     folders = write_folders(work / "data")
     seeds = [int(s) for s in args.seeds.split(",")]
     report = {"seeds": seeds, "epochs": args.epochs or "default", "results": {}}
-    for variant in args.variants.split(","):
+    for pair in args.runs.split(","):
+        variant, backbone = pair.split("/")
         source, target = folders[variant]
-        for backbone in args.backbones.split(","):
-            start = time.perf_counter()
-            result = compare(str(source), work / f"{variant}_{backbone}", backbone=backbone, weights="none",
-                             image_size=32, seeds=seeds, epochs=args.epochs, adapt=METHODS[backbone],
-                             target_data=str(target), target_labels_for_eval=True, log=lambda line: None)
-            key = f"{variant}/{backbone}"
-            report["results"][key] = {
-                "seconds": round(time.perf_counter() - start, 1),
-                "selected": result["selected"], "criterion": result["criterion"],
-                "methods": {row["strategy"]: {k: row.get(k) for k in (
-                    "target_accuracy_mean", "target_accuracy_sd", "val_accuracy_mean", "dev_risk_mean", "snd_mean",
-                    "target_entropy_mean")} for row in result["summary"]},
-                "agreement": agreement(result)}
-            print(f"\n== {key} ({report['results'][key]['seconds']} s)")
-            for name, row in report["results"][key]["methods"].items():
-                print(f"{name:<12} target {row['target_accuracy_mean']:.3f} +- {row['target_accuracy_sd'] or 0:.3f}"
-                      f"   dev {row['dev_risk_mean'] or float('nan'):.3f}   snd {row['snd_mean']:.3f}")
-            for name, a in report["results"][key]["agreement"].items():
-                print(f"  {name:<15} rho {a['spearman_rho'] if a['spearman_rho'] is not None else float('nan'):+.2f}"
-                      f"  picks {a['pick']} ({a['pick_target_accuracy']:.3f}; best {a['best']} "
-                      f"{a['best_target_accuracy']:.3f})")
-            Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+        start = time.perf_counter()
+        result = compare(str(source), work / f"{variant}_{backbone}", backbone=backbone, weights="none",
+                         image_size=32, seeds=seeds, epochs=args.epochs, adapt=METHODS[backbone],
+                         target_data=str(target), target_labels_for_eval=True, log=lambda line: None)
+        key = f"{variant}/{backbone}"
+        report["results"][key] = {
+            "seconds": round(time.perf_counter() - start, 1),
+            "selected": result["selected"], "criterion": result["criterion"],
+            "methods": {row["strategy"]: {k: row.get(k) for k in (
+                "target_accuracy_mean", "target_accuracy_sd", "val_accuracy_mean", "dev_risk_mean", "snd_mean",
+                "target_entropy_mean")} for row in result["summary"]},
+            "agreement": agreement(result)}
+        print(f"\n== {key} ({report['results'][key]['seconds']} s)")
+        for name, row in report["results"][key]["methods"].items():
+            print(f"{name:<12} target {row['target_accuracy_mean']:.3f} +- {row['target_accuracy_sd'] or 0:.3f}"
+                  f"   dev {row['dev_risk_mean'] or float('nan'):.3f}   snd {row['snd_mean']:.3f}")
+        for name, a in report["results"][key]["agreement"].items():
+            print(f"  {name:<15} rho {a['spearman_rho'] if a['spearman_rho'] is not None else float('nan'):+.2f}"
+                  f"  picks {a['pick']} ({a['pick_target_accuracy']:.3f}; best {a['best']} "
+                  f"{a['best_target_accuracy']:.3f})")
+        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -177,3 +177,18 @@ def test_compare_adapt_selects_a_method_without_target_labels(domains, tmp_path)
     assert "Selected without target labels" in (tmp_path / "cmp" / "compare.md").read_text()
     bad = cli("compare", "--data", source, "--adapt", "none,dann", "--out", tmp_path / "bad")
     assert bad.exit_code == 2 and "--adapt: needs --target-data" in bad.stderr
+
+
+def test_dry_run_says_why_adaptation_trains_10_epochs_and_the_dann_lambda(domains):
+    source, target = domains
+    result = cli("fit", "--data", source, "--target-data", target, "--adapt", "dann", "--backbone", "cnn_small",
+                 "--weights", "none", "--dry-run", "--out", "unused")
+    assert result.exit_code == 0, result.output
+    described = json.loads(result.stdout)
+    assert described["config"]["epochs"] == 10 and described["defaults"]["epochs"].startswith("10: domain adaptation")
+    assert described["defaults"]["lambda_max"].startswith("0.6: ")
+    given = cli("fit", "--data", source, "--target-data", target, "--adapt", "dann", "--lambda-max", "0.3",
+                "--epochs", "3", "--dry-run", "--out", "unused")
+    described = json.loads(given.stdout)
+    assert described["config"]["epochs"] == 3 and "epochs" not in described["defaults"]
+    assert "lambda_max" not in described["defaults"]

@@ -57,6 +57,15 @@ class DANNMethod(Method):
         if not config.target_data:
             raise TltfError(f"--adapt {config.adapt} needs --target-data (the unlabelled target images)")
 
+    def note(self) -> dict:
+        from tltf.training.settings import FitConfig
+
+        if self.mode == "dann" and self.config.lambda_max == FitConfig.lambda_max:
+            return {"lambda_max": f"{FitConfig.lambda_max}: MNIST -> UCI digits as raw folders, 10 epochs, 3 seeds: "
+                                  "target accuracy 0.867 at 0.3, 0.877 at 0.6, 0.864 at 1.0 (2 seeds); source-only "
+                                  "0.843"}
+        return {}
+
     def setup(self, run) -> None:
         run.train_model = build_dann(run.model, mode=self.mode)
 

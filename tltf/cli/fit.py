@@ -47,7 +47,7 @@ from tltf.cli import options
               help="The target data has labels: use them to measure target accuracy (never to train).")
 @click.option("--compare-source-only", is_flag=True, default=None,
               help="With --adapt dann: also train the source-only baseline (same seed, budget) and print both.")
-@click.option("--lambda-max", type=float, help="DANN: ceiling of the gradient-reversal weight [default: 0.3].")
+@click.option("--lambda-max", type=float, help="DANN: ceiling of the gradient-reversal weight [default: 0.6].")
 @click.option("--gamma", type=float, help="DANN: steepness of the lambda schedule 2/(1+exp(-gamma p))-1 [10].")
 @click.option("--anneal-lr", is_flag=True, default=None, help="DANN: the paper's lr/(1+10p)^0.75 annealing.")
 @click.option("--ema", help="DANN: weight-averaging momentum, auto or off [default: auto].")

@@ -261,7 +261,7 @@ def describe(config: FitConfig) -> dict:
         chosen["augment"] = (f"auto: {defaults.AUGMENT_COLOUR} for colour images, {defaults.AUGMENT_GREY} for grey "
                              "ones (digits and text change class when mirrored); decided when the data is read")
     extras = [method for method in extras if method.applies(plan)]
-    for method in extras:
+    for method in (trainer, *extras):
         chosen.update(method.note())
     return {"config": asdict(config), "groups": config.grouped(), "defaults": chosen,
             "methods": [trainer.name, *(m.name for m in extras)], "backbone_blocks": spec.num_blocks,

@@ -68,7 +68,9 @@ class FitConfig:
     #                                            (source-only), or METHOD+adabn
     align_weight: float = _setting(1.0, "method")  # --adapt mmd|coral: the discrepancy's weight (after warm-up)
     compare_source_only: bool = _setting(False, "method", resume=False)
-    lambda_max: float = _setting(0.3, "method")  # the gradient-reversal weight's ceiling
+    # the gradient-reversal weight's ceiling; MNIST -> UCI raw folders, 10 epochs, 3 seeds: 0.3 -> 0.867, 0.6 -> 0.877,
+    # 1.0 -> 0.864 (2 seeds) target accuracy (source-only 0.843)
+    lambda_max: float = _setting(0.6, "method")
     gamma: float = _setting(10.0, "method")  # the lambda schedule's steepness
     anneal_lr: bool = _setting(False, "method")  # the paper's lr / (1 + 10 p) ** 0.75
     ema: str | float | None = _setting("auto", "method")  # DANN weight averaging (tltf.adapt.dann.ema_momentum)
