@@ -127,6 +127,10 @@ def test_each_method_trains_saves_a_plain_classifier_and_reports(domains, tmp_pa
     assert [layer.name for layer in model.layers] == ["pixels", "preprocess", "backbone", "head"]
     x = _toy(4)[0].astype("float32")
     assert model.predict(x, verbose=0).shape == (4, 3)
+    if adapt == "dann+adabn":  # the adapted model exports like any classifier, the parity gate included
+        exported = cli("export", tmp_path / "run" / "model.keras", "--onnx", "--out", tmp_path / "m.onnx")
+        assert exported.exit_code == 0, exported.output
+        assert (tmp_path / "m.onnx").stat().st_size > 100_000
 
 
 def test_adabn_refuses_a_backbone_without_batchnorm(domains, tmp_path):
@@ -186,8 +190,8 @@ def test_dry_run_says_why_adaptation_trains_10_epochs_and_the_dann_lambda(domain
     assert result.exit_code == 0, result.output
     described = json.loads(result.stdout)
     assert described["config"]["epochs"] == 10 and described["defaults"]["epochs"].startswith("10: domain adaptation")
-    assert described["defaults"]["lambda_max"].startswith("0.6: ")
-    given = cli("fit", "--data", source, "--target-data", target, "--adapt", "dann", "--lambda-max", "0.3",
+    assert described["defaults"]["lambda_max"].startswith("0.3: ")
+    given = cli("fit", "--data", source, "--target-data", target, "--adapt", "dann", "--lambda-max", "0.5",
                 "--epochs", "3", "--dry-run", "--out", "unused")
     described = json.loads(given.stdout)
     assert described["config"]["epochs"] == 3 and "epochs" not in described["defaults"]

@@ -215,6 +215,9 @@ def compare(data: str, out: str | Path, backbone: str = "mobilenet_v2", weights:
     for key in ("out", "seed", "stage"):
         base.pop(key, None)
     FitConfig.from_dict(base, source="compare options")  # unknown options fail before any training
+    for choice in choices:  # so do bad values of a strategy (l2sp:-1), before the first run trains
+        FitConfig.from_dict({**base, **choice.overrides(), "seed": seed_list[0]},
+                            source="--adapt" if adapt is not None else "--strategies")
     runs = []
     for seed in seed_list:
         for choice in choices:

@@ -39,7 +39,8 @@ def adapt_batchnorm(model: keras.Model, images, batches: int | None = None) -> i
     try:
         for layer in layers:  # a frozen BatchNorm layer ignores training=True: let the pass see its batch statistics
             layer.trainable = True
-        return recompute_batchnorm(model, images, batches=batches if batches is not None else 1 << 30)
+        return recompute_batchnorm(model, images, batches=batches if batches is not None else 1 << 30,
+                                   cache={})  # one compiled pass for all the batches
     finally:
         for layer, trainable in zip(layers, saved):
             layer.trainable = trainable

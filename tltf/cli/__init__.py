@@ -53,6 +53,13 @@ class LazyGroup(click.Group):
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             ctx.exit(130)
+        except OSError as e:  # a full disk or a vanished folder under Keras' own writers (CSV log, TensorBoard)
+            from tltf.atomic import is_write_error, write_failed
+
+            if not is_write_error(e):
+                raise
+            click.echo(f"error: {write_failed(e.filename or 'output', e)}", err=True)
+            ctx.exit(2)
 
 
 def _module_exists(module: str) -> bool:

@@ -47,7 +47,7 @@ from tltf.cli import options
               help="The target data has labels: use them to measure target accuracy (never to train).")
 @click.option("--compare-source-only", is_flag=True, default=None,
               help="With --adapt dann: also train the source-only baseline (same seed, budget) and print both.")
-@click.option("--lambda-max", type=float, help="DANN: ceiling of the gradient-reversal weight [default: 0.6].")
+@click.option("--lambda-max", type=float, help="DANN: ceiling of the gradient-reversal weight [default: 0.3].")
 @click.option("--gamma", type=float, help="DANN: steepness of the lambda schedule 2/(1+exp(-gamma p))-1 [10].")
 @click.option("--anneal-lr", is_flag=True, default=None, help="DANN: the paper's lr/(1+10p)^0.75 annealing.")
 @click.option("--ema", help="DANN: weight-averaging momentum, auto or off [default: auto].")
@@ -83,18 +83,23 @@ def command(ctx, recipe, dry_run, quiet, overwrite, **flags):
     from tltf.errors import TltfError
 
     values = load_recipe(recipe) if recipe else {}
+    from_recipe = set(values)
     for name, value in flags.items():  # flags typed on the command line win over the recipe
         if name not in values or ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE:
             values[name] = value
+            from_recipe.discard(name)
     values = {k: v for k, v in values.items() if v is not None or k in ("train_bn", "jit", "epochs")}
-    values["methods"] = list(values.get("methods") or [])
+    methods = values.get("methods") or []
+    values["methods"] = [methods] if isinstance(methods, str) else list(methods) if isinstance(
+        methods, (list, tuple)) else methods  # anything else: FitConfig names it
     if "ema" in values:
         from tltf.adapt.dann import parse_ema
 
         values["ema"] = parse_ema(values["ema"])
     if not values.get("data"):
         raise TltfError("--data is required (or a --config recipe that sets data)")
-    config = FitConfig.from_dict(values, source=f"--config {recipe}" if recipe else "options")
+    config = FitConfig.from_dict(values, source=f"--config {recipe}" if recipe else "options",
+                                 options=set(values) - from_recipe)  # a bad value is named as it was given
     if dry_run:
         click.echo(json.dumps(describe(config), indent=2, default=str))
         return

@@ -94,7 +94,7 @@ def fit(config: FitConfig, overwrite: bool = False, verbose: int = 1, callbacks=
     ``refit`` the run is two: the hold-out run that chooses the epochs, then all labelled images
     (:mod:`tltf.training.refit`).
     """
-    config, chosen = defaults.resolve_schedule(config)
+    config, chosen = defaults.resolve_schedule(config.validate())  # validate: settings changed after creation
     wanted, why = _refit_wanted(config)
     if why:
         chosen["refit"] = why
@@ -159,6 +159,15 @@ def _fit_once(config: FitConfig, overwrite: bool, verbose: int, callbacks, chose
         raise TltfError("--distribute: not supported with --adapt/--target-data yet (the DANN step is custom)")
     folder = RunFolder(dist.run_dir(config.out))
     folder.open(config, overwrite)
+    try:
+        return _train_in(folder, config, dist, spec, trainer, extras, overwrite, verbose, callbacks, chosen)
+    finally:
+        folder.close()  # the folder's lock: another process may use it now
+
+
+def _train_in(folder: RunFolder, config: FitConfig, dist, spec, trainer, extras, overwrite: bool, verbose: int,
+              callbacks, chosen: dict) -> dict:
+    """The run itself, in an open (locked) run folder."""
     if str(config.augment).strip().lower() != "auto":
         Augment.parse(config.augment)  # validated before any data is read
     set_precision(config.precision)
@@ -221,8 +230,10 @@ def _fit_once(config: FitConfig, overwrite: bool, verbose: int, callbacks, chose
     if test is None and run.data.test is not None:
         test = evaluate_model(classifier, make_pipeline(run.data.test, run.size, config.batch_size, cache=False),
                               run.data.class_names, run.data.class_names)
+    history = read_history(folder.path / "history.csv")
+    refuse_non_finite(history, config, folder)  # before anything marks the run finished; the backup stays
     save_model(classifier, folder.path / "model.keras")
-    metrics = run_metrics(run, read_history(folder.path / "history.csv"), test, seconds)
+    metrics = run_metrics(run, history, test, seconds)
     metrics["strategies"] = run.transfer.report()
     metrics["feature_cache"] = None
     metrics["methods"] = [trainer.name, *(m.name for m in extras)]
@@ -238,6 +249,23 @@ def _fit_once(config: FitConfig, overwrite: bool, verbose: int, callbacks, chose
     folder.discard_backup()
     dist.finish(folder.path)
     return metrics
+
+
+def refuse_non_finite(history: list[dict], config: FitConfig, folder: RunFolder) -> None:
+    """A one-line error when an epoch's training loss was NaN or infinite (the run stopped there:
+    :class:`tltf.training.callbacks.FiniteLoss`); the backup of the last finite epoch is kept for a resume."""
+    from tltf.training.callbacks import non_finite_loss
+
+    for row in history:
+        bad = non_finite_loss(row)
+        if bad is None:
+            continue
+        epoch = int(row["epoch"]) + 1
+        kept = (f"{folder.backup} keeps the weights after epoch {epoch - 1}, which the same command resumes from"
+                if epoch > 1 and folder.backup.exists() else "no finished epoch to resume from")
+        raise TltfError(f"training stopped at epoch {epoch}: the loss became non-finite ({bad}={row[bad]}); lower "
+                        f"--lr (it was {config.learning_rate:g}) and start over with --overwrite; no model was saved, "
+                        f"{kept}")
 
 
 def trainer_title(run: Run, trainer) -> str:

@@ -13,10 +13,17 @@ Recipes (``pipelines/*.yaml``) may be flat (``backbone: mobilenet_v2``) or group
     runtime:  {out: runs/digits}
 
 A section key is only a section when its value is a mapping (``data: photos/`` is the data option itself).
+
+Every value is checked when a FitConfig is made (:meth:`FitConfig.validate`, run by ``__post_init__``), whoever
+makes it: the CLI's flags, a recipe, ``tltf compare`` or Python. The type comes from the field's annotation, the
+range from its ``check`` (declared with the field); a bad value is a one-line :class:`SettingError` before any data
+is read or anything is written, so ``--dry-run`` refuses what training would refuse.
 """
 
 from __future__ import annotations
 
+import math
+import os
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -24,10 +31,189 @@ from tltf.errors import TltfError
 
 GROUPS = ("data", "model", "schedule", "method", "runtime")
 
+#: the largest recipe file read. A recipe is a few hundred bytes; the cap bounds what a hostile file costs (1 MB of
+#: inline mappings took 12 s to parse with libyaml, 33 s with PyYAML's own parser, on a loaded 2-core machine)
+RECIPE_MAX_BYTES = 256 << 10
+#: the deepest [ ] / { } nesting read in a recipe (a sectioned recipe with an inline plan needs 4)
+RECIPE_MAX_NESTING = 64
+#: the flag of a setting where it is not ``--`` + its name with dashes
+FLAGS = {"learning_rate": "--lr", "methods": "--method", "train_bn": "--train-bn/--freeze-bn",
+         "jit": "--jit/--no-jit", "feature_cache": "--feature-cache/--no-feature-cache"}
 
-def _setting(default, group: str, resume: bool = True, help: str = ""):
-    """A FitConfig field: its default, its group, and whether a change forbids resuming (``resume``)."""
-    meta = {"group": group, "resume": resume, "help": help}
+
+def flag(name: str) -> str:
+    """The command-line option of setting ``name`` (``learning_rate`` -> ``--lr``)."""
+    return FLAGS.get(name, "--" + name.replace("_", "-"))
+
+
+class SettingError(TltfError):
+    """A setting of the wrong type or out of range; ``name``, ``value`` and ``problem`` say which and why.
+
+    The message names the value as Python gave it (``FitConfig(epochs=0): must be at least 1``); :meth:`named`
+    rewrites it for the place the value came from: a flag (``--epochs 0: must be at least 1``) or a recipe
+    (``--config r.yaml: epochs 0: must be at least 1``).
+    """
+
+    def __init__(self, name: str, value, problem: str, message: str | None = None):
+        self.name, self.value, self.problem = name, value, problem
+        super().__init__(message or f"FitConfig({name}={_shown(value, True)}): {problem}")
+
+    def named(self, source: str, options=()) -> "SettingError":
+        """The error as ``source`` should report it; ``options`` are the settings given as flags (all of them when
+        ``source`` ends in ``options``, as the CLI's and ``tltf compare``'s do)."""
+        if source.endswith("options") or self.name in options:
+            text = f"{flag(self.name)} {_shown(self.value, False)}: {self.problem}"
+        else:
+            text = f"{source}: {self.name} {_shown(self.value, True)}: {self.problem}"
+        return SettingError(self.name, self.value, self.problem, text)
+
+
+def _shown(value, quoted: bool) -> str:
+    """``value`` for a one-line message: as typed on a command line, or ``repr`` (strings quoted); long values cut."""
+    if isinstance(value, float) and not isinstance(value, bool):
+        text = f"{value:g}" if float(f"{value:g}") == value or not math.isfinite(value) else repr(value)
+    elif isinstance(value, str) and not quoted and value.isprintable():
+        text = value
+    else:
+        text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _bounds(low=None, high=None, *, low_open: bool = False, high_open: bool = False, why: str = ""):
+    """A ``check``: ``value`` within [low, high] (``*_open``: the bound itself excluded; ``why``: said of the upper
+    bound); None always passes."""
+    def check(value, config):
+        if value is None:
+            return None
+        if low is not None and (value < low or (low_open and value == low)):
+            return f"must be {'above' if low_open else 'at least'} {_shown(low, False)}"
+        if high is not None and (value > high or (high_open and value == high)):
+            return f"must be {'below' if high_open else 'at most'} {_shown(high, False)}{why}"
+        return None
+    return check
+
+
+def _choice(*allowed: str, problem: str = "", fold: bool = False):
+    """A ``check``: one of ``allowed``, exactly as the code that reads it compares (``fold``: case ignored)."""
+    def check(value, config):
+        if value is None or (value.lower() if fold else value) in allowed:
+            return None
+        return problem or f"choose {', '.join(allowed[:-1])} or {allowed[-1]}"
+    return check
+
+
+def _on_off_auto(value, config):  # as tltf.strategies.linear_probe_init reads --lp-init
+    if isinstance(value, bool) or str(value).strip().lower() in ("on", "off", "auto", "true", "false", "none"):
+        return None
+    return "choose on, off or auto"
+
+
+def _via(parse, name: str):
+    """A ``check`` by the parser that reads setting ``name`` later: its problem, without the ``--flag VALUE: `` its
+    message starts with (the error names the setting as its source gave it)."""
+    def check(value, config):
+        try:
+            parse(value)
+        except TltfError as e:
+            text = str(e)
+            for head in (f"{flag(name)} {value}: ", f"{name}: "):
+                if text.startswith(head):
+                    return text[len(head):]
+            return text
+        return None
+    return check
+
+
+def _refit(value, config):
+    from tltf.training.refit import parse_refit
+
+    return _via(parse_refit, "refit")(value, config)
+
+
+def _image_size(value, config):
+    """At least the backbone's minimum (a known backbone; an unknown name is reported by the registry), at most
+    :data:`MAX_IMAGE_SIZE`."""
+    if value is None:
+        return None
+    from tltf import backbones
+
+    spec = backbones.REGISTRY.get(str(config.backbone).strip().lower().replace("-", "_"))
+    if spec is not None and value < spec.min_size:
+        return f"too small for {spec.name} (minimum {spec.min_size})"
+    return _bounds(1, MAX_IMAGE_SIZE)(value, config)
+
+
+def _adapt(value, config):
+    from tltf.training.methods import adapt_parts
+
+    return _via(adapt_parts, "adapt")(value, config)
+
+
+def _augment(value, config):
+    if str(value).strip().lower() == "auto":
+        return None
+    from tltf.data.augment import Augment
+
+    return _via(Augment.parse, "augment")(value, config)
+
+
+def _ema(value, config):
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("auto", "off")):
+        return None
+    from tltf.adapt.dann import parse_ema
+
+    return _via(parse_ema, "ema")(value, config)
+
+
+def _optimizer(value, config):
+    from tltf.staging.optimizers import OPTIMIZERS
+
+    return _choice(*OPTIMIZERS, problem=f"unknown (choose from {', '.join(OPTIMIZERS)})", fold=True)(value, config)
+
+
+def _precision(value, config):
+    from tltf.training.runtime import PRECISIONS
+
+    if value in PRECISIONS:  # exact, as set_precision reads it
+        return None
+    return "choose float32, mixed (float16) or mixed_bfloat16"
+
+
+def _plan(value, config):
+    if not isinstance(value, dict):
+        return None  # a file: read (and checked) by StagePlan.from_yaml
+    from tltf.staging import StagePlan
+
+    return _via(lambda plan: StagePlan.from_dict(plan, "plan"), "plan")(value, config)
+
+
+def _methods(value, config):
+    bad = [m for m in value if not isinstance(m, str) or not m.strip()]
+    return f"each method must be a registered name, not {bad[0]!r}" if bad else None
+
+
+def _not_empty(value, config):
+    return "must not be empty" if value is not None and not value.strip() else None
+
+
+#: the largest --image-size: one 4096 x 4096 RGB image is 200 MB as float32; beyond that a batch fits no memory
+MAX_IMAGE_SIZE = 4096
+#: the largest --epochs: far past any transfer-learning run; a typo such as 1e9 is refused rather than started
+MAX_EPOCHS = 100_000
+#: the largest --batch-size: 65,536 images already need tens of GB at 224 px; larger is a typo, not a setting
+MAX_BATCH_SIZE = 1 << 16
+#: the largest --lr. The rates that train tltf's networks with Adam, AdamW or SGD (momentum 0.9) lie between about
+#: 1e-5 and 0.1; at 10 the loss of cnn_small on 16 px images already reached 1e9 to 1e14 within three epochs
+#: (sgd and adam, measured). The cap leaves two orders of magnitude of headroom for unusual schedules and refuses
+#: typos such as 1e9, or 1e3 for 1e-3; a rate under it that still diverges is stopped during training
+#: (tltf.training.callbacks.FiniteLoss) and no model is saved.
+MAX_LEARNING_RATE = 10.0
+
+
+def _setting(default, group: str, resume: bool = True, help: str = "", check=None):
+    """A FitConfig field: its default, its group, whether a change forbids resuming (``resume``), and the rule its
+    value must meet beyond its annotated type (``check(value, config) -> problem or None``)."""
+    meta = {"group": group, "resume": resume, "help": help, "check": check}
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: type(default)(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -38,63 +224,96 @@ class FitConfig:
     """Everything ``tltf fit`` needs; the CLI fills it from flags (and recipes)."""
 
     # data
-    data: str = _setting("builtin:shapes", "data")
+    data: str = _setting("builtin:shapes", "data", check=_not_empty)
     data_dir: str | None = _setting(None, "data", resume=False)
-    val_split: float = _setting(0.2, "data")
-    augment: str = _setting("auto", "data", help="subset of flip,crop,color, none, or auto (see tltf.defaults)")
+    val_split: float = _setting(0.2, "data", check=_bounds(0, 1, high_open=True))
+    augment: str = _setting("auto", "data", help="subset of flip,crop,color, none, or auto (see tltf.defaults)",
+                           check=_augment)
     cache: bool = _setting(True, "data", resume=False)
     target_data: str | None = _setting(None, "data")
     target_labels_for_eval: bool = _setting(False, "data", resume=False)
     # model
     backbone: str = _setting("mobilenet_v2", "model")
     weights: str = _setting("imagenet", "model")
-    image_size: int | None = _setting(None, "model")  # None: the backbone's default
-    dropout: float = _setting(0.2, "model")
-    features: str = _setting("auto", "model", help="final, multilevel, or auto (multilevel for pretrained weights)")
+    image_size: int | None = _setting(None, "model", check=_image_size)  # None: the backbone's default
+    dropout: float = _setting(0.2, "model", check=_bounds(0, 1, high_open=True))
+    features: str = _setting("auto", "model", help="final, multilevel, or auto (multilevel for pretrained weights)",
+                            check=_choice("auto", "final", "multilevel"))
     train_bn: bool | None = _setting(None, "model")  # None: train BN only when starting from random weights
     # schedule
-    stage: str | None = _setting(None, "schedule", help="None: gradual, or scratch with --weights none")
-    plan: str | dict | None = _setting(None, "schedule")  # a YAML file or an inline {"stages": [...]}
-    epochs: int | None = _setting(None, "schedule")  # None: the plan's own total, or 6 for a preset
-    learning_rate: float = _setting(1e-3, "schedule")
-    batch_size: int = _setting(32, "schedule")
-    optimizer: str = _setting("adam", "schedule")
-    clipnorm: float | None = _setting(None, "schedule")
-    seed: int = _setting(0, "schedule")
+    stage: str | None = _setting(None, "schedule", help="None: gradual, or scratch with --weights none",
+                                 check=_choice("feature", "finetune", "gradual", "scratch", problem=(
+                                     "unknown stage plan (feature, finetune, gradual, scratch)")))
+    plan: str | dict | None = _setting(None, "schedule", check=_plan)  # a YAML file or an inline {"stages": [...]}
+    # None: the plan's own total, or 6 for a preset
+    epochs: int | None = _setting(None, "schedule", check=_bounds(1, MAX_EPOCHS))
+    learning_rate: float = _setting(1e-3, "schedule", check=_bounds(
+        0, MAX_LEARNING_RATE, low_open=True, why=" (larger rates diverge)"))
+    batch_size: int = _setting(32, "schedule", check=_bounds(1, MAX_BATCH_SIZE))
+    optimizer: str = _setting("adam", "schedule", check=_optimizer)
+    clipnorm: float | None = _setting(None, "schedule", check=_bounds(0, low_open=True))
+    seed: int = _setting(0, "schedule", check=_bounds(0, 2 ** 31 - 1))  # seed + 1 seeds the target
     refit: bool | str = _setting("auto", "schedule", help="choose epochs on the hold-out, then train on all labelled "
-                                                          "images: on, off or auto (tltf.training.refit)")
+                                                          "images: on, off or auto (tltf.training.refit)",
+                                check=_refit)
     # method: what trains (tltf.training.methods) and the transfer strategies (tltf.strategies)
-    adapt: str = _setting("none", "method")  # domain adaptation to target_data: dann | mmd | coral | adabn | none
-    #                                            (source-only), or METHOD+adabn
-    align_weight: float = _setting(1.0, "method")  # --adapt mmd|coral: the discrepancy's weight (after warm-up)
+    # domain adaptation to target_data: dann | mmd | coral | adabn | none (source-only), or METHOD+adabn
+    adapt: str = _setting("none", "method", check=_adapt)
+    # --adapt mmd|coral: the discrepancy's weight (after warm-up)
+    align_weight: float = _setting(1.0, "method", check=_bounds(0))
     compare_source_only: bool = _setting(False, "method", resume=False)
-    # the gradient-reversal weight's ceiling; MNIST -> UCI raw folders, 10 epochs, 3 seeds: 0.3 -> 0.867, 0.6 -> 0.877,
-    # 1.0 -> 0.864 (2 seeds) target accuracy (source-only 0.843)
-    lambda_max: float = _setting(0.6, "method")
-    gamma: float = _setting(10.0, "method")  # the lambda schedule's steepness
+    # the gradient-reversal weight's ceiling (tltf.adapt.method.DANNMethod.note gives the measurements)
+    lambda_max: float = _setting(0.3, "method", check=_bounds(0))
+    gamma: float = _setting(10.0, "method", check=_bounds(0))  # the lambda schedule's steepness
     anneal_lr: bool = _setting(False, "method")  # the paper's lr / (1 + 10 p) ** 0.75
-    ema: str | float | None = _setting("auto", "method")  # DANN weight averaging (tltf.adapt.dann.ema_momentum)
+    ema: str | float | None = _setting("auto", "method", check=_ema)  # DANN weight averaging (dann.ema_momentum)
     feature_cache: bool = _setting(True, "method", resume=False)
     freeze_until: str | None = _setting(None, "method")
-    reinit_top: int = _setting(0, "method")
-    l2sp: float = _setting(0.0, "method")
-    lwf: float = _setting(0.0, "method")
-    lwf_temperature: float = _setting(2.0, "method")
+    reinit_top: int = _setting(0, "method", check=_bounds(0))
+    l2sp: float = _setting(0.0, "method", check=_bounds(0))
+    lwf: float = _setting(0.0, "method", check=_bounds(0))
+    lwf_temperature: float = _setting(2.0, "method", check=_bounds(0, low_open=True))
     lp_init: bool | str = _setting("auto", "method", help="LP-FT: head set by logistic regression first (auto: "
-                                                          "pretrained weights, head-only first stage)")
-    methods: list = _setting([], "method", help="extra plug-ins by registered name (tltf.training.register_method)")
+                                                          "pretrained weights, head-only first stage)",
+                                  check=_on_off_auto)
+    methods: list = _setting([], "method", help="extra plug-ins by registered name (tltf.training.register_method)",
+                             check=_methods)
     method_options: dict = _setting({}, "method", help="{plug-in name: {option: value}}")
     # runtime
-    out: str = _setting("runs/run", "runtime", resume=False)
-    distribute: str = _setting("none", "runtime")  # none | mirrored | multiworker; batch_size is per replica
+    out: str = _setting("runs/run", "runtime", resume=False, check=_not_empty)
+    distribute: str = _setting("none", "runtime", check=_choice("none", "mirrored", "multiworker", problem=(
+        "choose none, mirrored, multiworker")))  # none | mirrored | multiworker; batch_size is per replica
     jit: bool | None = _setting(None, "runtime", resume=False)  # None: XLA on GPU, not on CPU
-    precision: str = _setting("float32", "runtime", resume=False)
+    precision: str = _setting("float32", "runtime", resume=False, check=_precision)
     tensorboard: bool = _setting(True, "runtime", resume=False)
 
+    def __post_init__(self):
+        self.validate()
+
+    def validate(self) -> "FitConfig":
+        """Check every setting (its annotated type, then its ``check``) and normalise what is safe to (``1`` for a
+        float, ``"1e-3"`` as YAML reads it, a path for a string); returns self. The first bad value is a
+        :class:`SettingError`. Run on creation and again by :func:`tltf.training.fit`, so a setting changed later
+        is checked too."""
+        for f in fields(self):
+            object.__setattr__(self, f.name, _typed(f.name, getattr(self, f.name), str(f.type)))
+        for f in fields(self):
+            check = f.metadata.get("check")
+            value = getattr(self, f.name)
+            problem = check(value, self) if check else None
+            if problem:
+                raise SettingError(f.name, value, problem)
+        return self
+
     @classmethod
-    def from_dict(cls, data: dict, source: str = "config") -> "FitConfig":
-        """A FitConfig from flat keys or grouped sections; an unknown key is a one-line error naming it."""
-        return cls(**flatten(data, source))
+    def from_dict(cls, data: dict, source: str = "config", options=()) -> "FitConfig":
+        """A FitConfig from flat keys or grouped sections; an unknown key or a bad value is a one-line error naming
+        it as ``source`` gave it: ``--epochs`` for the keys in ``options`` (typed as flags) or every key when
+        ``source`` ends in ``options``, else ``SOURCE: epochs``."""
+        try:
+            return cls(**flatten(data, source))
+        except SettingError as e:
+            raise e.named(source, options) from None
 
     def group(self, name: str) -> dict:
         """The settings of one group (``data``, ``model``, ``schedule``, ``method``, ``runtime``)."""
@@ -105,6 +324,68 @@ class FitConfig:
     def grouped(self) -> dict:
         """``{group: {name: value}}``: the shape of a sectioned recipe."""
         return {name: self.group(name) for name in GROUPS}
+
+
+_KINDS = {"str": "a string", "int": "a whole number", "float": "a number", "bool": "true or false",
+          "dict": "a mapping", "list": "a list"}
+
+
+def _typed(name: str, value, annotation: str):
+    """``value`` as the annotated type (``int | None``), or a :class:`SettingError`. Only lossless conversions:
+    a whole float or a numeral for an int, an int or numeral for a float (YAML reads ``1e-3`` as a string), a path
+    for a string, a tuple for a list; a float must be finite."""
+    kinds = [k.strip() for k in annotation.split("|")]
+
+    def wrong():
+        named = [_KINDS[k] for k in kinds if k in _KINDS]
+        return SettingError(name, value, f"must be {' or '.join(named)}" + (" (or left out)" if "None" in kinds
+                                                                             else ""))
+
+    if value is None:
+        if "None" in kinds:
+            return None
+        raise wrong()
+    if value is False and name == "ema":  # YAML's ``ema: off`` (tltf.adapt.dann.parse_ema)
+        return None
+    if isinstance(value, bool):
+        if "bool" in kinds:
+            return value
+        raise wrong()
+    if isinstance(value, os.PathLike) and "str" in kinds:
+        value = os.fspath(value)
+    if isinstance(value, str):
+        if "\0" in value:
+            raise SettingError(name, value, "must not contain a NUL character")
+        if "str" in kinds:
+            return value
+        text = value.strip()
+        try:
+            if "int" in kinds:
+                return int(text)
+            if "float" in kinds:
+                value = float(text)
+        except ValueError:
+            raise wrong() from None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if "int" in kinds:
+            if isinstance(value, float):
+                if not (math.isfinite(value) and value.is_integer()):
+                    raise wrong()
+                return int(value)
+            return value
+        if "float" in kinds:
+            value = float(value)
+            if not math.isfinite(value):
+                raise SettingError(name, value, "must be a finite number")
+            return value
+        if name == "freeze_until" and isinstance(value, int):  # a block index, as the flag's text gives it
+            return str(value)
+        raise wrong()
+    if isinstance(value, (list, tuple)) and "list" in kinds:
+        return list(value)
+    if isinstance(value, dict) and "dict" in kinds:
+        return value
+    raise wrong()
 
 
 def field_names() -> set[str]:
@@ -162,16 +443,61 @@ def changed_setting(previous: dict, config: FitConfig) -> tuple[str, object, obj
 
 
 def load_recipe(path: str | Path) -> dict:
-    """A ``pipelines/*.yaml`` recipe as flat FitConfig keys (sections flattened; unknown keys are errors)."""
+    """A ``pipelines/*.yaml`` recipe as flat FitConfig keys (sections flattened; unknown keys are errors).
+
+    A hostile file costs little: at most :data:`RECIPE_MAX_BYTES` are read, YAML anchors and aliases are refused
+    (nested aliases expand a few hundred bytes into gigabytes: the "billion laughs"), and anything that is not a
+    mapping of options is a one-line error."""
     import yaml
 
     path = Path(path)
-    if not path.exists():
-        raise TltfError(f"--config {path}: no such file")
+    where = f"--config {path}"
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        with open(path, "rb") as f:  # read to the cap, never to the end: /dev/zero or a FIFO is a file too
+            raw = f.read(RECIPE_MAX_BYTES + 1)
+    except FileNotFoundError:
+        raise TltfError(f"{where}: no such file") from None
+    except IsADirectoryError:
+        raise TltfError(f"{where}: a folder, not a recipe file") from None
+    except OSError as e:
+        raise TltfError(f"{where}: cannot be read ({e.strerror or e})") from None
+    if len(raw) > RECIPE_MAX_BYTES:
+        raise TltfError(f"{where}: larger than {RECIPE_MAX_BYTES // 1024} KiB; a recipe is a short YAML mapping")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise TltfError(f"{where}: not UTF-8 text (byte {e.start})") from None
+    if _flow_depth(text) > RECIPE_MAX_NESTING:  # PyYAML's own parser takes time quadratic in the nesting
+        raise TltfError(f"{where}: nested more than {RECIPE_MAX_NESTING} levels deep in [ ] or {{ }}; a recipe is a "
+                        "flat or sectioned mapping")
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml where installed: linear time
+    try:
+        for event in yaml.parse(text, Loader=loader):
+            if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
+                mark = event.start_mark
+                raise TltfError(f"{where}: line {mark.line + 1}: YAML anchors and aliases (&name, *name) are not "
+                                "allowed in recipes")
+        data = yaml.load(text, Loader=loader)
     except yaml.YAMLError as e:
-        raise TltfError(f"--config {path}: not valid YAML ({str(e).splitlines()[0]})") from None
+        raise TltfError(f"{where}: not valid YAML ({str(e).splitlines()[0]})") from None
+    except RecursionError:
+        raise TltfError(f"{where}: nested too deeply to be a recipe") from None
+    if data is None:
+        data = {}
     if not isinstance(data, dict):
-        raise TltfError(f"--config {path}: expected a mapping of fit options")
-    return flatten(data, source=f"--config {path}")
+        raise TltfError(f"{where}: expected a mapping of fit options, not {_KIND_OF.get(type(data), 'a value')}")
+    return flatten(data, source=where)
+
+
+def _flow_depth(text: str) -> int:
+    """The deepest nesting of ``[`` and ``{`` in ``text`` (quotes not told apart: it only ever over-counts)."""
+    import re
+
+    depth = deepest = 0
+    for ch in re.sub(r"[^\[\]{}]", "", text):
+        depth = depth + 1 if ch in "[{" else max(depth - 1, 0)
+        deepest = max(deepest, depth)
+    return deepest
+
+
+_KIND_OF = {list: "a list", str: "a string", int: "a number", float: "a number", bool: "true or false"}
