@@ -274,3 +274,15 @@ def test_a_nan_loss_from_the_python_api_is_refused(tiny, tmp_path):
     finally:
         POISON["from_epoch"] = None
     assert not (tmp_path / "run" / "model.keras").exists()
+
+
+def test_a_hostile_plan_file_is_one_line(tmp_path):
+    plan = tmp_path / "plan.yaml"
+    for content, message in [
+        (b"stages: &s [{epochs: 1}]\nmore: *s\n", "YAML anchors and aliases"),
+        (b"stages: [{name: head, epochs: 1, unfreeze: 0, learning_rate: .nan}]\n", "learning_rate must be in (0, 10]"),
+        (b"stages: [{name: head, epochs: 1, unfreeze: 0, learning_rate: 1.0e+9}]\n", "learning_rate must be in (0, 10]"),
+    ]:
+        plan.write_bytes(content)
+        refused(cli("fit", "--data", "builtin:shapes", "--plan", plan, "--dry-run", "--out", tmp_path / "run"),
+                message, out=tmp_path / "run")

@@ -112,7 +112,7 @@ class OnnxRunner:
         batch = int(pixels.shape[0])
         best, best_time = None, float("inf")
         for _, _, model in self.models:
-            step = self.step_with(model, pixels)
+            step = self.checked(self.step_with(model, pixels), batch)
             if len(self.models) == 1:
                 best = (model, step)
                 break
@@ -121,6 +121,17 @@ class OnnxRunner:
                 best, best_time = (model, step), t
         model, step = best
         self.chosen[batch] = {"threads": model.threads, "spinning": model.spinning}
+        return step
+
+    def checked(self, step: Callable[[], object], batch: int) -> Callable[[], object]:
+        """``step`` after one trial call: a graph onnxruntime cannot run is a one-line error, not a traceback."""
+        from tltf.export.runtime import run_failure
+
+        try:
+            step()
+        except Exception as e:  # onnxruntime's Fail, InvalidArgument, RuntimeException, ...
+            raise TltfError(f"{self.model.path}: onnxruntime failed to run it at batch {batch} "
+                            f"({run_failure(e)})") from None
         return step
 
 

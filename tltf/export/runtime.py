@@ -15,7 +15,10 @@ tuned rather than left at defaults by accident:
   covers batch 1 to ``max_batch``; CUDA, then CPU, as fallbacks for nodes TensorRT does not take.
 
 A provider that the installed onnxruntime does not have is a one-line :class:`TltfError` (install
-``onnxruntime-gpu`` for ``cuda``/``tensorrt``).
+``onnxruntime-gpu`` for ``cuda``/``tensorrt``). So is a file that is not a usable model (:func:`read_contract`):
+an empty, garbage or truncated file, a graph without an image input or output, metadata that is not the JSON
+tltf writes, or an input larger than :data:`MAX_INPUT_SIDE` pixels a side (``tltf predict`` and ``tltf bench``
+allocate batches of that size).
 
 >>> model = OnnxModel("exported/flowers.onnx")                       # doctest: +SKIP
 >>> model.predict(pixels).shape, model.class_names[:2], model.image_size   # doctest: +SKIP
@@ -34,6 +37,10 @@ from tltf.errors import TltfError
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider",
              "tensorrt": "TensorrtExecutionProvider"}
+
+#: largest input height/width accepted from a file (one float32 RGB image at 4096x4096 is 200 MB; ``predict``
+#: batches fewer images the larger they are)
+MAX_INPUT_SIDE = 4096
 
 
 def cpu_threads() -> int:
@@ -61,7 +68,7 @@ def session_options(provider: str = "cpu", threads: int | None = None, spinning:
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.enable_mem_pattern = True
     so.enable_cpu_mem_arena = True
-    so.log_severity_level = 3
+    so.log_severity_level = 4  # errors reach the caller as exceptions (one-line TltfErrors), not as log lines
     if provider == "cpu":
         so.intra_op_num_threads = int(threads or cpu_threads())
         so.inter_op_num_threads = 1
@@ -138,15 +145,69 @@ def make_session(path: str | Path, provider: str = "cpu", threads: int | None = 
     return session
 
 
+def run_failure(e: Exception) -> str:
+    """The first line of an onnxruntime error, without its source-file prefix, for a one-line message."""
+    import re
+
+    text = (str(e).strip().splitlines() or [type(e).__name__])[0].split("Status Message: ")[-1]
+    return re.sub(r"^/\S+:\d+ .*?\) ", "", text)[:200]  # "/onnxruntime_src/...cc:360 void* f(...) Failed to ..."
+
+
 def _image_size_of(path) -> tuple[int, int]:
+    """The input size for TensorRT's profile; 224x224 for a file without a tltf contract (onnxruntime then says
+    what is wrong with it, if anything)."""
+    try:
+        return read_contract(path)[1]
+    except TltfError:
+        return (224, 224)
+
+
+def read_contract(path: str | Path) -> tuple[dict[str, str], tuple[int, int], list[str] | None]:
+    """``(metadata, image_size, class_names)`` of an ONNX classifier file, checked: anything that is not a model
+    with an NHWC RGB image input and an output (an empty, garbage or truncated file, malformed metadata, an input
+    side above :data:`MAX_INPUT_SIDE`) is a one-line :class:`TltfError` naming the file."""
     import onnx
 
+    path = Path(path)
+    if not path.is_file():
+        raise TltfError(f"{path}: no such model file")
+    if path.stat().st_size == 0:
+        raise TltfError(f"{path}: not an ONNX model (empty file)")
     try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception:
-        return (224, 224)
-    dims = model.graph.input[0].type.tensor_type.shape.dim
-    return (dims[1].dim_value or 224, dims[2].dim_value or 224) if len(dims) == 4 else (224, 224)
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception as e:
+        raise TltfError(f"{path}: not an ONNX file ({type(e).__name__})") from None
+    graph = proto.graph
+    if not graph.input or not graph.output or not graph.node:
+        raise TltfError(f"{path}: not an ONNX model (no graph with inputs, outputs and nodes; empty, truncated "
+                        "or not ONNX?)")
+    graph_in = graph.input[0]
+    if graph_in.type.WhichOneof("value") != "tensor_type":
+        raise TltfError(f"{path}: expected an NHWC RGB image input, got a non-tensor input {graph_in.name!r}")
+    dims = graph_in.type.tensor_type.shape.dim
+    if len(dims) != 4 or dims[3].dim_value not in (0, 3):
+        raise TltfError(f"{path}: expected an NHWC RGB image input, got {len(dims)} dims")
+    metadata = {p.key: p.value for p in proto.metadata_props}
+    del proto
+    size = metadata.get("image_size")
+    try:
+        image_size = tuple(json.loads(size)) if size else (dims[1].dim_value or 224, dims[2].dim_value or 224)
+        if len(image_size) != 2 or not all(type(v) is int and v > 0 for v in image_size):
+            raise ValueError
+    except (ValueError, TypeError, RecursionError):
+        raise TltfError(f"{path}: metadata image_size {str(size)[:40]!r} is not [height, width]") from None
+    if max(image_size) > MAX_INPUT_SIDE:
+        raise TltfError(f"{path}: input size {image_size[0]}x{image_size[1]} is larger than the "
+                        f"{MAX_INPUT_SIDE}x{MAX_INPUT_SIDE} tltf accepts")
+    names = metadata.get("class_names")
+    try:
+        class_names = json.loads(names) if names else None
+        if class_names is not None and not (isinstance(class_names, list)
+                                             and all(isinstance(n, str) for n in class_names)):
+            raise ValueError
+    except (ValueError, RecursionError):
+        raise TltfError(f"{path}: metadata class_names is not a JSON list of names") from None
+    return metadata, image_size, class_names
 
 
 class OnnxModel:
@@ -158,40 +219,30 @@ class OnnxModel:
 
     def __init__(self, path: str | Path, provider: str = "cpu", threads: int | None = None, max_batch: int = 32,
                  spinning: bool | None = None):
-        import onnx
-
         self.path = Path(path)
-        if not self.path.is_file():
-            raise TltfError(f"{self.path}: no such model file")
-        try:
-            proto = onnx.load(str(self.path), load_external_data=False)
-        except Exception as e:
-            raise TltfError(f"{self.path}: not an ONNX file ({type(e).__name__})") from None
-        self.metadata = {p.key: p.value for p in proto.metadata_props}
-        graph_in = proto.graph.input[0]
-        dims = graph_in.type.tensor_type.shape.dim
-        if len(dims) != 4 or dims[3].dim_value not in (0, 3):
-            raise TltfError(f"{self.path}: expected an NHWC RGB image input, got {len(dims)} dims")
-        size = self.metadata.get("image_size")
-        self.image_size = tuple(json.loads(size)) if size else (dims[1].dim_value or 224, dims[2].dim_value or 224)
-        names = self.metadata.get("class_names")
-        self.class_names = json.loads(names) if names else None
+        self.metadata, self.image_size, self.class_names = read_contract(self.path)
         self.provider = provider
-        del proto
         self.threads = int(threads or cpu_threads()) if provider == "cpu" else int(threads or 1)
         self.spinning = bool(machine_is_idle() if spinning is None else spinning) and provider == "cpu"
         self.session = make_session(self.path, provider, self.threads, self.image_size, max_batch, self.spinning)
-        self.input_name = self.session.get_inputs()[0].name
-        self.output_name = self.session.get_outputs()[0].name
-        self.input_dtype = np.float16 if "float16" in self.session.get_inputs()[0].type else np.float32
+        inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
+        if not inputs or not outputs:
+            raise TltfError(f"{self.path}: the graph has no {'input' if not inputs else 'output'} to run")
+        self.input_name = inputs[0].name
+        self.output_name = outputs[0].name
+        self.input_dtype = np.float16 if "float16" in inputs[0].type else np.float32
 
     @property
     def num_classes(self) -> int | None:
         return len(self.class_names) if self.class_names else None
 
     def run(self, pixels: np.ndarray) -> np.ndarray:
-        """One forward pass of the raw graph (no batching, no post-processing)."""
-        return self.session.run([self.output_name], {self.input_name: pixels})[0]
+        """One forward pass of the raw graph (no batching, no post-processing); a graph that onnxruntime cannot
+        run (a wrong input, an intermediate too large to allocate, ...) is a one-line :class:`TltfError`."""
+        try:
+            return self.session.run([self.output_name], {self.input_name: pixels})[0]
+        except Exception as e:  # onnxruntime's Fail, InvalidArgument, RuntimeException, ...
+            raise TltfError(f"{self.path}: onnxruntime failed to run it ({run_failure(e)})") from None
 
     def predict(self, pixels: np.ndarray, batch_size: int = 32) -> np.ndarray:
         """``(N, num_classes)`` float32 probabilities for float32 RGB ``[0, 255]`` pixels ``(N, H, W, 3)``."""

@@ -26,7 +26,6 @@ import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import yaml
 
 from tltf.errors import TltfError
 
@@ -44,8 +43,8 @@ class Stage:
     def __post_init__(self):
         if self.epochs < 1:
             raise TltfError(f"stage {self.name}: epochs must be >= 1, got {self.epochs}")
-        if self.learning_rate <= 0:
-            raise TltfError(f"stage {self.name}: learning_rate must be > 0, got {self.learning_rate}")
+        if not 0 < self.learning_rate <= 10:  # also refuses nan (every comparison with it is False)
+            raise TltfError(f"stage {self.name}: learning_rate must be in (0, 10], got {self.learning_rate}")
         if not 0 < self.discriminative <= 1:
             raise TltfError(f"stage {self.name}: discriminative must be in (0, 1], got {self.discriminative}")
         if isinstance(self.unfreeze, int) and self.unfreeze < 0:
@@ -137,14 +136,10 @@ class StagePlan:
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> "StagePlan":
+        from tltf.safe_yaml import read_yaml
+
         path = Path(path)
-        if not path.exists():
-            raise TltfError(f"--plan {path}: no such file")
-        try:
-            data = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as e:
-            raise TltfError(f"--plan {path}: not valid YAML ({str(e).splitlines()[0]})") from None
-        return cls.from_dict(data, source=str(path))
+        return cls.from_dict(read_yaml(path, f"--plan {path}"), source=str(path))
 
 
 def _unfreeze(value) -> int | str:

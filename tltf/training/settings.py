@@ -31,11 +31,8 @@ from tltf.errors import TltfError
 
 GROUPS = ("data", "model", "schedule", "method", "runtime")
 
-#: the largest recipe file read. A recipe is a few hundred bytes; the cap bounds what a hostile file costs (1 MB of
-#: inline mappings took 12 s to parse with libyaml, 33 s with PyYAML's own parser, on a loaded 2-core machine)
-RECIPE_MAX_BYTES = 256 << 10
-#: the deepest [ ] / { } nesting read in a recipe (a sectioned recipe with an inline plan needs 4)
-RECIPE_MAX_NESTING = 64
+from tltf.safe_yaml import MAX_BYTES as RECIPE_MAX_BYTES  # noqa: E402,F401 (tests and callers read them here)
+from tltf.safe_yaml import MAX_NESTING as RECIPE_MAX_NESTING  # noqa: E402,F401
 #: the flag of a setting where it is not ``--`` + its name with dashes
 FLAGS = {"learning_rate": "--lr", "methods": "--method", "train_bn": "--train-bn/--freeze-bn",
          "jit": "--jit/--no-jit", "feature_cache": "--feature-cache/--no-feature-cache"}
@@ -445,59 +442,17 @@ def changed_setting(previous: dict, config: FitConfig) -> tuple[str, object, obj
 def load_recipe(path: str | Path) -> dict:
     """A ``pipelines/*.yaml`` recipe as flat FitConfig keys (sections flattened; unknown keys are errors).
 
-    A hostile file costs little: at most :data:`RECIPE_MAX_BYTES` are read, YAML anchors and aliases are refused
-    (nested aliases expand a few hundred bytes into gigabytes: the "billion laughs"), and anything that is not a
-    mapping of options is a one-line error."""
-    import yaml
+    A hostile file costs little (:func:`tltf.safe_yaml.read_yaml`: size and nesting capped, no anchors or
+    aliases), and anything that is not a mapping of options is a one-line error."""
+    from tltf.safe_yaml import read_yaml
 
-    path = Path(path)
     where = f"--config {path}"
-    try:
-        with open(path, "rb") as f:  # read to the cap, never to the end: /dev/zero or a FIFO is a file too
-            raw = f.read(RECIPE_MAX_BYTES + 1)
-    except FileNotFoundError:
-        raise TltfError(f"{where}: no such file") from None
-    except IsADirectoryError:
-        raise TltfError(f"{where}: a folder, not a recipe file") from None
-    except OSError as e:
-        raise TltfError(f"{where}: cannot be read ({e.strerror or e})") from None
-    if len(raw) > RECIPE_MAX_BYTES:
-        raise TltfError(f"{where}: larger than {RECIPE_MAX_BYTES // 1024} KiB; a recipe is a short YAML mapping")
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise TltfError(f"{where}: not UTF-8 text (byte {e.start})") from None
-    if _flow_depth(text) > RECIPE_MAX_NESTING:  # PyYAML's own parser takes time quadratic in the nesting
-        raise TltfError(f"{where}: nested more than {RECIPE_MAX_NESTING} levels deep in [ ] or {{ }}; a recipe is a "
-                        "flat or sectioned mapping")
-    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml where installed: linear time
-    try:
-        for event in yaml.parse(text, Loader=loader):
-            if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
-                mark = event.start_mark
-                raise TltfError(f"{where}: line {mark.line + 1}: YAML anchors and aliases (&name, *name) are not "
-                                "allowed in recipes")
-        data = yaml.load(text, Loader=loader)
-    except yaml.YAMLError as e:
-        raise TltfError(f"{where}: not valid YAML ({str(e).splitlines()[0]})") from None
-    except RecursionError:
-        raise TltfError(f"{where}: nested too deeply to be a recipe") from None
+    data = read_yaml(path, where)
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise TltfError(f"{where}: expected a mapping of fit options, not {_KIND_OF.get(type(data), 'a value')}")
     return flatten(data, source=where)
-
-
-def _flow_depth(text: str) -> int:
-    """The deepest nesting of ``[`` and ``{`` in ``text`` (quotes not told apart: it only ever over-counts)."""
-    import re
-
-    depth = deepest = 0
-    for ch in re.sub(r"[^\[\]{}]", "", text):
-        depth = depth + 1 if ch in "[{" else max(depth - 1, 0)
-        deepest = max(deepest, depth)
-    return deepest
 
 
 _KIND_OF = {list: "a list", str: "a string", int: "a number", float: "a number", bool: "true or false"}

@@ -17,6 +17,25 @@ the global. Tensor views are checked against their storage's bounds before numpy
 the BUILD opcode (``__setstate__``) and each load gets fresh ones, so a pickle can neither alter a tensor after
 those checks nor leave anything changed for later loads.
 
+**Bounded memory on hostile files.** Nothing a file *declares* is allocated before it is checked against what the
+file really holds and against fixed ceilings (the module constants below), so a small file cannot make the reader
+grow without bound; each refusal is a one-line :class:`TltfError` naming the file (and the tensor, for storages):
+
+- every pickle is scanned opcode by opcode (:func:`pickletools.genops`, which builds no objects) before it is
+  loaded: at most :data:`MAX_PICKLE_OPCODES` opcodes, and memo indices no larger than the opcodes read so far
+  (CPython sizes its memo by the largest index, so a 9-byte ``LONG_BINPUT 2**31`` would allocate 32 GB);
+  the zip member ``data.pkl`` may inflate to at most :data:`MAX_PICKLE_BYTES`;
+- the loaded object is never walked: only the state_dict (the object itself or its ``state_dict``/``model``/...
+  entry, top level only) is looked at, so structures that share references (``l = [l, l]`` sixty times: 2**60
+  paths through a few hundred opcodes) are never expanded;
+- only the storages of the state_dict's tensors are read, lazily: a storage's declared size (elements x element
+  size) must fit in its archive member's uncompressed size as the zip header states it (read before inflating),
+  in :data:`MAX_TENSOR_BYTES` per tensor and :data:`MAX_TOTAL_BYTES` in all; a compressed member (``torch.save``
+  stores members uncompressed) may inflate at most :data:`MAX_INFLATE_RATIO` times its compressed size; legacy
+  storages must fit in the rest of the file;
+- tensors (strided views) may add at most :data:`MAX_EXPANSION_BYTES` beyond the storages they view (a stride-0
+  view of one float could otherwise ask for gigabytes).
+
 >>> state = read_pth("mobilenet_v2-b0353104.pth")           # doctest: +SKIP
 >>> state["features.0.0.weight"].shape, state["features.0.0.weight"].dtype   # doctest: +SKIP
 ((32, 3, 3, 3), dtype('float32'))
@@ -26,7 +45,9 @@ from __future__ import annotations
 
 import collections
 import io
+import math
 import pickle
+import pickletools
 import struct
 import zipfile
 from dataclasses import dataclass
@@ -38,6 +59,17 @@ from tltf.errors import TltfError
 
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 LEGACY_PROTOCOL = 1001
+
+# Ceilings for untrusted files (see the module docstring). A torchvision state_dict pickle has about 4 opcodes
+# per tensor (MobileNetV2: 11,462 opcodes, 14 MB of storages); the largest torchvision checkpoint is ~0.6 GB.
+GiB = 1 << 30
+MAX_PICKLE_OPCODES = 2_000_000       # per pickle
+MAX_PICKLE_BYTES = 256 << 20         # zip: data.pkl inflated
+MAX_TENSOR_BYTES = 2 * GiB           # one storage, one tensor
+MAX_TOTAL_BYTES = 4 * GiB            # all storages read
+MAX_EXPANSION_BYTES = 256 << 20      # tensors beyond the bytes of the storages they view
+MAX_INFLATE_RATIO = 64               # a deflated zip member (deflate reaches ~1000x on zeros; weights ~1.1x)
+MAX_ZIP_MEMBERS = 1_000_000
 
 # torch storage class name -> numpy dtype (bfloat16 is read as uint16 and widened to float32)
 STORAGE_DTYPES: dict[str, np.dtype] = {
@@ -157,10 +189,9 @@ class RefusedGlobal(pickle.UnpicklingError):
 class _RestrictedUnpickler(pickle.Unpickler):
     """An unpickler that only rebuilds tensors and plain containers (see the module docstring)."""
 
-    def __init__(self, file, storages: dict[str, _Storage], open_storage=None):
+    def __init__(self, file, storages: dict[str, _Storage]):
         super().__init__(file)
-        self.storages = storages
-        self.open_storage = open_storage  # zip format: key, dtype, numel -> 1-D array
+        self.storages = storages  # key -> storage, its data read later (only for the state_dict's tensors)
 
     def find_class(self, module, name):
         found = _allowed_global(module, name)
@@ -178,8 +209,6 @@ class _RestrictedUnpickler(pickle.Unpickler):
         storage = self.storages.get(key)
         if storage is None:
             storage = self.storages[key] = _Storage(stype, key, numel)
-            if self.open_storage is not None:
-                storage.data = self.open_storage(key, stype.dtype, numel)
         elif storage.type != stype:
             raise pickle.UnpicklingError(f"storage {key} used with two dtypes")
         view = pid[5] if len(pid) == 6 else None
@@ -192,106 +221,219 @@ class _RestrictedUnpickler(pickle.Unpickler):
         return storage
 
 
+class _Limit(Exception):
+    """A ceiling was hit: ``str(self)`` is the reason, reported as ``PATH: reason``."""
+
+
+def _scan_pickle(file, what: str = "pickle") -> None:
+    """Walk one pickle's opcodes (from ``file``'s position up to STOP, building nothing): refuse more than
+    :data:`MAX_PICKLE_OPCODES` opcodes, or a memo index beyond the opcodes read (real pickles number their memo
+    0, 1, 2, ...); malformed opcodes raise ``ValueError``."""
+    count = 0
+    for opcode, arg, _pos in pickletools.genops(file):
+        count += 1
+        if count > MAX_PICKLE_OPCODES:
+            raise _Limit(f"refused: the {what} has more than {MAX_PICKLE_OPCODES:,} opcodes")
+        if opcode.name in ("PUT", "BINPUT", "LONG_BINPUT") and not (isinstance(arg, int) and 0 <= arg <= count):
+            raise _Limit(f"refused: the {what} stores memo entry {arg} after only {count} opcodes")
+
+
+def _load_pickle(file, storages: dict[str, _Storage], what: str = "pickle"):
+    """Scan (see :func:`_scan_pickle`), rewind, then unpickle with the restricted unpickler."""
+    pos = file.tell()
+    _scan_pickle(file, what)
+    file.seek(pos)
+    return _RestrictedUnpickler(file, storages).load()
+
+
 def read_pth(path: str | Path) -> dict[str, np.ndarray]:
     """The tensors of a torch checkpoint as ``{name: ndarray}`` (a state_dict, or the one inside a checkpoint dict).
 
     Raises :class:`TltfError` naming the file for a missing/unreadable file, a refused global (the pickle wanted to
-    run code), a malformed storage, or a file holding no tensors.
+    run code), a malformed storage, a file holding no tensors, or a file that declares more than it holds or more
+    than the ceilings allow (see the module docstring).
     """
     path = Path(path)
     if not path.is_file():
         raise TltfError(f"{path}: no such file")
     try:
         if zipfile.is_zipfile(path):
-            obj = _load_zip(path)
-        else:
-            obj = _load_legacy(path)
+            return _load_zip(path)
+        return _load_legacy(path)
     except RefusedGlobal as e:
         raise TltfError(f"{path}: refused to unpickle global {e} (only tensors and plain containers are "
                         "allowed; this file may try to run code)") from None
+    except _Limit as e:
+        raise TltfError(f"{path}: {e}") from None
     except TltfError:
         raise
+    except MemoryError:
+        raise TltfError(f"{path}: refused: reading it ran out of memory") from None
     except Exception as e:  # anything else a malformed file can raise while being parsed
         raise TltfError(f"{path}: not a readable torch checkpoint ({type(e).__name__}: {str(e)[:120]})") from None
-    return _state_dict(obj, path)
 
 
-def _load_zip(path: Path):
+def _zip_members(path: Path) -> int | None:
+    """The member count the zip's end record declares (read before ``ZipFile`` builds one object per member)."""
+    try:
+        with open(path, "rb") as f:
+            end = zipfile._EndRecData(f)
+        return int(end[zipfile._ECD_ENTRIES_TOTAL]) if end else None
+    except (AttributeError, IndexError, OSError, TypeError, ValueError):  # private API: never fatal
+        return None
+
+
+def _check_member(info: zipfile.ZipInfo, nbytes: int, what: str) -> None:
+    """Refuse reading ``nbytes`` of member ``info`` before inflating anything (the zip header's sizes)."""
+    if info.file_size < nbytes:
+        raise _Limit(f"{what} declares {nbytes:,} bytes but its archive member {info.filename} holds "
+                     f"{info.file_size:,}")
+    if info.compress_type != zipfile.ZIP_STORED and nbytes > MAX_INFLATE_RATIO * info.compress_size + (1 << 20):
+        raise _Limit(f"{what}: refused: archive member {info.filename} would inflate {info.compress_size:,} "
+                     f"compressed bytes to {nbytes:,} (more than {MAX_INFLATE_RATIO}x; a zip bomb?)")
+
+
+def _load_zip(path: Path) -> dict[str, np.ndarray]:
+    members = _zip_members(path)
+    if members is not None and members > MAX_ZIP_MEMBERS:
+        raise _Limit(f"refused: the archive declares {members:,} members (at most {MAX_ZIP_MEMBERS:,})")
     with zipfile.ZipFile(path) as zf:
-        names = zf.namelist()
-        pkl = [n for n in names if n.endswith("/data.pkl") and n.count("/") == 1]
+        infos = {i.filename: i for i in zf.infolist()}
+        pkl = [n for n in infos if n.endswith("/data.pkl") and n.count("/") == 1]
         if not pkl:
             raise TltfError(f"{path}: a zip file without <name>/data.pkl is not a torch checkpoint")
         prefix = pkl[0][: -len("data.pkl")]
-        byteorder = zf.read(prefix + "byteorder").decode().strip() if prefix + "byteorder" in names else "little"
+        byteorder = "little"
+        if prefix + "byteorder" in infos:
+            with zf.open(prefix + "byteorder") as f:
+                byteorder = f.read(16).decode(errors="replace").strip()
         if byteorder not in ("little", "big"):
             raise TltfError(f"{path}: unknown byteorder {byteorder!r}")
 
-        def open_storage(key: str, dtype: np.dtype, numel: int) -> np.ndarray:
-            member = f"{prefix}data/{key}"
-            if member not in names:
-                raise pickle.UnpicklingError(f"storage {key} missing from the archive")
-            raw = zf.read(member)
-            if len(raw) < numel * dtype.itemsize:
-                raise pickle.UnpicklingError(f"storage {key} is truncated")
-            dt = dtype.newbyteorder(">") if byteorder == "big" and dtype.itemsize > 1 else dtype
-            return np.frombuffer(raw, dtype=dt, count=numel).astype(dtype)
-
+        info = infos[pkl[0]]
+        if info.file_size > MAX_PICKLE_BYTES:
+            raise _Limit(f"refused: {info.filename} declares {info.file_size:,} bytes (at most "
+                         f"{MAX_PICKLE_BYTES:,})")
+        _check_member(info, info.file_size, info.filename)
+        with zf.open(info) as f:
+            body = f.read(MAX_PICKLE_BYTES + 1)
         storages: dict[str, _Storage] = {}
-        return _materialise(_RestrictedUnpickler(io.BytesIO(zf.read(pkl[0])), storages, open_storage).load())
+        obj = _load_pickle(io.BytesIO(body), storages, info.filename)
+        del body
+        budget = _Budget()
+
+        def load(storage: _Storage, name: str) -> None:
+            if storage.data is not None:
+                return
+            dtype = storage.type.dtype
+            nbytes = storage.numel * dtype.itemsize
+            what = f"tensor {name!r} (storage {storage.key})"
+            budget.storage(nbytes, what)
+            member = infos.get(f"{prefix}data/{storage.key}")
+            if member is None:
+                raise pickle.UnpicklingError(f"storage {storage.key} missing from the archive")
+            _check_member(member, nbytes, what)
+            with zf.open(member) as f:
+                raw = f.read(nbytes)
+            if len(raw) < nbytes:
+                raise pickle.UnpicklingError(f"storage {storage.key} is truncated")
+            dt = dtype.newbyteorder(">") if byteorder == "big" and dtype.itemsize > 1 else dtype
+            data = np.frombuffer(raw, dtype=dt, count=storage.numel)
+            storage.data = data.astype(dtype) if dt != dtype else data  # read-only: tensors are copies
+
+        return _materialise(_state_dict(obj, path), load, budget)
 
 
-def _load_legacy(path: Path):
+def _load_legacy(path: Path) -> dict[str, np.ndarray]:
     size = path.stat().st_size
     with open(path, "rb") as f:
         storages: dict[str, _Storage] = {}
 
-        def load():
-            return _RestrictedUnpickler(f, storages).load()
+        def load(what: str):
+            return _load_pickle(f, storages, what)
 
         try:
-            magic = load()
+            magic = load("pickle")
         except (pickle.UnpicklingError, EOFError, ValueError) as e:
             if isinstance(e, RefusedGlobal):
                 raise
             raise TltfError(f"{path}: not a torch checkpoint (neither a zip archive nor a legacy pickle)") from None
         if magic != LEGACY_MAGIC:
             raise TltfError(f"{path}: not a torch checkpoint (no torch magic number)")
-        if load() != LEGACY_PROTOCOL:
+        if load("protocol pickle") != LEGACY_PROTOCOL:
             raise TltfError(f"{path}: unsupported legacy torch protocol")
-        info = load()
+        info = load("system-info pickle")
         little = not isinstance(info, dict) or info.get("little_endian", True)
-        obj = load()
-        keys = load()
+        obj = load("object pickle")
+        keys = load("storage-key pickle")
         if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
             raise pickle.UnpicklingError("malformed storage key list")
+        budget = _Budget()
         for key in keys:
             storage = storages.get(key)
             if storage is None:
                 raise pickle.UnpicklingError(f"storage {key} is listed but never used")
+            if storage.data is not None:
+                raise pickle.UnpicklingError(f"storage {key} is listed twice")
             (numel,) = struct.unpack("<q" if little else ">q", f.read(8))
             if numel != storage.numel:
                 raise pickle.UnpicklingError(f"storage {key} has {numel} elements, expected {storage.numel}")
             dtype = storage.type.dtype
-            if numel * dtype.itemsize > size - f.tell():
+            nbytes = numel * dtype.itemsize
+            if nbytes > size - f.tell():
                 raise pickle.UnpicklingError(f"storage {key} is truncated")
-            raw = f.read(numel * dtype.itemsize)
-            if len(raw) != numel * dtype.itemsize:
+            budget.storage(nbytes, f"storage {key}")
+            raw = f.read(nbytes)
+            if len(raw) != nbytes:
                 raise pickle.UnpicklingError(f"storage {key} is truncated")
             dt = dtype if little or dtype.itemsize == 1 else dtype.newbyteorder(">")
-            storage.data = np.frombuffer(raw, dtype=dt).astype(dtype)
-        return _materialise(obj)
+            data = np.frombuffer(raw, dtype=dt)
+            storage.data = data.astype(dtype) if dt != dtype else data  # read-only: tensors are copies
+
+        def load_storage(storage: _Storage, name: str) -> None:
+            pass  # legacy storages follow the pickle and were all read above
+
+        return _materialise(_state_dict(obj, path), load_storage, budget)
 
 
-def _materialise(obj):
-    """Replace every :class:`_TensorRef` inside ``obj`` (dicts, lists, tuples) by a contiguous ndarray."""
-    if isinstance(obj, _TensorRef):
-        return _to_array(obj)
-    if isinstance(obj, dict):
-        return {k: _materialise(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_materialise(v) for v in obj)
-    return obj
+class _Budget:
+    """Bytes read into storages and materialised as tensors, against the ceilings."""
+
+    def __init__(self):
+        self.stored = 0
+        self.tensors = 0
+
+    def storage(self, nbytes: int, what: str) -> None:
+        if nbytes > MAX_TENSOR_BYTES:
+            raise _Limit(f"{what} declares {nbytes:,} bytes, more than the {MAX_TENSOR_BYTES:,} allowed per tensor")
+        self.stored += nbytes
+        if self.stored > MAX_TOTAL_BYTES:
+            raise _Limit(f"{what}: refused: the storages add up to more than {MAX_TOTAL_BYTES:,} bytes")
+
+    def tensor(self, nbytes: int, what: str) -> None:
+        if nbytes > MAX_TENSOR_BYTES:
+            raise _Limit(f"{what} would take {nbytes:,} bytes, more than the {MAX_TENSOR_BYTES:,} allowed per tensor")
+        self.tensors += nbytes
+        if self.tensors > self.stored + MAX_EXPANSION_BYTES:
+            raise _Limit(f"{what}: refused: the tensors view {self.tensors:,} bytes out of {self.stored:,} bytes of "
+                         f"storage (overlapping or stride-0 views beyond {MAX_EXPANSION_BYTES:,} bytes)")
+
+
+def _materialise(refs: dict[str, _TensorRef], load, budget: _Budget) -> dict[str, np.ndarray]:
+    """The state_dict's tensors as contiguous ndarrays, in file order; ``load(storage, name)`` reads a storage's
+    data first (zip: lazily, only the storages these tensors use)."""
+    out = {}
+    for name, ref in refs.items():
+        storage = ref.storage
+        if not isinstance(storage, _Storage) or not isinstance(storage.type, _StorageType):
+            raise pickle.UnpicklingError(f"tensor {name} without a storage")
+        load(storage, name)
+        size = ref.size
+        if not (isinstance(size, tuple) and all(map(_is_count, size))):
+            raise pickle.UnpicklingError(f"malformed tensor {name}")
+        budget.tensor(math.prod(size) * storage.type.dtype.itemsize, f"tensor {name!r}")
+        out[name] = _to_array(ref)
+    return out
 
 
 def _is_count(v) -> bool:
@@ -325,12 +467,15 @@ def _to_array(ref: _TensorRef) -> np.ndarray:
     return array
 
 
-def _state_dict(obj, path: Path) -> dict[str, np.ndarray]:
-    """The ``{name: array}`` mapping in a loaded checkpoint: the object itself or a ``state_dict``/``model`` entry."""
+def _state_dict(obj, path: Path) -> dict[str, _TensorRef]:
+    """The ``{name: tensor}`` mapping in a loaded checkpoint: the object itself or a ``state_dict``/``model`` entry.
+
+    Only these (at most two) mappings are looked at, never the rest of the object: a pickle can share references
+    (a list holding the same list twice, sixty levels deep) so that walking it would never end."""
 
     def tensors(d) -> dict | None:
         if isinstance(d, dict) and d and all(isinstance(k, str) for k in d) \
-                and all(isinstance(v, np.ndarray) for v in d.values()):
+                and all(isinstance(v, _TensorRef) for v in d.values()):
             return dict(d)
         return None
 
