@@ -22,25 +22,9 @@ import pytest
 
 from conftest import cli
 from hostile import EXTRA_MB, baseline_mb, run_tltf
+from pickle_ops import global_ as _global, integer as _int, string as _str, tuple_ as _tuple
 
 # --- building hostile files ------------------------------------------------------------------------------------
-
-
-def _global(module: str, name: str) -> bytes:
-    return b"c" + module.encode() + b"\n" + name.encode() + b"\n"
-
-
-def _str(s: str) -> bytes:
-    b = s.encode()
-    return b"X" + struct.pack("<I", len(b)) + b
-
-
-def _int(i: int) -> bytes:
-    return b"J" + struct.pack("<i", i) if -2**31 <= i < 2**31 else b"\x8a\x08" + struct.pack("<q", i)  # LONG1
-
-
-def _tuple(items) -> bytes:
-    return b"(" + b"".join(items) + b"t"
 
 
 def _tensor(key: str, numel: int, size: tuple, stride: tuple) -> bytes:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from pickle_ops import global_ as _global, integer as _int, string as _str, tuple_ as _tuple
 
 from tltf.errors import TltfError
 from tltf.weights.pth import LEGACY_MAGIC, LEGACY_PROTOCOL, read_pth
@@ -44,23 +45,6 @@ class Raw:
     """Opcodes inserted verbatim (for malicious payloads)."""
 
     data: bytes
-
-
-def _global(module: str, name: str) -> bytes:
-    return b"c" + module.encode() + b"\n" + name.encode() + b"\n"
-
-
-def _str(s: str) -> bytes:
-    b = s.encode()
-    return b"X" + struct.pack("<I", len(b)) + b
-
-
-def _int(i: int) -> bytes:
-    return b"J" + struct.pack("<i", i)
-
-
-def _tuple(items) -> bytes:
-    return b"(" + b"".join(items) + b"t"
 
 
 def _emit(obj, storages, legacy: bool) -> bytes:
