@@ -70,24 +70,23 @@ class AdaBN(Method):
                             "(try cnn_small_bn, mobilenet_v2, resnet50 ...)")
 
     def trained(self, run) -> None:
-        from tltf.adapt.dann import evaluate_adaptation
+        from tltf.adapt.dann import DANN, evaluate_adaptation
         from tltf.data import make_pipeline
 
-        config, batch = run.config, run.config.batch_size
-        before = run.target_eval
-        self.before = None
-        if before is not None:
-            self.before = self._target_accuracy(run)
-        self.batches = adapt_batchnorm(run.model, make_pipeline(run.target, run.size, batch, cache=False),
-                                       batches=math.ceil(len(run.target) / batch))
+        batch = run.config.batch_size
+
+        def pipeline(split):
+            return make_pipeline(split, run.size, batch, cache=False) if split is not None else None
+
+        labelled = run.target_eval is not None
+        self.before = self._target_accuracy(run) if labelled else None
+        self.batches = adapt_batchnorm(run.model, pipeline(run.target), batches=math.ceil(len(run.target) / batch))
         self.images = min(len(run.target), self.batches * batch)
-        source = make_pipeline(run.data.val, run.size, batch, cache=False) if run.data.val is not None else None
-        self.after = evaluate_adaptation(
-            run.train_model, source, make_pipeline(run.target, run.size, batch, cache=False),
-            make_pipeline(run.target_eval, run.size, batch, cache=False) if before is not None else None,
-            batch) if source is not None and hasattr(run.train_model, "domain_accuracy_metric") else {}
-        if not self.after and before is not None:
-            self.after = {"target_accuracy": self._target_accuracy(run)}
+        if run.data.val is not None and isinstance(run.train_model, DANN):  # source, target and domain numbers
+            self.after = evaluate_adaptation(run.train_model, pipeline(run.data.val), pipeline(run.target),
+                                             pipeline(run.target_eval), batch)
+        else:
+            self.after = {"target_accuracy": self._target_accuracy(run)} if labelled else {}
 
     @staticmethod
     def _target_accuracy(run) -> float:

@@ -299,8 +299,9 @@ def build_dann(classifier: keras.Model, domain_hidden=(100,), domain_dropout: fl
     label = classifier.get_layer(HEAD_NAME).output
     reversed_ = GradientReversal(lambda_, name=GRL_NAME)(features)
     domain = DomainClassifier(domain_hidden, domain_dropout, domain_norm, name=DOMAIN_HEAD_NAME)(reversed_)
-    return DANN(classifier.inputs[0], {LABEL: label, DOMAIN: domain, FEATURES: features}, name=name or f"{classifier.name}_dann",
-                mode=mode, domain_weight=domain_weight, classifier_name=classifier.name)
+    return DANN(classifier.inputs[0], {LABEL: label, DOMAIN: domain, FEATURES: features},
+                name=name or f"{classifier.name}_dann", mode=mode, domain_weight=domain_weight,
+                classifier_name=classifier.name)
 
 
 def label_model(model: keras.Model) -> keras.Model:
