@@ -13,7 +13,7 @@ from tltf.cli import options
 @click.option("--dry-run", is_flag=True, help="Validate the settings and print the stage plan; do not train.")
 @options.data(required=False)
 @options.backbone
-@click.option("--stage", type=click.Choice(["feature", "finetune", "gradual", "scratch"]),
+@click.option("--stage", type=click.Choice(["feature", "finetune", "gradual", "scratch", "prototypes"]),
               help="Stage plan preset (ignored with --plan) [default: gradual; scratch with --weights none].")
 @click.option("--plan", type=click.Path(dir_okay=False), help="Stage plan YAML file.")
 @click.option("--epochs", type=int, help="Total epochs, divided among the stages [default: 6 or the plan's].")

@@ -165,7 +165,11 @@ def preset(kind: str, epochs: int, learning_rate: float, num_blocks: int) -> Sta
       is spread over blocks (lowest unfrozen block at a tenth of the stage's rate).
     - ``scratch``: everything trainable from the first epoch at one rate: the from-scratch baseline (with
       ``--weights none``), where there is nothing pretrained to protect.
+    - ``prototypes``: nothing to train (the head is imprinted, :mod:`tltf.fewshot.method`), or with ``epochs``
+      everything at a tenth of the rate (fine-tuning after imprinting).
     """
+    if kind == "prototypes":
+        return StagePlan([Stage("all", epochs, "all", learning_rate / 10)] if epochs > 0 else [])
     if epochs < 1:
         raise TltfError(f"--epochs must be >= 1, got {epochs}")
     lr = learning_rate
@@ -190,4 +194,4 @@ def preset(kind: str, epochs: int, learning_rate: float, num_blocks: int) -> Sta
             rate = lr * 10 ** (-k / (n - 1)) if n > 1 else lr
             stages.append(Stage(name, e, u, rate, 1.0 if u in (0, 1) else 0.1))
         return StagePlan(stages)
-    raise TltfError(f"--stage {kind}: unknown stage plan (feature, finetune, gradual, scratch)")
+    raise TltfError(f"--stage {kind}: unknown stage plan (feature, finetune, gradual, scratch, prototypes)")

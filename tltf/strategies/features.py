@@ -218,13 +218,14 @@ class Features:
 
 def extract_features(data, backbone: str = "mobilenet_v2", weights: str = "imagenet", image_size: int | None = None,
                      batch_size: int = 32, val_split: float = 0.2, seed: int = 0, data_dir: str | None = None,
-                     cache: bool = True, verbose: bool = False) -> Features:
+                     cache: bool = True, verbose: bool = False, features: str = "final") -> Features:
     """Pooled features of every split of ``data`` (a ``--data`` spec or a loaded :class:`tltf.data.Source`)
     through the frozen, pretrained ``backbone`` (BatchNorm in inference mode).
 
     The validation split is the data's own, or ``val_split`` of train (stratified, ``seed``) as in ``tltf fit``, so
     the same arguments give the same split as a fit run. Features are read from / written to the cache
-    (``cache=False``: neither).
+    (``cache=False``: neither). ``features``: ``final`` (the network's pooled output) or ``multilevel`` (also the
+    top half of the blocks, as ``tltf fit --features multilevel`` reads them).
     """
     from tltf import backbones
     from tltf.data import Source, load_data
@@ -232,7 +233,8 @@ def extract_features(data, backbone: str = "mobilenet_v2", weights: str = "image
 
     source = data if isinstance(data, Source) else load_data(data, val_split, seed, data_dir)
     spec = backbones.get(backbone)
-    model = build_classifier(spec, source.class_names, image_size, weights, dropout=0.0, train_bn=False)
+    model = build_classifier(spec, source.class_names, image_size, weights, dropout=0.0, train_bn=False,
+                             features=features)
     extractor = feature_extractor(model)
     key = fingerprint(model) if cache else None
     x, y, info = {}, {}, {}

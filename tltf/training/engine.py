@@ -78,6 +78,8 @@ def resolve_plan(config: FitConfig, num_blocks: int) -> StagePlan:
                 else StagePlan.from_yaml(config.plan))
         return plan.scaled(config.epochs) if config.epochs else plan
     stage = config.stage or defaults.resolve_schedule(config)[0].stage
+    if stage == "prototypes":  # the imprint is the training; --epochs N fine-tunes after it
+        return preset(stage, config.epochs or 0, config.learning_rate, num_blocks)
     return preset(stage, config.epochs or 6, config.learning_rate, num_blocks)
 
 
@@ -108,13 +110,14 @@ def fit(config: FitConfig, overwrite: bool = False, verbose: int = 1, callbacks=
     history = read_history(out / "holdout" / "history.csv")
     stages = json.loads((out / "holdout" / "config.json").read_text())["resolved_plan"]["stages"]
     plan = StagePlan([Stage(**stage) for stage in stages])  # as it ran (the LP's head stages already replaced)
-    lp = held.get("lp_init") or {}
+    lp = held.get("lp_init") or held.get("prototypes") or {}  # the head before any epoch: 0 epochs can win
     epochs = chosen_epochs(history, (lp.get("val_accuracy"), lp.get("val_loss")) if lp else None,
                            num_val=int(held.get("num_val") or 0))
     if verbose:
         print(f"refit: {epochs} of {plan.epochs} epochs chosen on the hold-out"
-              f"{' (the LP head alone)' if epochs == 0 else ''}; training again on all labelled images", flush=True)
-    final = final_config(config, plan, epochs, lp_applied=bool(lp))
+              f"{' (the starting head alone)' if epochs == 0 else ''}; training again on all labelled images",
+              flush=True)
+    final = final_config(config, plan, epochs, lp_applied=bool(held.get("lp_init")))
     metrics = _fit_once(final, overwrite, verbose, callbacks, chosen)
     row = history[epochs - 1] if 0 < epochs <= len(history) else {"val_accuracy": lp.get("val_accuracy"),
                                                                   "val_loss": lp.get("val_loss")}
@@ -188,13 +191,14 @@ def _train_in(folder: RunFolder, config: FitConfig, dist, spec, trainer, extras,
     run.train_bn = config.train_bn if config.train_bn is not None else config.weights == "none"
     features, why = defaults.resolve_features(config)
     run.defaults.update(why)
+    options = {key: value for method in (trainer, *extras) for key, value in method.classifier_options().items()}
     with dist.scope():
         run.model = build_classifier(spec, run.data.class_names, config.image_size, config.weights,
-                                     config.dropout, run.train_bn, features=features)
+                                     config.dropout, run.train_bn, features=features, **options)
     run.train_model = run.model
     run.size = tuple(run.model.input_shape[1:3])
     run.plan = dist.scale_plan(resolve_plan(config, len(blocks_of(run.model, spec))))
-    if config.weights == "none" and run.plan.stages[0].unfreeze != "all":
+    if config.weights == "none" and (not run.plan.stages or run.plan.stages[0].unfreeze != "all"):
         print("warning: --weights none with a plan that starts frozen: a random backbone gives the head little to "
               "work with; --stage scratch trains everything from the start", flush=True)
     extras = [method for method in extras if method.applies(run.plan)]

@@ -6,6 +6,8 @@ fastai's callbacks:
 - ``wanted(config)``: whether the settings ask for it (``--l2sp 0.01``, ``--adapt dann``, ``methods: [name]``);
 - ``streams``: the data it needs besides the labelled source (``"target"``: unlabelled target images);
 - ``check(config)``: one-line errors for its options, before any data is read;
+- ``classifier_options()``: keyword arguments for :func:`tltf.models.classifier.build_classifier` (e.g. a
+  normalising head);
 - ``start(run)``: the classifier is built, with its starting (pretrained) weights still untouched;
 - ``setup(run)``: change what trains once the classifier and stage plan exist (``run.model`` is the classifier that
   is saved, ``run.train_model`` the model fitted: a plug-in may wrap it); ``run.add_loss(term)`` adds a loss term
@@ -70,6 +72,10 @@ class Method:
         """``{setting: why}`` for ``--dry-run``'s ``defaults`` when it applies."""
         return {}
 
+    def classifier_options(self) -> dict:
+        """Keyword arguments for :func:`tltf.models.classifier.build_classifier` (``head_normalize``...)."""
+        return {}
+
     def start(self, run) -> None:
         """The classifier is built with its starting weights, before ``--reinit-top`` or any other change."""
 
@@ -109,11 +115,12 @@ _REGISTRY: dict[str, str | type] = {
     "lwf": "tltf.strategies.lwf:LwF",
     "l2sp": "tltf.strategies.l2sp:L2SPMethod",
     "lp_init": "tltf.strategies.linear_probe_init:LinearProbeInit",
+    "prototypes": "tltf.fewshot.method:Prototypes",
 }
 #: ``--adapt NAME`` -> the trainer it selects
 ADAPT_TRAINERS = {"dann": "dann", "mmd": "mmd", "coral": "coral", "none": "source_only", "adabn": "source_only"}
 #: plug-ins tried (``wanted``) on every run, in this order; user-registered ones are added
-OPTIONAL = ["lp_init", "lwf", "l2sp", "adabn"]
+OPTIONAL = ["prototypes", "lp_init", "lwf", "l2sp", "adabn"]
 
 
 def adapt_parts(text) -> list[str]:

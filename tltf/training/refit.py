@@ -92,7 +92,10 @@ def chosen_epochs(history: list[dict], start: tuple | None = None, num_val: int 
 
 def final_config(config, plan, epochs: int, lp_applied: bool = False):
     """The settings of the refit: the plan's first ``epochs`` epochs, nothing held out; with the LP head, ``--lp-init
-    on`` (0 epochs: the LP alone, as a head-only stage that the LP replaces)."""
+    on`` (0 epochs: the LP alone, as a head-only stage that the LP replaces). 0 epochs without the LP: the
+    starting head a plug-in set (``--stage prototypes``) alone."""
+    if epochs == 0 and not lp_applied:
+        return replace(config, plan=None, epochs=None, val_split=0.0, refit="off")
     if epochs == 0:
         plan_dict = {"stages": [{"name": "lp", "epochs": 1, "unfreeze": 0}]}
     else:

@@ -239,8 +239,8 @@ class FitConfig:
     train_bn: bool | None = _setting(None, "model")  # None: train BN only when starting from random weights
     # schedule
     stage: str | None = _setting(None, "schedule", help="None: gradual, or scratch with --weights none",
-                                 check=_choice("feature", "finetune", "gradual", "scratch", problem=(
-                                     "unknown stage plan (feature, finetune, gradual, scratch)")))
+                                 check=_choice("feature", "finetune", "gradual", "scratch", "prototypes", problem=(
+                                     "unknown stage plan (feature, finetune, gradual, scratch, prototypes)")))
     plan: str | dict | None = _setting(None, "schedule", check=_plan)  # a YAML file or an inline {"stages": [...]}
     # None: the plan's own total, or 6 for a preset
     epochs: int | None = _setting(None, "schedule", check=_bounds(1, MAX_EPOCHS))
