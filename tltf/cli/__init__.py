@@ -27,6 +27,10 @@ COMMANDS = {
     "features": ("features", "Extract frozen-backbone features (CNN codes) to a .npz."),
     "compare": ("compare", "Compare transfer strategies against training from scratch."),
     "advise": ("advise", "Recommend a transfer strategy for a dataset."),
+    "instances": ("instances", "Score each training image by how much it hurts validation loss (label noise)."),
+    "fewshot": ("fewshot", "Few-shot episodes (N-way K-shot) with prototype classifiers on a frozen backbone."),
+    "drift": ("drift", "Does new data still look like the reference data? MMD and classifier tests, label shift."),
+    "serve": ("serve", "Serve ONNX models over the Open Inference Protocol (KServe v2) with dynamic batching."),
 }
 
 

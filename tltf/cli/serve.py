@@ -1,0 +1,38 @@
+"""``tltf serve MODEL.onnx [MORE.onnx …]``: ONNX models over the Open Inference Protocol, with dynamic batching."""
+
+import click
+
+
+@click.command("serve")
+@click.argument("models", nargs=-1, required=True, type=click.Path())
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0: all).")
+@click.option("--port", default=8000, show_default=True, type=int, help="TCP port (0: any free port).")
+@click.option("--max-batch", default=32, show_default=True, type=int,
+              help="Most rows gathered into one onnxruntime call (1: no dynamic batching).")
+@click.option("--max-delay-ms", default=None, type=float,
+              help="Longest a request waits for others to share its batch [default: 0 on cpu (requests that queue "
+                   "while a batch runs still share the next one; measured on 2 cores, mobilenet_v3_small, 16 "
+                   "clients: 302 img/s at 0 ms vs 263 at 5 ms, and a lone client's p50 2.5 ms vs 9.4 ms), 5 on "
+                   "cuda/tensorrt].")
+@click.option("--threads", default=None, type=int, help="onnxruntime threads per model [default: the CPU cores].")
+@click.option("--max-body-mb", default=64.0, show_default=True, type=float, help="Largest request body accepted.")
+@click.option("--provider", default="cpu", show_default=True, help="onnxruntime provider: cpu, cuda or tensorrt.")
+@click.option("--log-level", default="info", show_default=True, help="uvicorn's log level (warning: quieter).")
+@click.option("--access-log", is_flag=True, help="Log every request (uvicorn's access log).")
+def command(models, host, port, max_batch, max_delay_ms, threads, max_body_mb, provider, log_level, access_log):
+    """Serve ONNX MODELS (each named by its file stem) until SIGTERM or Ctrl-C.
+
+    \b
+    KServe v2 REST:  GET /v2/health/ready, GET /v2/models/NAME, POST /v2/models/NAME/infer
+    Image files:     POST /v1/models/NAME/predict (multipart; top classes as `tltf predict --json`)
+    Prometheus:      GET /metrics
+
+    Concurrent requests are batched into one onnxruntime call (up to --max-batch rows, waiting at most
+    --max-delay-ms). Bad requests get a 4xx with {"error": "..."}; the server stays up.
+    """
+    from tltf.serve import serve
+
+    if max_delay_ms is None:
+        max_delay_ms = 0.0 if provider == "cpu" else 5.0
+    serve(models, host=host, port=port, max_batch=max_batch, max_delay_ms=max_delay_ms, threads=threads,
+          max_body_mb=max_body_mb, provider=provider, log_level=log_level, access_log=access_log)

@@ -1,0 +1,71 @@
+"""Request bodies, bounded: no client makes the server hold more than ``max_body`` bytes of one request.
+
+The limit is checked twice: from ``Content-Length`` before anything is read (a 413 goes back at once, and the
+connection is closed rather than drained), and while the body streams in (a chunked upload without a length is
+cut off as soon as it passes the limit). A compressed infer request (``Content-Encoding: gzip`` or ``deflate``,
+which ``tritonclient`` can send) is inflated under the same limit, so a small zip bomb is refused too.
+"""
+
+from __future__ import annotations
+
+import zlib
+
+from tltf.serve.errors import ApiError
+
+
+class BodyTooLarge(ApiError):
+    def __init__(self, limit: int, what: str = "the request body"):
+        super().__init__(413, f"{what} is larger than the {limit:,}-byte limit (--max-body-mb)")
+
+
+class BodyLimitMiddleware:
+    """ASGI middleware: a 413 for a declared ``Content-Length`` over ``max_bytes``; :class:`BodyTooLarge` from
+    ``receive`` once a streamed body passes it (the app answers that like any :class:`ApiError`)."""
+
+    def __init__(self, app, max_bytes: int):
+        self.app = app
+        self.max_bytes = int(max_bytes)
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and declared.strip().isdigit() and int(declared) > self.max_bytes:
+            from starlette.responses import JSONResponse
+
+            error = BodyTooLarge(self.max_bytes, f"the request body ({int(declared):,} bytes)")
+            response = JSONResponse({"error": error.message}, error.status, headers={"Connection": "close"})
+            await response(scope, receive, send)
+            return
+        received = 0
+
+        async def limited_receive():
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise BodyTooLarge(self.max_bytes)
+            return message
+
+        await self.app(scope, limited_receive, send)
+
+
+def inflate(body: bytes, encoding: str | None, max_bytes: int) -> bytes:
+    """``body`` decoded per its ``Content-Encoding`` (identity, gzip, deflate), at most ``max_bytes`` long."""
+    encoding = (encoding or "identity").strip().lower()
+    if encoding == "identity":
+        return body
+    if encoding not in ("gzip", "deflate"):
+        raise ApiError(415, f"Content-Encoding {encoding[:30]!r} is not supported (identity, gzip, deflate)")
+    inflater = zlib.decompressobj(wbits=31 if encoding == "gzip" else 15)  # deflate = zlib-wrapped, per HTTP
+    try:
+        data = inflater.decompress(body, max_bytes + 1)
+    except zlib.error as e:
+        raise ApiError(400, f"the {encoding} body does not decompress ({e})") from None
+    if len(data) > max_bytes or inflater.unconsumed_tail:
+        raise BodyTooLarge(max_bytes, f"the decompressed {encoding} body")
+    if not inflater.eof:
+        raise ApiError(400, f"the {encoding} body is truncated")
+    return data
