@@ -42,6 +42,7 @@ ARMS = {  # arm -> FitConfig overrides (sklearn is not a tltf run)
     "default": {},
     "feature": {"stage": "feature"},
     "finetune": {"stage": "finetune"},
+    "prototypes": {"stage": "prototypes"},
 }
 
 

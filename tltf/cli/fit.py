@@ -68,6 +68,11 @@ from tltf.cli import options
 @click.option("--lp-init", type=click.Choice(["on", "off", "auto"]),
               help="LP-FT: set the head by logistic regression on the frozen features before the plan [default: auto, on "
                    "for pretrained weights when the first stage trains the head only].")
+@click.option("--attributes", type=click.Path(dir_okay=False),
+              help="Zero-shot: a CSV with a 'class' column and one numeric column per attribute, for every class "
+                   "including those without images; the model outputs the table's classes.")
+@click.option("--eval-data", help="With --attributes: labelled images of any class of the table, scored as "
+              "generalised zero-shot (seen, unseen, harmonic mean).")
 @click.option("--method", "methods", multiple=True,
               help="A registered training plug-in to add (tltf.training.register_method); repeatable.")
 @click.option("--overwrite", is_flag=True, help="Start over even if --out holds a run.")

@@ -60,6 +60,27 @@ def shapes(n: int, size: int = 64, seed: int = 0) -> tuple[np.ndarray, np.ndarra
     return images, labels.astype(np.int32)
 
 
+COLOURS = {"red": (220, 40, 40), "green": (40, 190, 60), "blue": (50, 70, 230)}
+
+
+def coloured_shapes(n: int, combos, size: int = 32, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` images of the ``combos`` (``[(colour, shape), …]``, label = position in the list): a shape of
+    the colour (jittered) on a noisy grey background. For compositional zero-shot learning: the class is the pair,
+    and attributes (shape, colour) describe pairs never seen together."""
+    rng = np.random.default_rng(seed)
+    labels = np.resize(np.arange(len(combos)), n)
+    rng.shuffle(labels)
+    images = np.empty((n, size, size, 3), np.uint8)
+    for i, label in enumerate(labels):
+        colour, shape = combos[label]
+        image = np.full((size, size, 3), rng.uniform(70, 180), np.float32)
+        fg = np.asarray(COLOURS[colour], np.float32) + rng.normal(0, 15, 3).astype(np.float32)
+        image = np.where(_mask(shape, size, rng)[..., None], fg, image)
+        image += rng.normal(0, 10, image.shape).astype(np.float32)
+        images[i] = np.clip(image, 0, 255).astype(np.uint8)
+    return images, labels.astype(np.int32)
+
+
 def _shapes_source() -> Source:
     x, y = shapes(600, seed=0)
     xt, yt = shapes(150, seed=1)

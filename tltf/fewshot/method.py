@@ -22,6 +22,7 @@ from tltf.training.methods import Method
 
 class Prototypes(Method):
     name = "prototypes"
+    sets_head = True
 
     @classmethod
     def wanted(cls, config) -> bool:

@@ -16,8 +16,10 @@ from tltf.fewshot.episodes import QUERIES, evaluate_episodes
 
 
 def parse_shots(text) -> list[int]:
+    """``"1,5"`` or ``(1, 5)`` -> ``[1, 5]``; a one-line error for anything else."""
+    parts = str(text).split(",") if isinstance(text, str) else list(text)
     try:
-        shots = [int(s) for s in str(text).split(",") if s.strip()]
+        shots = [int(s) for s in parts if str(s).strip()]
     except ValueError:
         shots = []
     if not shots or min(shots) < 1:

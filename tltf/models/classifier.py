@@ -44,10 +44,12 @@ def multilevel_taps(spec: backbones.BackboneSpec, net: keras.Model) -> list[str]
 
 def build_classifier(backbone: str | backbones.BackboneSpec, class_names, image_size=None, weights="imagenet",
                      dropout: float = 0.2, train_bn: bool = False, preprocess: str | None = None,
-                     features: str = "final", head_normalize: bool = False) -> keras.Model:
+                     features: str = "final", head_normalize: bool = False,
+                     head: keras.layers.Layer | None = None) -> keras.Model:
     """Build the model that ``tltf fit`` trains; ``weights`` is ``imagenet``, ``none`` or a file path;
     ``features`` is ``final`` (the network's output) or ``multilevel`` (see :func:`multilevel_taps`);
-    ``head_normalize``: the head standardises and L2-normalises its features (a prototype classifier's head)."""
+    ``head_normalize``: the head standardises and L2-normalises its features (a prototype classifier's head);
+    ``head``: another head layer named ``head`` with ``class_names`` (e.g. a zero-shot attribute head)."""
     if features not in FEATURES:
         raise TltfError(f"--features {features}: choose final or multilevel")
     spec = backbone if isinstance(backbone, backbones.BackboneSpec) else backbones.get(backbone)
@@ -59,7 +61,9 @@ def build_classifier(backbone: str | backbones.BackboneSpec, class_names, image_
     x = Preprocess(mode, name=PREPROCESS_NAME, **pre_kwargs)(inputs)
     taps = multilevel_taps(spec, net) if features == "multilevel" else ()
     x = Backbone(net, bn_inference=not train_bn, taps=taps, name=BACKBONE_NAME)(x)
-    outputs = ClassifierHead(class_names, dropout=dropout, normalize=head_normalize, name=HEAD_NAME)(x)
+    if head is None:
+        head = ClassifierHead(class_names, dropout=dropout, normalize=head_normalize, name=HEAD_NAME)
+    outputs = head(x)
     return keras.Model(inputs, outputs, name=f"tltf_{spec.name}")
 
 

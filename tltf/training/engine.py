@@ -188,6 +188,8 @@ def _train_in(folder: RunFolder, config: FitConfig, dist, spec, trainer, extras,
             run.target, run.target_eval = load_target(config.target_data, run.data.class_names,
                                                       config.target_labels_for_eval, config.data_dir)
             break
+    for method in (trainer, *extras):
+        method.data(run)
     run.train_bn = config.train_bn if config.train_bn is not None else config.weights == "none"
     features, why = defaults.resolve_features(config)
     run.defaults.update(why)

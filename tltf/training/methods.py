@@ -6,6 +6,7 @@ fastai's callbacks:
 - ``wanted(config)``: whether the settings ask for it (``--l2sp 0.01``, ``--adapt dann``, ``methods: [name]``);
 - ``streams``: the data it needs besides the labelled source (``"target"``: unlabelled target images);
 - ``check(config)``: one-line errors for its options, before any data is read;
+- ``data(run)``: the data is read (``run.data``); a plug-in may change it (another class list, fewer images);
 - ``classifier_options()``: keyword arguments for :func:`tltf.models.classifier.build_classifier` (e.g. a
   normalising head);
 - ``start(run)``: the classifier is built, with its starting (pretrained) weights still untouched;
@@ -51,6 +52,7 @@ class Method:
     trains: bool = False  # a trainer owns the training loop
     streams: tuple[str, ...] = ()  # extra data streams: "target"
     supports_loss_terms: bool = True  # (trainers) whether run.add_loss terms reach its training step
+    sets_head: bool = False  # it sets the head itself: the LP initialisation (lp_init) stands aside
 
     def __init__(self, config, options: dict | None = None):
         self.config = config
@@ -71,6 +73,9 @@ class Method:
     def note(self) -> dict:
         """``{setting: why}`` for ``--dry-run``'s ``defaults`` when it applies."""
         return {}
+
+    def data(self, run) -> None:
+        """The data is read into ``run.data`` (and ``run.target``); change it here, before the model is built."""
 
     def classifier_options(self) -> dict:
         """Keyword arguments for :func:`tltf.models.classifier.build_classifier` (``head_normalize``...)."""
@@ -116,11 +121,12 @@ _REGISTRY: dict[str, str | type] = {
     "l2sp": "tltf.strategies.l2sp:L2SPMethod",
     "lp_init": "tltf.strategies.linear_probe_init:LinearProbeInit",
     "prototypes": "tltf.fewshot.method:Prototypes",
+    "attributes": "tltf.zeroshot.method:Attributes",
 }
 #: ``--adapt NAME`` -> the trainer it selects
 ADAPT_TRAINERS = {"dann": "dann", "mmd": "mmd", "coral": "coral", "none": "source_only", "adabn": "source_only"}
 #: plug-ins tried (``wanted``) on every run, in this order; user-registered ones are added
-OPTIONAL = ["prototypes", "lp_init", "lwf", "l2sp", "adabn"]
+OPTIONAL = ["prototypes", "attributes", "lp_init", "lwf", "l2sp", "adabn"]
 
 
 def adapt_parts(text) -> list[str]:
@@ -191,6 +197,8 @@ def select(config, trainer: str) -> tuple[Method, list[Method]]:
             OPTIONAL.append(name)  # declared by an entry point
     extras = [method_class(name)(config, options.get(name)) for name in OPTIONAL
               if name in names or method_class(name).wanted(config)]
+    if any(m.sets_head for m in (main, *extras)):
+        extras = [m for m in extras if m.name != "lp_init"]
     for method in (main, *extras):
         method.check(config)
     return main, extras

@@ -229,6 +229,8 @@ class FitConfig:
     cache: bool = _setting(True, "data", resume=False)
     target_data: str | None = _setting(None, "data")
     target_labels_for_eval: bool = _setting(False, "data", resume=False)
+    # labelled images of any class of the --attributes table, for the generalised zero-shot scores
+    eval_data: str | None = _setting(None, "data", resume=False)
     # model
     backbone: str = _setting("mobilenet_v2", "model")
     weights: str = _setting("imagenet", "model")
@@ -236,6 +238,8 @@ class FitConfig:
     dropout: float = _setting(0.2, "model", check=_bounds(0, 1, high_open=True))
     features: str = _setting("auto", "model", help="final, multilevel, or auto (multilevel for pretrained weights)",
                             check=_choice("auto", "final", "multilevel"))
+    # zero-shot: a CSV of class attributes (tltf.zeroshot); the model's classes become the table's
+    attributes: str | None = _setting(None, "model")
     train_bn: bool | None = _setting(None, "model")  # None: train BN only when starting from random weights
     # schedule
     stage: str | None = _setting(None, "schedule", help="None: gradual, or scratch with --weights none",
