@@ -87,3 +87,10 @@ def test_advise_cli_end_to_end(image_folder, tmp_path):
     assert "recommendation:" in text and "because:" in text and f"{pad['pad']:.2f}" in text
     bad = cli("advise", "--data", tmp_path / "missing")
     assert bad.exit_code == 2 and "--data" in bad.stderr
+
+
+def test_one_or_two_images_per_class_get_prototypes():
+    assert recommend(20, 0.6, 0.1, 1.9, num_blocks=19, min_per_class=2)["strategy"] == "prototypes"
+    assert recommend(20, 0.6, 0.1, 1.9, num_blocks=19, min_per_class=2)["fit_args"] == "--stage prototypes"
+    assert recommend(30, 0.6, 0.1, 1.9, num_blocks=19, min_per_class=3)["strategy"] == "feature"
+    assert recommend(800, 0.4, 0.2, 1.9, num_blocks=19, min_per_class=1)["strategy"] == "finetune"  # not small

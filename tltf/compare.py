@@ -49,6 +49,8 @@ STRATEGIES: dict[str, Strategy] = {s.name: s for s in (
     Strategy("feature", {"stage": "feature"}, doc="frozen pretrained backbone, the head alone"),
     Strategy("finetune", {"stage": "finetune"}, doc="the head, then every layer at a tenth of the rate"),
     Strategy("gradual", {"stage": "gradual"}, doc="head, top block, top half, all; falling per-block rates"),
+    Strategy("prototypes", {"stage": "prototypes", "epochs": None},
+             doc="nearest class mean of standardised, L2-normalised frozen features, imprinted into the head"),
     Strategy("partial", {"stage": "finetune"}, param="freeze_until", default=None,
              doc="finetune with the backbone frozen up to a block (partial:BLOCK, an index or block name)"),
     Strategy("l2sp", {"stage": "finetune"}, param="l2sp", default=0.01,
