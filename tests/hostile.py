@@ -65,6 +65,35 @@ def run_tltf(*args, timeout: float = 300, env: dict | None = None, cwd=None) -> 
     return Outcome(proc.returncode, out, err, peak)
 
 
+def rss_growth_mb(fn, interval: float = 0.001):
+    """``(fn(), MB)``: the call's result and how far this process's resident set grew above where it started, at
+    its highest while ``fn`` ran (a thread samples ``/proc/self/statm``; a decode of a large image maps fresh
+    memory, so it shows)."""
+    import threading
+
+    page = os.sysconf("SC_PAGE_SIZE")
+
+    def rss() -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * page
+
+    start, peak, done = rss(), [0], threading.Event()
+
+    def sample():
+        while not done.is_set():
+            peak[0] = max(peak[0], rss())
+            done.wait(interval)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        result = fn()
+    finally:
+        done.set()
+        sampler.join()
+    return result, max(0, max(peak[0], rss()) - start) / 2**20
+
+
 def baseline_mb() -> float:
     """Peak RSS of a child that only starts tltf (TensorFlow's own start-up), measured once per session."""
     global _BASELINE

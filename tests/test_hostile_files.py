@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from conftest import cli
-from hostile import EXTRA_MB, baseline_mb, run_tltf
+from hostile import EXTRA_MB, baseline_mb, rss_growth_mb, run_tltf
 from pickle_ops import global_ as _global, integer as _int, string as _str, tuple_ as _tuple
 
 # --- building hostile files ------------------------------------------------------------------------------------
@@ -302,6 +302,50 @@ def test_10000px_png_is_refused_by_predicts_own_ceiling(tiny, tmp_path):
     png = _png(tmp_path / "big.png", 10000, 10000)
     line = _refused(cli("predict", tiny["onnx"], tiny["png"], png), "big.png")
     assert "10000x10000 image (100,000,000 pixels)" in line and f"{MAX_IMAGE_PIXELS:,}" in line
+
+
+def test_10000px_png_in_training_data_is_skipped_never_decoded(tmp_path, capsys):
+    """A 10,000 x 10,000 PNG (a few KB) in a class folder: skipped by the scan with a warning that names it and its
+    pixel count (from the header, against predict's own ceiling), so the pipeline never decodes it (it would map
+    300 MB per decode); the split's ``files`` are the images it keeps, carried over by ``select``."""
+    from conftest import write_image_folder
+
+    from tltf.data.builtin import SHAPES, shapes
+    from tltf.data.sources import folder_source
+    from tltf.predict import MAX_IMAGE_PIXELS
+
+    root = write_image_folder(tmp_path / "images", *shapes(9, size=28, seed=0), SHAPES)
+    big = _png(root / SHAPES[1] / "big.png", 10000, 10000)
+    assert big.stat().st_size < 100_000
+
+    def scan_and_read():
+        source = folder_source(root)
+        return source, list(source.train.dataset().as_numpy_iterator())
+
+    with pytest.warns(UserWarning, match=r"skipped 1 image\(s\) over the") as caught:
+        (source, images), grown = rss_growth_mb(scan_and_read)
+    said = f"skipped 1 image(s) over the {MAX_IMAGE_PIXELS:,} pixels tltf decodes, e.g. {big} (10000x10000, " \
+           "100,000,000 pixels)"
+    assert any(said in str(w.message) for w in caught) and f"warning: {root}: {said}" in capsys.readouterr().out
+    assert len(images) == len(source.train) == 9 and grown < 100, grown
+    files = source.train.files
+    assert len(files) == len(source.train.labels) == 9 and str(big) not in files
+    assert all(Path(f).is_file() for f in files) and source.train.select([0, 2]).files is files
+
+
+def test_over_pillows_limit_in_target_data_is_skipped_with_its_pixel_count(tmp_path, capsys):
+    """225 megapixels: Pillow refuses to open it at all; the scan still says how large it is."""
+    from PIL import Image
+
+    from tltf.data.sources import unlabelled_folder
+
+    (tmp_path / "t").mkdir()
+    Image.new("RGB", (20, 20), (1, 2, 3)).save(tmp_path / "t" / "ok.png")
+    big = _png(tmp_path / "t" / "huge.png", 15000, 15000)
+    with pytest.warns(UserWarning, match=r"huge\.png \(225,000,000 pixels\)$"):
+        split = unlabelled_folder(tmp_path / "t")
+    assert list(split.files) == [str(tmp_path / "t" / "ok.png")] and "huge.png" in capsys.readouterr().out
+    assert big.exists()
 
 
 def test_unreadable_images_are_one_line(tiny, tmp_path):

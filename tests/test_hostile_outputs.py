@@ -184,6 +184,68 @@ def test_fit_onto_a_full_disk_keeps_no_half_model(data, tmp_path, monkeypatch):
     assert not (out / "model.keras").exists() and not (out / "metrics.json").exists() and temp_files(out) == []
 
 
+def test_disk_full_mid_training_is_one_line_and_the_same_command_resumes(data, tmp_path, monkeypatch):
+    """``history.csv`` fills the disk in epoch 2 (half a row lands), then, resumed, the backup in epoch 3 (half a
+    weights file lands): each is exit 2 with one line naming the file, no ``model.keras``, the last whole epoch kept;
+    the same command then resumes and finishes with one history row per epoch, every row whole."""
+    import keras
+
+    from tltf.reporting import read_history
+
+    fit = ["fit", "--data", data, *[a if a != "1" else "3" for a in FIT], "--out", tmp_path / "run"]  # --epochs 3
+    out = tmp_path / "run"
+    real_row = keras.callbacks.CSVLogger.on_epoch_end
+
+    def row_then_full(self, epoch, logs=None):
+        if epoch == 1:
+            self.csv_file.write("1,0.5")
+            self.csv_file.flush()
+            no_space()
+        return real_row(self, epoch, logs)
+
+    monkeypatch.setattr(keras.callbacks.CSVLogger, "on_epoch_end", row_then_full)
+    line = one_error_line(cli(*fit))
+    assert line == f"error: {out / 'history.csv'}: cannot write: no space left on the device"
+    assert (out / "history.csv").read_text().endswith("\n") and [r["epoch"] for r in read_history(
+        out / "history.csv")] == [0]
+    assert _backup_epoch(out) == 1 and not (out / "model.keras").exists() and temp_files(out) == []
+
+    monkeypatch.undo()
+    with open(out / "history.csv", "a") as f:
+        f.write("1,0.4")  # and a row a kill -9 cut short: the resumed run starts on a line of its own
+    saves, real_save = [], keras.Model.save_weights
+
+    def weights_then_full(self, path, *args, **kwargs):
+        saves.append(path)
+        if len(saves) == 2:  # the resumed run's second epoch: epoch 3
+            with open(path, "wb") as f:
+                f.write(b"\x89HDF half a file")
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        return real_save(self, path, *args, **kwargs)
+
+    monkeypatch.setattr(keras.Model, "save_weights", weights_then_full)
+    line = one_error_line(cli(*fit))
+    assert line == f"error: {out / 'backup' / 'latest.weights.h5'}: cannot write: no space left on the device"
+    assert _backup_epoch(out) == 2 and not (out / "model.keras").exists()
+    assert not (out / "backup" / "latest.weights.h5").read_bytes().startswith(b"\x89HDF half")
+    assert temp_files(out / "backup") == []
+
+    monkeypatch.undo()
+    result = cli(*fit)
+    assert result.exit_code == 0, result.output
+    assert f"resuming {out} from epoch 3/3" in result.output
+    assert [r["epoch"] for r in read_history(out / "history.csv")] == [0, 1, 2]
+    rows = (out / "history.csv").read_text().splitlines()
+    assert len({row.count(",") for row in rows}) == 1 and not any(row.startswith("1,0.4") for row in rows)
+    assert (out / "model.keras").is_file() and (out / "metrics.json").is_file() and not (out / "backup").exists()
+
+
+def _backup_epoch(out) -> int:
+    import json
+
+    return json.loads((out / "backup" / "training_metadata.json").read_text())["epoch"]
+
+
 def test_json_and_figure_writes_onto_a_full_disk(tmp_path, monkeypatch):
     import pathlib
 
@@ -246,6 +308,134 @@ def test_a_killed_writers_temp_file_is_removed_by_the_next_write(tmp_path):
     write_json(folder / "m.onnx.json", {"ok": True})
     assert sorted(p.name for p in folder.iterdir()) == sorted(p.name for p in (live, other_host, *users)) + [
         "m.onnx.json"]
+
+
+class Killed(BaseException):
+    """What a ``kill -9`` at that moment would leave: nothing after it runs (here: only ``finally`` blocks)."""
+
+
+def _pair(out) -> tuple[str | None, str | None]:
+    """The SHA-256 of the ``.onnx`` at ``out`` and the one its report names (None for a missing file)."""
+    import hashlib
+    import json
+
+    from tltf.export.onnx import report_path
+
+    model = hashlib.sha256(out.read_bytes()).hexdigest() if out.exists() else None
+    report = json.loads(report_path(out).read_text())["sha256"] if report_path(out).exists() else None
+    return model, report
+
+
+def _kill_at(monkeypatch, target) -> None:
+    """Make the rename onto ``target`` the moment the process is killed."""
+    real = os.replace
+
+    def replace(src, dst, *args, **kwargs):
+        if os.fspath(dst) == os.fspath(target):
+            raise Killed(dst)
+        return real(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(atomic.os, "replace", replace)
+
+
+def test_an_export_killed_between_its_two_files_leaves_no_lying_report(model, tmp_path, monkeypatch):
+    """The model and its report land as a pair: the old report goes first, then the model, then the new report.
+    A kill before the model's rename keeps the old model (without a report); one between the renames leaves the
+    new model without a report; never a report describing another model. A re-export replaces both."""
+    from tltf.export.onnx import export_onnx, report_path
+
+    out = tmp_path / "exported" / "m.onnx"
+    first = export_onnx(model, out, opset=17)
+    model_sha, report_sha = _pair(out)
+    assert model_sha == report_sha == first["sha256"]
+
+    _kill_at(monkeypatch, report_path(out))
+    with pytest.raises(Killed):
+        export_onnx(model, out, opset=13)  # other bytes than the opset-17 file
+    monkeypatch.undo()
+    assert _pair(out)[0] not in (None, model_sha) and _pair(out)[1] is None  # the new model, no report
+
+    model_sha = export_onnx(model, out, opset=17)["sha256"]  # a re-export writes the pair again
+    assert _pair(out) == (model_sha, model_sha)
+
+    _kill_at(monkeypatch, out)
+    with pytest.raises(Killed):
+        export_onnx(model, out, opset=13)
+    monkeypatch.undo()
+    assert _pair(out) == (model_sha, None)  # the old model stays; its report went first, so it cannot lie
+    assert temp_files(out.parent) == []
+
+
+@pytest.fixture(scope="module")
+def dead_pid():
+    """The pid of a process that has exited (a writer killed with -9 looks the same to the next one)."""
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def _leftovers(folder, name: str, suffix: str, dead: int) -> tuple[list, object]:
+    """A killed writer's temporary files of ``name`` in ``folder`` and one of this live process."""
+    host = atomic._HOST
+    folder.mkdir(parents=True, exist_ok=True)
+    stale = [folder / f".{name}.tltf-{host}-{dead}-abc_1234{suffix}", folder / f".{name}.tltf-{host}-{dead}-z9{suffix}"]
+    live = folder / f".{name}.tltf-{host}-{os.getpid()}-livewrite{suffix}"
+    for path in (*stale, live):
+        path.write_bytes(b"\0" * 4096)
+    return stale, live
+
+
+def _write_export(model, folder):
+    from tltf.export.onnx import export_onnx
+
+    export_onnx(model, folder / "m.onnx")
+
+
+def _write_run_json(model, folder):
+    write_json(folder / "metrics.json", {"ok": 1})
+
+
+def _write_model(model, folder):
+    import keras
+
+    from tltf.atomic import save_model
+
+    save_model(keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)]), folder / "model.keras")
+
+
+def _write_backup(model, folder):
+    import keras
+
+    from tltf.training.callbacks import FiniteBackup
+
+    backup = FiniteBackup(str(folder), delete_checkpoint=False)
+    backup.set_model(keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)]))
+    backup.on_epoch_end(0, {"loss": 1.0})
+    assert (folder / "latest.weights.h5").is_file() and (folder / "training_metadata.json").is_file()
+
+
+def _write_feature_cache(model, folder):
+    from tltf.strategies import features
+
+    features._write(folder / "codes.npz", np.zeros((2, 3), np.float32), np.zeros(2, np.int64))
+
+
+#: writer: (what writes, the file it writes, its temporary files' suffix)
+WRITERS = {"export": (_write_export, "m.onnx", ".part"), "run folder": (_write_run_json, "metrics.json", ".part"),
+           "model": (_write_model, "model.keras", ".keras"),
+           "backup": (_write_backup, "latest.weights.h5", ".weights.h5"),
+           "feature cache": (_write_feature_cache, "codes.npz", ".npz")}
+
+
+@pytest.mark.parametrize("writer", WRITERS)
+def test_every_writer_removes_a_killed_writers_temp_files(writer, model, tmp_path, dead_pid):
+    """Export folder, run folder (JSON, model, backup weights), feature cache: the next write there removes the
+    temporary files of a writer that is gone (3.7 MB each for a killed export) and keeps a live writer's."""
+    folder = tmp_path / "out"
+    write, name, suffix = WRITERS[writer]
+    stale, live = _leftovers(folder, name, suffix, dead_pid)
+    write(model, folder)
+    assert not any(path.exists() for path in stale) and live.exists() and (folder / name).is_file()
 
 
 # --- one run per folder at a time -------------------------------------------------------------------------------

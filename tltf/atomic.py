@@ -6,7 +6,9 @@
 The temporary file is ``.NAME.tltf-HOST-PID-XXXXXXXX.SUFFIX`` beside the target. A writer killed with ``kill -9``
 leaves it behind; the next write into that folder removes the ones whose process is gone (:func:`clean_stale`).
 A file system error (the folder cannot be created, is read-only, the disk is full) becomes a :class:`TltfError`
-naming the target, never the temporary file.
+naming the target, never the temporary file. A file and the report that describes it (an ``.onnx`` and its
+``.onnx.json``) are written as a pair by :func:`replacing_together`: a report present always describes the file
+beside it.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from pathlib import Path
 from tltf.errors import TltfError
 
 _HOST = re.sub(r"[^A-Za-z0-9]", "", socket.gethostname())[:24]
-_TEMP = re.compile(r"^\..+\.tltf-(?P<host>[A-Za-z0-9]*)-(?P<pid>\d+)-[A-Za-z0-9_]+\.[A-Za-z0-9]+$")
+_TEMP = re.compile(r"^\..+\.tltf-(?P<host>[A-Za-z0-9]*)-(?P<pid>\d+)-[A-Za-z0-9_]+(\.[A-Za-z0-9]+)+$")
 #: errors of a write that ran out of room or hit a broken / read-only disk (the others are the caller's business)
 WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EIO}
 
@@ -146,11 +148,9 @@ def temp_beside(path: str | Path, suffix: str) -> Path:
     return Path(tmp)
 
 
-@contextlib.contextmanager
-def replacing(path: str | Path, suffix: str = ".part"):
-    """Yield a temporary path beside ``path``; on success it replaces ``path``, on any failure it is removed.
-    A folder that cannot be made or written, a full disk: a :class:`TltfError` naming ``path``."""
-    path = Path(path)
+def _temp_for(path: Path, suffix: str) -> Path:
+    """A temporary file beside ``path`` (its folder made first); a one-line error naming ``path`` when the folder
+    cannot be made or written, or ``path`` is a folder."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -158,22 +158,63 @@ def replacing(path: str | Path, suffix: str = ".part"):
     if path.is_dir():
         raise TltfError(f"{path}: cannot write: is a folder, not a file")
     try:
-        tmp = temp_beside(path, suffix)
+        return temp_beside(path, suffix)
     except OSError as e:
         raise write_failed(path, e) from None
+
+
+def _put(tmp: Path, path: Path) -> None:
+    """Rename ``tmp`` onto ``path`` (atomic: same folder); a one-line error naming ``path``."""
     try:
+        os.replace(tmp, path)
+    except OSError as e:
+        raise write_failed(path, e) from None
+
+
+def _retire(path: Path) -> None:
+    """Remove ``path`` if it is there (an old companion file that would describe the wrong file)."""
+    try:
+        path.unlink(missing_ok=True)
+    except OSError as e:
+        raise write_failed(path, e) from None
+
+
+@contextlib.contextmanager
+def replacing(path: str | Path, suffix: str = ".part"):
+    """Yield a temporary path beside ``path``; on success it replaces ``path``, on any failure it is removed.
+    A folder that cannot be made or written, a full disk: a :class:`TltfError` naming ``path``."""
+    with replacing_together(path, suffix=suffix) as (tmp,):
+        yield tmp
+
+
+@contextlib.contextmanager
+def replacing_together(path: str | Path, *companions: str | Path, suffix: str = ".part"):
+    """Yield temporary paths for ``path`` and its ``companions`` (files that describe it, such as its report); on
+    success they replace their targets as a pair, on any failure all are removed and the old files stay.
+
+    The order makes a companion never lie: the old companions are removed first, then ``path`` is renamed into
+    place, then each companion. A process killed in between (``kill -9``, power) leaves the old ``path`` or the
+    new one with no companion, or the new pair -- never a new ``path`` beside an old companion (its temporary
+    files are removed by the next write into the folder, :func:`clean_stale`). An error inside the block names
+    ``path``; a failing rename names the file it was for."""
+    targets = [Path(path), *map(Path, companions)]
+    temps: list[Path] = []
+    try:
+        for target in targets:
+            temps.append(_temp_for(target, suffix))
         try:
-            yield tmp
+            yield temps
         except Exception as e:
             if not isinstance(e, TltfError) and is_write_error(e):
-                raise write_failed(path, e) from None
+                raise write_failed(targets[0], e) from None
             raise
-        try:
-            os.replace(tmp, path)
-        except OSError as e:
-            raise write_failed(path, e) from None
+        for companion in targets[1:]:
+            _retire(companion)
+        for tmp, target in zip(temps, targets):
+            _put(tmp, target)
     finally:
-        tmp.unlink(missing_ok=True)
+        for tmp in temps:
+            tmp.unlink(missing_ok=True)
 
 
 def save_model(model, path: str | Path) -> None:

@@ -3,11 +3,16 @@
 Every source becomes a :class:`Split` per subset (train / val / test): integer labels known up front (so that
 validation splits can be stratified) and a way to produce a ``tf.data.Dataset`` of ``(uint8 image (H, W, 3),
 int32 label)`` for any subset of indices. Decoding runs in parallel inside tf.data.
+
+An image folder is scanned before anything is decoded: a file Pillow cannot read is skipped, and so is an image
+over :data:`tltf.predict.MAX_IMAGE_PIXELS` (its size read from the header, the image never decoded: a 10,000 x
+10,000 PNG of a few KB would take 300 MB per decode in the pipeline), each with a warning that names a file.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +23,7 @@ import tensorflow as tf
 
 from tltf.data.images import decode, is_image_file
 from tltf.errors import TltfError
+from tltf.predict import MAX_IMAGE_PIXELS
 
 AUTOTUNE = tf.data.AUTOTUNE
 SPLIT_DIRS = {"train": ("train", "training"), "val": ("val", "valid", "validation"), "test": ("test", "testing")}
@@ -25,12 +31,15 @@ SPLIT_DIRS = {"train": ("train", "training"), "val": ("val", "valid", "validatio
 
 @dataclass
 class Split:
-    """One subset of a source: ``labels`` and a factory for the dataset of ``(image, label)`` at given indices."""
+    """One subset of a source: ``labels`` and a factory for the dataset of ``(image, label)`` at given indices;
+    ``files``: for an image folder, the path of each of the source's examples (all of them, before any selection,
+    aligned with ``labels``), None for arrays and TFDS."""
 
     labels: np.ndarray
     make: Callable[[np.ndarray], tf.data.Dataset]
     indices: np.ndarray | None = None
     image_bytes: int = 0  # a rough size of one decoded image, to decide about caching
+    files: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.labels if self.indices is None else self.indices)
@@ -41,7 +50,7 @@ class Split:
 
     def select(self, indices: np.ndarray) -> "Split":
         base = np.arange(len(self.labels)) if self.indices is None else self.indices
-        return Split(self.labels, self.make, base[np.asarray(indices)], self.image_bytes)
+        return Split(self.labels, self.make, base[np.asarray(indices)], self.image_bytes, self.files)
 
     def dataset(self) -> tf.data.Dataset:
         indices = np.arange(len(self.labels)) if self.indices is None else self.indices
@@ -61,15 +70,47 @@ class Source:
 
 # --- image folders --------------------------------------------------------------------------------------------
 
-def _readable(path: Path) -> bool:
+def _problem(path: Path) -> str | None:
+    """Why the scan skips ``path`` (None: it is kept): ``"unreadable"``, or the size of an image over
+    :data:`MAX_IMAGE_PIXELS`, read from its header (Pillow's ``verify`` checks the file without decoding it)."""
     from PIL import Image
 
     try:
         with Image.open(path) as im:
+            width, height = im.size
+            if width * height > MAX_IMAGE_PIXELS:
+                return f"{width}x{height}, {width * height:,} pixels"
             im.verify()
-        return True
+    except Image.DecompressionBombError as e:  # over Pillow's own limit: only the pixel count is known
+        found = re.search(r"\((\d+) pixels\)", str(e))
+        return f"{int(found.group(1)):,} pixels" if found else "too many pixels"
     except Exception:
-        return False
+        return "unreadable"
+    return None
+
+
+def _keep(files: list[str], root: Path) -> list[int]:
+    """The indices of ``files`` to train on; the others skipped with a warning per kind (unreadable, too large)
+    that counts them and names one."""
+    from PIL import Image
+
+    with warnings.catch_warnings():  # here, not in the threads: the filters are the process's, not a thread's
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # said below, with the file's name
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            problems = list(pool.map(lambda p: _problem(Path(p)), files))
+    unreadable = [f for f, why in zip(files, problems) if why == "unreadable"]
+    large = [(f, why) for f, why in zip(files, problems) if why not in (None, "unreadable")]
+    if unreadable:
+        _warn(f"{root}: skipped {len(unreadable)} unreadable image(s), e.g. {unreadable[0]}")
+    if large:
+        _warn(f"{root}: skipped {len(large)} image(s) over the {MAX_IMAGE_PIXELS:,} pixels tltf decodes, e.g. "
+              f"{large[0][0]} ({large[0][1]})")
+    return [i for i, why in enumerate(problems) if why is None]
+
+
+def _warn(message: str) -> None:
+    warnings.warn(message, stacklevel=3)
+    print(f"warning: {message}", flush=True)
 
 
 def _class_dirs(root: Path) -> list[Path]:
@@ -91,13 +132,8 @@ def _scan(root: Path, class_names: list[str] | None, option: str) -> tuple[list[
                 labels.append(names.index(d.name))
     if not files:
         raise TltfError(f"{option} {root}: no images found (expected class_name/*.jpg|png folders)")
-    with concurrent.futures.ThreadPoolExecutor(8) as pool:
-        ok = list(pool.map(lambda p: _readable(Path(p)), files))
-    bad = [f for f, good in zip(files, ok) if not good]
-    if bad:
-        warnings.warn(f"{root}: skipped {len(bad)} unreadable image(s), e.g. {bad[0]}", stacklevel=2)
-        print(f"warning: {root}: skipped {len(bad)} unreadable image(s), e.g. {bad[0]}", flush=True)
-        keep = [i for i, good in enumerate(ok) if good]
+    keep = _keep(files, root)
+    if len(keep) < len(files):
         files, labels = [files[i] for i in keep], [labels[i] for i in keep]
         if not files:
             raise TltfError(f"{option} {root}: no readable images")
@@ -112,7 +148,7 @@ def _file_split(files: list[str], labels: np.ndarray) -> Split:
         ds = ds.map(lambda p, y: (decode(tf.io.read_file(p)), y), num_parallel_calls=AUTOTUNE)
         return ds.ignore_errors()  # a file that passed the scan but fails to decode is dropped, not fatal
 
-    return Split(labels, make, image_bytes=256 * 256 * 3)
+    return Split(labels, make, image_bytes=256 * 256 * 3, files=paths)
 
 
 def folder_source(path: str | Path, option: str = "--data") -> Source:
@@ -142,7 +178,8 @@ def unlabelled_folder(path: str | Path, option: str = "--target-data") -> Split:
     root = Path(path)
     if not root.is_dir():
         raise TltfError(f"{option} {root}: no such folder")
-    files = [str(f) for f in sorted(root.rglob("*")) if f.is_file() and is_image_file(f) and _readable(f)]
+    files = [str(f) for f in sorted(root.rglob("*")) if f.is_file() and is_image_file(f)]
+    files = [files[i] for i in _keep(files, root)]
     if not files:
         raise TltfError(f"{option} {root}: no images found")
     return _file_split(files, np.full(len(files), -1, np.int32))

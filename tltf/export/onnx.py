@@ -29,11 +29,10 @@ from pathlib import Path
 
 import numpy as np
 
-from tltf.atomic import replacing
+from tltf.atomic import replacing_together
 from tltf.errors import TltfError
 from tltf.export import precision as precisions
 from tltf.export.precision import DEFAULT
-from tltf.reporting import write_json
 
 INPUT_NAME = "pixels"
 OUTPUT_NAME = "probabilities"
@@ -328,10 +327,12 @@ def export_onnx(model, out: str | Path, opset: int = DEFAULT_OPSET, precision: s
     weights and compute, float32 I/O; top-1 agreement >= 99 %) or ``int8`` (static QDQ per-channel quantization
     calibrated on the images of ``calibration_data``; top-1 agreement >= 97 %), the rows of
     :data:`tltf.export.precision.PRECISIONS`. The gate runs onnxruntime on ``parity_images``, else the calibration
-    images, else structured synthetic images. Nothing is written unless the gate passes: the model goes to a
-    temporary file beside ``out`` and is renamed into place; the report JSON (``out`` + ``.json``) follows the same
-    way. ``threshold`` overrides the gate (fp32: the largest difference as a fraction of the output range;
-    fp16/int8: the smallest top-1 agreement); the report records the one used.
+    images, else structured synthetic images. Nothing is written unless the gate passes: the model and its report
+    JSON (:func:`report_path`, with the model's ``sha256``) go to temporary files beside ``out`` and are put in
+    place as a pair (:func:`tltf.atomic.replacing_together`): an old report is removed before the new model lands,
+    so a report present always describes the model beside it (a kill between the two renames leaves the new model
+    without a report; a re-export writes both). ``threshold`` overrides the gate (fp32: the largest difference as a
+    fraction of the output range; fp16/int8: the smallest top-1 agreement); the report records the one used.
     ``progress(message)`` is called at each step if given.
     """
     from tltf.export import parity, quantize
@@ -374,7 +375,7 @@ def export_onnx(model, out: str | Path, opset: int = DEFAULT_OPSET, precision: s
     timings["convert_s"] = time.perf_counter() - t0
     fp32_nodes = len(proto.graph.node)
 
-    with replacing(out, ".part") as tmp:  # a failed gate or an interruption leaves no file
+    with replacing_together(out, report_path(out)) as (tmp, report_tmp):  # a failure leaves the old files
         t0 = time.perf_counter()
         fp32_proto = proto
         if row.quantizer is not None:
@@ -397,8 +398,31 @@ def export_onnx(model, out: str | Path, opset: int = DEFAULT_OPSET, precision: s
         if row.timed_vs_float32:
             say(f"timing {row.name} against {DEFAULT} on this CPU (batch 1)")
             report["speed_vs_fp32"] = _speed_vs_fp32(fp32_proto, tmp)
-    write_json(Path(str(out) + ".json"), report)
+        report_tmp.write_text(json.dumps(report, indent=2, default=_plain) + "\n")
     return report
+
+
+def report_path(out: str | Path) -> Path:
+    """Where :func:`export_onnx` writes the report of ``out``: ``out`` + ``.json``."""
+    return Path(str(out) + ".json")
+
+
+def _plain(value):
+    """A NumPy scalar or array in the report as plain JSON."""
+    if isinstance(value, (np.generic, np.ndarray)):
+        return value.tolist()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def _sha256(path: Path) -> str:
+    """The SHA-256 of the file at ``path`` (read in 1 MB blocks): which model file a report describes."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _speed_vs_fp32(fp32_proto, path: Path) -> dict | None:
@@ -433,6 +457,7 @@ def _report(source, out, tmp, proto, precision, opset, info, result, check_sourc
         "precision": precision,
         "opset": int(opset),
         "bytes": tmp.stat().st_size,
+        "sha256": _sha256(tmp),
         "input": {"name": INPUT_NAME, "shape": ["batch", *info["image_size"], 3], "dtype": "float32",
                   "layout": "NHWC", "channel_order": "RGB", "range": INPUT_RANGE},
         "output": {"name": OUTPUT_NAME, "shape": ["batch", info["num_classes"]], "doc": OUTPUT_DOC},

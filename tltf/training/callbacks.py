@@ -1,13 +1,22 @@
-"""The Keras callbacks every tltf run has: stages, timing, a stop at a non-finite loss, backup (resume),
-``history.csv``, TensorBoard."""
+"""The Keras callbacks every tltf run has: stages, timing, a stop at a non-finite loss, ``history.csv``, backup
+(resume), TensorBoard.
+
+A full disk (or any file system error) while training is a one-line error naming the file: ``history.csv`` is cut
+back to its last whole row and the backup is written atomically, so the last finished epoch stays whole and the
+same command resumes from it; no ``model.keras`` is written.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 import time
 
 import keras
 
+from tltf.atomic import make_folder, replacing, write_failed
+from tltf.reporting import write_json
 from tltf.staging import StagedFineTuning
 
 
@@ -60,18 +69,82 @@ class FiniteLoss(keras.callbacks.Callback):
 
 class FiniteBackup(keras.callbacks.BackupAndRestore):
     """``BackupAndRestore`` that keeps the last epoch whose losses were finite: an epoch that ended on a NaN or
-    infinite loss is not saved over it, so the run can resume from the last good weights."""
+    infinite loss is not saved over it, so the run can resume from the last good weights. Each backup file is
+    written to a temporary file and renamed over the old one (weights first, then the epoch number): a full disk
+    or a kill mid-write leaves the previous backup whole (at worst newer weights under the previous epoch number,
+    and the resumed run repeats that epoch)."""
 
     def on_epoch_end(self, epoch, logs=None):
         if not non_finite_loss(logs):
             super().on_epoch_end(epoch, logs)
 
+    def _save_model(self):
+        make_folder(self.backup_dir)
+        with replacing(self._weights_path, ".weights.h5") as tmp:  # Keras wants a name ending in .weights.h5
+            self.model.save_weights(str(tmp), overwrite=True)
+        write_json(self._training_metadata_path, {"epoch": self._current_epoch, "batch": self._last_batch_seen})
+
+
+class HistoryLog(keras.callbacks.CSVLogger):
+    """``history.csv`` that a full disk cannot leave with half a row: a row that fails to land is cut off again
+    (the file ends at its last whole row) and the failure is a one-line error naming the file. A resumed run first
+    drops a partial last line a killed run left, so its rows never run into one another."""
+
+    def on_train_begin(self, logs=None):
+        with self._named():
+            if self.append:
+                _drop_partial_line(self.filename)
+            super().on_train_begin(logs)
+
+    def on_epoch_end(self, epoch, logs=None):
+        size = _size(self.filename)
+        try:
+            super().on_epoch_end(epoch, logs)
+        except OSError as e:
+            self._abandon(size)
+            raise write_failed(self.filename, e) from None
+
+    def _abandon(self, size: int | None) -> None:
+        """Close the file (its unwritten buffer is lost) and cut it back to ``size`` bytes (its whole rows)."""
+        with contextlib.suppress(OSError, ValueError):
+            self.csv_file.close()
+        self.csv_file, self.writer = None, None
+        if size is not None:
+            with contextlib.suppress(OSError):
+                os.truncate(self.filename, size)
+
+    @contextlib.contextmanager
+    def _named(self):
+        try:
+            yield
+        except OSError as e:
+            raise write_failed(self.filename, e) from None
+
+
+def _size(path) -> int | None:
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return None
+
+
+def _drop_partial_line(path) -> None:
+    """Cut ``path`` back to its last newline (a row a killed writer left half-written)."""
+    try:
+        with open(path, "rb+") as f:
+            data = f.read()
+            if data and not data.endswith(b"\n"):
+                f.truncate(data.rfind(b"\n") + 1)
+    except FileNotFoundError:
+        pass
+
 
 def standard_callbacks(folder, plan, images_per_epoch: int, *, tensorboard: bool = True, verbose: int = 1,
                        keep_frozen=(), staged: bool = True, backup: bool = True) -> list:
-    """Stages (``staged``), timing, a stop at a non-finite loss, backup (``backup``: resume; never of a non-finite
-    epoch), ``history.csv`` (appended to on resume), TensorBoard. Announces a resume, or clears the history of an
-    earlier run."""
+    """Stages (``staged``), timing, a stop at a non-finite loss, ``history.csv`` (appended to on resume), backup
+    (``backup``: resume; never of a non-finite epoch), TensorBoard. Announces a resume, or clears the history of an
+    earlier run. The history row of an epoch is written before its backup: a backup never runs ahead of the
+    history a resumed run appends to."""
     out = folder.path
     if folder.resuming:
         epoch = folder.resumed_epoch()
@@ -80,10 +153,10 @@ def standard_callbacks(folder, plan, images_per_epoch: int, *, tensorboard: bool
     else:
         (out / "history.csv").unlink(missing_ok=True)
     callbacks = [StagedFineTuning(plan, verbose=verbose, keep_frozen=keep_frozen)] if staged else []
-    callbacks += [EpochTiming(images_per_epoch), FiniteLoss()]
+    callbacks += [EpochTiming(images_per_epoch), FiniteLoss(), HistoryLog(str(out / "history.csv"),
+                                                                        append=folder.resuming)]
     if backup:
         callbacks.append(FiniteBackup(str(folder.backup), delete_checkpoint=False))
-    callbacks.append(keras.callbacks.CSVLogger(str(out / "history.csv"), append=folder.resuming))
     if tensorboard:
         callbacks.append(keras.callbacks.TensorBoard(str(out / "logs"), write_graph=False, profile_batch=0))
     return callbacks
