@@ -2,7 +2,8 @@
 
 import click
 
-DATA_HELP = "Image folder, .npz, tfds:NAME[:SPLIT] or builtin:NAME (shapes, mnist, uci_digits, lfw_faces)."
+DATA_HELP = ("Image folder, .npz, a CSV manifest (labels.csv[:COLUMN]: a file column and label columns), "
+             "tfds:NAME[:SPLIT] or builtin:NAME (shapes, mnist, uci_digits, lfw_faces).")
 
 
 def data(required: bool = True):

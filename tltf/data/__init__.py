@@ -21,7 +21,8 @@ __all__ = ["Augment", "Source", "Split", "array_split", "load_data", "load_sourc
 
 
 def load_source(spec: str, data_dir: str | None = None, option: str = "--data") -> Source:
-    """``builtin:NAME``, ``tfds:NAME[:SPLIT]``, a ``.npz`` file or an image folder."""
+    """``builtin:NAME``, ``tfds:NAME[:SPLIT]``, a ``.npz`` file, a CSV manifest (``labels.csv[:COLUMN]``,
+    :mod:`tltf.data.manifest`) or an image folder."""
     text = str(spec)
     if text.startswith("builtin:"):
         from tltf.data.builtin import builtin_source
@@ -29,15 +30,19 @@ def load_source(spec: str, data_dir: str | None = None, option: str = "--data") 
         return builtin_source(text.split(":", 1)[1], option)
     if text.startswith("tfds:"):
         return tfds_source(text.split(":", 1)[1], data_dir, option)
+    from tltf.data.manifest import is_manifest, manifest_source
+
+    if is_manifest(text):
+        return manifest_source(text, option)
     path = Path(text)
     if path.suffix == ".npz":
         return npz_source(path, option)
     if path.is_dir():
         return folder_source(path, option)
     if not path.exists():
-        raise TltfError(f"{option} {text}: no such file or folder (expected a folder, .npz, tfds:NAME or "
-                        "builtin:shapes)")
-    raise TltfError(f"{option} {text}: not a folder, .npz, tfds:NAME or builtin:NAME")
+        raise TltfError(f"{option} {text}: no such file or folder (expected a folder, .npz, .csv manifest, "
+                        "tfds:NAME or builtin:shapes)")
+    raise TltfError(f"{option} {text}: not a folder, .npz, .csv manifest, tfds:NAME or builtin:NAME")
 
 
 def load_data(spec: str, val_split: float = 0.2, seed: int = 0, data_dir: str | None = None,

@@ -89,7 +89,7 @@ def _problem(path: Path) -> str | None:
     return None
 
 
-def _keep(files: list[str], root: Path) -> list[int]:
+def readable(files: list[str], root) -> list[int]:
     """The indices of ``files`` to train on; the others skipped with a warning per kind (unreadable, too large)
     that counts them and names one."""
     from PIL import Image
@@ -132,7 +132,7 @@ def _scan(root: Path, class_names: list[str] | None, option: str) -> tuple[list[
                 labels.append(names.index(d.name))
     if not files:
         raise TltfError(f"{option} {root}: no images found (expected class_name/*.jpg|png folders)")
-    keep = _keep(files, root)
+    keep = readable(files, root)
     if len(keep) < len(files):
         files, labels = [files[i] for i in keep], [labels[i] for i in keep]
         if not files:
@@ -140,7 +140,8 @@ def _scan(root: Path, class_names: list[str] | None, option: str) -> tuple[list[
     return names, files, np.asarray(labels, dtype=np.int32)
 
 
-def _file_split(files: list[str], labels: np.ndarray) -> Split:
+def file_split(files: list[str], labels: np.ndarray) -> Split:
+    """A split of image files (decoded in parallel when read) and their labels."""
     paths = np.asarray(files)
 
     def make(indices: np.ndarray) -> tf.data.Dataset:
@@ -164,12 +165,12 @@ def folder_source(path: str | Path, option: str = "--data") -> Source:
         for key in ("val", "test"):
             if split_dirs[key] is not None:
                 _, f, y = _scan(split_dirs[key], names, option)
-                splits[key] = _file_split(f, y)
-        source = Source(root.name, names, _file_split(files, labels), splits.get("val"), splits.get("test"))
+                splits[key] = file_split(f, y)
+        source = Source(root.name, names, file_split(files, labels), splits.get("val"), splits.get("test"))
     else:
         names, files, labels = _scan(root, None, option)
-        source = Source(root.name, names, _file_split(files, labels))
-    _check_classes(source, option, root)
+        source = Source(root.name, names, file_split(files, labels))
+    check_classes(source, option, root)
     return source
 
 
@@ -179,13 +180,14 @@ def unlabelled_folder(path: str | Path, option: str = "--target-data") -> Split:
     if not root.is_dir():
         raise TltfError(f"{option} {root}: no such folder")
     files = [str(f) for f in sorted(root.rglob("*")) if f.is_file() and is_image_file(f)]
-    files = [files[i] for i in _keep(files, root)]
+    files = [files[i] for i in readable(files, root)]
     if not files:
         raise TltfError(f"{option} {root}: no images found")
-    return _file_split(files, np.full(len(files), -1, np.int32))
+    return file_split(files, np.full(len(files), -1, np.int32))
 
 
-def _check_classes(source: Source, option: str, where) -> None:
+def check_classes(source: Source, option: str, where) -> None:
+    """A one-line error for a source with fewer than two classes."""
     if len(source.class_names) < 2:
         found = source.class_names[0] if source.class_names else "none"
         raise TltfError(f"{option} {where}: found a single class ({found}); a classifier needs at least two")
@@ -414,7 +416,7 @@ def tfds_source(spec: str, data_dir: str | None = None, option: str = "--data") 
             raise TltfError(f"{option} tfds:{name}:{tfds_split}: could not load ({_one_line(e)})") from None
         splits[key] = _tfds_split(ds)
     source = Source(name, [str(n) for n in names], splits["train"], splits.get("val"), splits.get("test"))
-    _check_classes(source, option, f"tfds:{spec}")
+    check_classes(source, option, f"tfds:{spec}")
     return source
 
 

@@ -1,0 +1,117 @@
+"""A CSV manifest as a data source: ``--data labels.csv`` (one label column) or ``--data labels.csv:COLUMN``.
+
+The CSV has a ``file`` column (image paths, relative to the CSV's folder unless absolute) and one column per
+label; an optional ``split`` column (``train``, ``val``, ``test``) splits it. Class names are the label column's
+distinct values, sorted. Every problem is one line naming the file, the row or the column.
+
+>>> source = manifest_source("photos/labels.csv:species")   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+
+from tltf.errors import TltfError
+
+MAX_BYTES = 256 * 1024 ** 2
+SPLITS = ("train", "val", "test")
+
+
+def split_spec(spec: str) -> tuple[Path, str | None]:
+    """``"a.csv:col"`` -> ``(Path("a.csv"), "col")``; ``"a.csv"`` -> ``(Path("a.csv"), None)``."""
+    text = str(spec)
+    head, sep, column = text.rpartition(":")
+    if sep and head.lower().endswith(".csv"):
+        return Path(head), column
+    return Path(text), None
+
+
+def is_manifest(spec: str) -> bool:
+    return split_spec(spec)[0].suffix.lower() == ".csv"
+
+
+def read_manifest(path: Path, option: str = "--data") -> tuple[list[str], list[dict]]:
+    """``(header, rows)`` of the CSV, checked for size, a ``file`` column and cell counts."""
+    if not path.is_file():
+        raise TltfError(f"{option} {path}: no such file")
+    if path.stat().st_size > MAX_BYTES:
+        raise TltfError(f"{option} {path}: larger than {MAX_BYTES // 1024 ** 2} MB; not a manifest")
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as f:
+            table = [r for r in csv.reader(f) if any(cell.strip() for cell in r)]
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise TltfError(f"{option} {path}: not a readable CSV ({str(e).splitlines()[0][:100]})") from None
+    if not table:
+        raise TltfError(f"{option} {path}: empty")
+    header = [h.strip() for h in table[0]]
+    if "file" not in header:
+        raise TltfError(f"{option} {path}: needs a 'file' column (header: {', '.join(header[:8])})")
+    rows = []
+    for line, row in enumerate(table[1:], start=2):
+        if len(row) != len(header):
+            raise TltfError(f"{option} {path}: row {line} has {len(row)} cells, the header {len(header)}")
+        rows.append({h: cell.strip() for h, cell in zip(header, row)})
+    if not rows:
+        raise TltfError(f"{option} {path}: no rows")
+    return header, rows
+
+
+def label_columns(header: list[str]) -> list[str]:
+    return [h for h in header if h not in ("file", "split")]
+
+
+def manifest_source(spec: str, option: str = "--data"):
+    """The :class:`tltf.data.Source` a manifest describes (see the module docstring)."""
+    from tltf.data.images import is_image_file
+    from tltf.data.sources import Source, check_classes, file_split, readable
+
+    path, column = split_spec(spec)
+    header, rows = read_manifest(path, option)
+    labels = label_columns(header)
+    if column is None:
+        if len(labels) != 1:
+            raise TltfError(f"{option} {spec}: {len(labels)} label columns ({', '.join(labels[:6]) or 'none'}); "
+                            f"choose one as {path}:COLUMN")
+        column = labels[0]
+    elif column not in labels:
+        raise TltfError(f"{option} {spec}: no label column {column!r} (columns: {', '.join(labels[:8])})")
+    root = path.parent
+    files, values, splits = [], [], []
+    for line, row in enumerate(rows, start=2):
+        if not row["file"] or not row[column]:
+            raise TltfError(f"{option} {path}: row {line} has an empty {'file' if not row['file'] else column}")
+        file = Path(row["file"]) if Path(row["file"]).is_absolute() else root / row["file"]
+        if not file.is_file():
+            raise TltfError(f"{option} {path}: row {line}: {file} does not exist")
+        if not is_image_file(file):
+            raise TltfError(f"{option} {path}: row {line}: {file} is not an image file (.jpg, .png, …)")
+        split = row.get("split", "train").lower() or "train"
+        if split not in SPLITS:
+            raise TltfError(f"{option} {path}: row {line}: split {split!r} (choose train, val or test)")
+        files.append(str(file))
+        values.append(row[column])
+        splits.append(split)
+    keep = readable(files, path)  # unreadable or oversized images skipped with a warning, as in folders
+    if not keep:
+        raise TltfError(f"{option} {path}: no readable images")
+    files, values, splits = [files[i] for i in keep], [values[i] for i in keep], [splits[i] for i in keep]
+    class_names = sorted({v for v, s in zip(values, splits) if s == "train"})
+    index = {name: i for i, name in enumerate(class_names)}
+    unknown = sorted({v for v in values if v not in index})
+    if unknown:
+        raise TltfError(f"{option} {path}: class {unknown[0]!r} appears in val/test rows but not in train")
+    labels_arr = np.array([index[v] for v in values], np.int32)
+    splits_arr = np.array(splits)
+    parts = {}
+    for name in SPLITS:
+        keep = np.flatnonzero(splits_arr == name)
+        if len(keep):
+            parts[name] = file_split([files[i] for i in keep], labels_arr[keep])
+    if "train" not in parts:
+        raise TltfError(f"{option} {path}: no train rows")
+    source = Source(f"{path.stem}:{column}", class_names, parts["train"], parts.get("val"), parts.get("test"))
+    check_classes(source, option, path)
+    return source
