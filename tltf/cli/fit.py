@@ -73,6 +73,10 @@ from tltf.cli import options
                    "including those without images; the model outputs the table's classes.")
 @click.option("--eval-data", help="With --attributes: labelled images of any class of the table, scored as "
               "generalised zero-shot (seen, unseen, harmonic mean).")
+@click.option("--select-instances",
+              help="Instance-based transfer: train, score each training image by its influence on the validation "
+                   "loss, drop the harmful ones (auto: every one whose removal is predicted to help, at most half; "
+                   "or a fraction), train again [default: off].")
 @click.option("--method", "methods", multiple=True,
               help="A registered training plug-in to add (tltf.training.register_method); repeatable.")
 @click.option("--overwrite", is_flag=True, help="Start over even if --out holds a run.")

@@ -9,20 +9,21 @@ import click
 @click.option("--top", default=5, show_default=True, type=int, help="How many classes to show per image.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON list on stdout (one object per image).")
 def command(model, images, top, as_json):
-    """Top classes for IMAGE files (folders are expanded to the images they hold) with MODEL (.keras or .onnx).
+    """Top classes for IMAGE files with MODEL (.keras or .onnx). A folder stands for the images it holds; a
+    folder of class folders (a training set, also with train/ val/ test/) for all their images, read as --data
+    reads it.
 
     Images are decoded and resized exactly as in training; the model normalises them itself.
     """
     import json
     from pathlib import Path
 
-    from tltf.data.images import is_image_file
     from tltf.predict import predict_files
 
     files = []
     for image in images:
         path = Path(image)
-        files += sorted(str(p) for p in path.iterdir() if is_image_file(p)) if path.is_dir() else [image]
+        files += folder_images(path) if path.is_dir() else [image]
     results = predict_files(model, files, top=top)
     if as_json:
         click.echo(json.dumps(results))
@@ -36,3 +37,21 @@ def command(model, images, top, as_json):
             label = t["label"] if t["label"] is not None else f"#{t['index']}"
             table.add_row(r["file"] if rank == 1 else "", str(rank), label, f"{t['score']:.3f}")
     Console().print(table)
+
+
+def folder_images(path) -> list[str]:
+    """The images directly in ``path``; where there are none, those of its class folders exactly as ``--data``
+    reads them (a train/ val/ test/ layout split by split; unreadable or oversized images skipped with a
+    warning)."""
+    from pathlib import Path
+
+    from tltf.data import load_source
+    from tltf.data.images import is_image_file
+
+    path = Path(path)
+    flat = sorted(str(p) for p in path.iterdir() if is_image_file(p))
+    if flat:
+        return flat
+    source = load_source(str(path), option="predict")
+    return [str(f) for split in (source.train, source.val, source.test) if split is not None
+            for f in split.files]

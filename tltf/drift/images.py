@@ -55,16 +55,10 @@ def load_images(spec: str, option: str, data_dir: str | None = None, labelled: b
 
 
 def _unlabelled(root: Path, option: str) -> ImageSet:
-    from tltf.data.images import is_image_file
     from tltf.data.sources import unlabelled_folder
 
     split = unlabelled_folder(root, option)
-    known = getattr(split, "files", None)  # newer Splits carry their files, aligned with their labels
-    if known is not None:
-        return ImageSet(str(root), split, None, [str(f) for f in known])
-    # otherwise the same listing as unlabelled_folder's; it also drops unreadable files, and then names are unknown
-    files = [str(f) for f in sorted(root.rglob("*")) if f.is_file() and is_image_file(f)]
-    return ImageSet(str(root), split, None, files if len(files) == len(split) else None)
+    return ImageSet(str(root), split, None, [str(f) for f in split.files])
 
 
 def subsample(images: ImageSet, max_samples: int | None, rng: np.random.Generator) -> tuple[ImageSet, np.ndarray]:

@@ -37,7 +37,6 @@ def run_fewshot(data, shots=(1, 5), ways: int | None = None, episodes: int = 600
     weights, as ``tltf fit`` reads them."""
     from tltf.data import load_data
     from tltf.strategies.features import extract_features
-    from tltf.training.defaults import resolve_features
 
     if episodes < 1 or episodes > 100_000:
         raise TltfError(f"--episodes {episodes}: between 1 and 100000")

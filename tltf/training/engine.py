@@ -97,6 +97,10 @@ def fit(config: FitConfig, overwrite: bool = False, verbose: int = 1, callbacks=
     (:mod:`tltf.training.refit`).
     """
     config, chosen = defaults.resolve_schedule(config.validate())  # validate: settings changed after creation
+    if config.select_instances not in (None, "off"):  # train, score, drop, train again (tltf.instances.loop)
+        from tltf.instances.loop import fit_with_selection
+
+        return fit_with_selection(fit, config, overwrite, verbose, callbacks)
     wanted, why = _refit_wanted(config)
     if why:
         chosen["refit"] = why

@@ -122,11 +122,12 @@ _REGISTRY: dict[str, str | type] = {
     "lp_init": "tltf.strategies.linear_probe_init:LinearProbeInit",
     "prototypes": "tltf.fewshot.method:Prototypes",
     "attributes": "tltf.zeroshot.method:Attributes",
+    "exclude_instances": "tltf.instances.method:ExcludeInstances",
 }
 #: ``--adapt NAME`` -> the trainer it selects
 ADAPT_TRAINERS = {"dann": "dann", "mmd": "mmd", "coral": "coral", "none": "source_only", "adabn": "source_only"}
 #: plug-ins tried (``wanted``) on every run, in this order; user-registered ones are added
-OPTIONAL = ["prototypes", "attributes", "lp_init", "lwf", "l2sp", "adabn"]
+OPTIONAL = ["exclude_instances", "prototypes", "attributes", "lp_init", "lwf", "l2sp", "adabn"]
 
 
 def adapt_parts(text) -> list[str]:

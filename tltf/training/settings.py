@@ -16,195 +16,24 @@ A section key is only a section when its value is a mapping (``data: photos/`` i
 
 Every value is checked when a FitConfig is made (:meth:`FitConfig.validate`, run by ``__post_init__``), whoever
 makes it: the CLI's flags, a recipe, ``tltf compare`` or Python. The type comes from the field's annotation, the
-range from its ``check`` (declared with the field); a bad value is a one-line :class:`SettingError` before any data
-is read or anything is written, so ``--dry-run`` refuses what training would refuse.
+range from its ``check`` (declared with the field; the rules live in :mod:`tltf.training.validation`); a bad
+value is a one-line :class:`SettingError` before any data is read or anything is written, so ``--dry-run``
+refuses what training would refuse.
 """
 
 from __future__ import annotations
 
-import math
-import os
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 
 from tltf.errors import TltfError
+from tltf.training import validation as checks
+from tltf.training.validation import MAX_BATCH_SIZE, MAX_EPOCHS, MAX_LEARNING_RATE, SettingError
+
+from tltf.safe_yaml import MAX_BYTES as RECIPE_MAX_BYTES  # noqa: F401 (tests and callers read them here)
+from tltf.safe_yaml import MAX_NESTING as RECIPE_MAX_NESTING  # noqa: F401
 
 GROUPS = ("data", "model", "schedule", "method", "runtime")
-
-from tltf.safe_yaml import MAX_BYTES as RECIPE_MAX_BYTES  # noqa: E402,F401 (tests and callers read them here)
-from tltf.safe_yaml import MAX_NESTING as RECIPE_MAX_NESTING  # noqa: E402,F401
-#: the flag of a setting where it is not ``--`` + its name with dashes
-FLAGS = {"learning_rate": "--lr", "methods": "--method", "train_bn": "--train-bn/--freeze-bn",
-         "jit": "--jit/--no-jit", "feature_cache": "--feature-cache/--no-feature-cache"}
-
-
-def flag(name: str) -> str:
-    """The command-line option of setting ``name`` (``learning_rate`` -> ``--lr``)."""
-    return FLAGS.get(name, "--" + name.replace("_", "-"))
-
-
-class SettingError(TltfError):
-    """A setting of the wrong type or out of range; ``name``, ``value`` and ``problem`` say which and why.
-
-    The message names the value as Python gave it (``FitConfig(epochs=0): must be at least 1``); :meth:`named`
-    rewrites it for the place the value came from: a flag (``--epochs 0: must be at least 1``) or a recipe
-    (``--config r.yaml: epochs 0: must be at least 1``).
-    """
-
-    def __init__(self, name: str, value, problem: str, message: str | None = None):
-        self.name, self.value, self.problem = name, value, problem
-        super().__init__(message or f"FitConfig({name}={_shown(value, True)}): {problem}")
-
-    def named(self, source: str, options=()) -> "SettingError":
-        """The error as ``source`` should report it; ``options`` are the settings given as flags (all of them when
-        ``source`` ends in ``options``, as the CLI's and ``tltf compare``'s do)."""
-        if source.endswith("options") or self.name in options:
-            text = f"{flag(self.name)} {_shown(self.value, False)}: {self.problem}"
-        else:
-            text = f"{source}: {self.name} {_shown(self.value, True)}: {self.problem}"
-        return SettingError(self.name, self.value, self.problem, text)
-
-
-def _shown(value, quoted: bool) -> str:
-    """``value`` for a one-line message: as typed on a command line, or ``repr`` (strings quoted); long values cut."""
-    if isinstance(value, float) and not isinstance(value, bool):
-        text = f"{value:g}" if float(f"{value:g}") == value or not math.isfinite(value) else repr(value)
-    elif isinstance(value, str) and not quoted and value.isprintable():
-        text = value
-    else:
-        text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-def _bounds(low=None, high=None, *, low_open: bool = False, high_open: bool = False, why: str = ""):
-    """A ``check``: ``value`` within [low, high] (``*_open``: the bound itself excluded; ``why``: said of the upper
-    bound); None always passes."""
-    def check(value, config):
-        if value is None:
-            return None
-        if low is not None and (value < low or (low_open and value == low)):
-            return f"must be {'above' if low_open else 'at least'} {_shown(low, False)}"
-        if high is not None and (value > high or (high_open and value == high)):
-            return f"must be {'below' if high_open else 'at most'} {_shown(high, False)}{why}"
-        return None
-    return check
-
-
-def _choice(*allowed: str, problem: str = "", fold: bool = False):
-    """A ``check``: one of ``allowed``, exactly as the code that reads it compares (``fold``: case ignored)."""
-    def check(value, config):
-        if value is None or (value.lower() if fold else value) in allowed:
-            return None
-        return problem or f"choose {', '.join(allowed[:-1])} or {allowed[-1]}"
-    return check
-
-
-def _on_off_auto(value, config):  # as tltf.strategies.linear_probe_init reads --lp-init
-    if isinstance(value, bool) or str(value).strip().lower() in ("on", "off", "auto", "true", "false", "none"):
-        return None
-    return "choose on, off or auto"
-
-
-def _via(parse, name: str):
-    """A ``check`` by the parser that reads setting ``name`` later: its problem, without the ``--flag VALUE: `` its
-    message starts with (the error names the setting as its source gave it)."""
-    def check(value, config):
-        try:
-            parse(value)
-        except TltfError as e:
-            text = str(e)
-            for head in (f"{flag(name)} {value}: ", f"{name}: "):
-                if text.startswith(head):
-                    return text[len(head):]
-            return text
-        return None
-    return check
-
-
-def _refit(value, config):
-    from tltf.training.refit import parse_refit
-
-    return _via(parse_refit, "refit")(value, config)
-
-
-def _image_size(value, config):
-    """At least the backbone's minimum (a known backbone; an unknown name is reported by the registry), at most
-    :data:`MAX_IMAGE_SIZE`."""
-    if value is None:
-        return None
-    from tltf import backbones
-
-    spec = backbones.REGISTRY.get(str(config.backbone).strip().lower().replace("-", "_"))
-    if spec is not None and value < spec.min_size:
-        return f"too small for {spec.name} (minimum {spec.min_size})"
-    return _bounds(1, MAX_IMAGE_SIZE)(value, config)
-
-
-def _adapt(value, config):
-    from tltf.training.methods import adapt_parts
-
-    return _via(adapt_parts, "adapt")(value, config)
-
-
-def _augment(value, config):
-    if str(value).strip().lower() == "auto":
-        return None
-    from tltf.data.augment import Augment
-
-    return _via(Augment.parse, "augment")(value, config)
-
-
-def _ema(value, config):
-    if value is None or (isinstance(value, str) and value.strip().lower() in ("auto", "off")):
-        return None
-    from tltf.adapt.dann import parse_ema
-
-    return _via(parse_ema, "ema")(value, config)
-
-
-def _optimizer(value, config):
-    from tltf.staging.optimizers import OPTIMIZERS
-
-    return _choice(*OPTIMIZERS, problem=f"unknown (choose from {', '.join(OPTIMIZERS)})", fold=True)(value, config)
-
-
-def _precision(value, config):
-    from tltf.training.runtime import PRECISIONS
-
-    if value in PRECISIONS:  # exact, as set_precision reads it
-        return None
-    return "choose float32, mixed (float16) or mixed_bfloat16"
-
-
-def _plan(value, config):
-    if not isinstance(value, dict):
-        return None  # a file: read (and checked) by StagePlan.from_yaml
-    from tltf.staging import StagePlan
-
-    return _via(lambda plan: StagePlan.from_dict(plan, "plan"), "plan")(value, config)
-
-
-def _methods(value, config):
-    bad = [m for m in value if not isinstance(m, str) or not m.strip()]
-    return f"each method must be a registered name, not {bad[0]!r}" if bad else None
-
-
-def _not_empty(value, config):
-    return "must not be empty" if value is not None and not value.strip() else None
-
-
-#: the largest --image-size: one 4096 x 4096 RGB image is 200 MB as float32; beyond that a batch fits no memory
-MAX_IMAGE_SIZE = 4096
-#: the largest --epochs: far past any transfer-learning run; a typo such as 1e9 is refused rather than started
-MAX_EPOCHS = 100_000
-#: the largest --batch-size: 65,536 images already need tens of GB at 224 px; larger is a typo, not a setting
-MAX_BATCH_SIZE = 1 << 16
-#: the largest --lr. The rates that train tltf's networks with Adam, AdamW or SGD (momentum 0.9) lie between about
-#: 1e-5 and 0.1; at 10 the loss of cnn_small on 16 px images already reached 1e9 to 1e14 within three epochs
-#: (sgd and adam, measured). The cap leaves two orders of magnitude of headroom for unusual schedules and refuses
-#: typos such as 1e9, or 1e3 for 1e-3; a rate under it that still diverges is stopped during training
-#: (tltf.training.callbacks.FiniteLoss) and no model is saved.
-MAX_LEARNING_RATE = 10.0
 
 
 def _setting(default, group: str, resume: bool = True, help: str = "", check=None):
@@ -221,11 +50,11 @@ class FitConfig:
     """Everything ``tltf fit`` needs; the CLI fills it from flags (and recipes)."""
 
     # data
-    data: str = _setting("builtin:shapes", "data", check=_not_empty)
+    data: str = _setting("builtin:shapes", "data", check=checks.not_empty)
     data_dir: str | None = _setting(None, "data", resume=False)
-    val_split: float = _setting(0.2, "data", check=_bounds(0, 1, high_open=True))
+    val_split: float = _setting(0.2, "data", check=checks.bounds(0, 1, high_open=True))
     augment: str = _setting("auto", "data", help="subset of flip,crop,color, none, or auto (see tltf.defaults)",
-                           check=_augment)
+                           check=checks.augment)
     cache: bool = _setting(True, "data", resume=False)
     target_data: str | None = _setting(None, "data")
     target_labels_for_eval: bool = _setting(False, "data", resume=False)
@@ -234,58 +63,64 @@ class FitConfig:
     # model
     backbone: str = _setting("mobilenet_v2", "model")
     weights: str = _setting("imagenet", "model")
-    image_size: int | None = _setting(None, "model", check=_image_size)  # None: the backbone's default
-    dropout: float = _setting(0.2, "model", check=_bounds(0, 1, high_open=True))
+    image_size: int | None = _setting(None, "model", check=checks.image_size)  # None: the backbone's default
+    dropout: float = _setting(0.2, "model", check=checks.bounds(0, 1, high_open=True))
     features: str = _setting("auto", "model", help="final, multilevel, or auto (multilevel for pretrained weights)",
-                            check=_choice("auto", "final", "multilevel"))
+                            check=checks.choice("auto", "final", "multilevel"))
     # zero-shot: a CSV of class attributes (tltf.zeroshot); the model's classes become the table's
     attributes: str | None = _setting(None, "model")
     train_bn: bool | None = _setting(None, "model")  # None: train BN only when starting from random weights
     # schedule
     stage: str | None = _setting(None, "schedule", help="None: gradual, or scratch with --weights none",
-                                 check=_choice("feature", "finetune", "gradual", "scratch", "prototypes", problem=(
+                                 check=checks.choice("feature", "finetune", "gradual", "scratch", "prototypes",
+                                                     problem=(
                                      "unknown stage plan (feature, finetune, gradual, scratch, prototypes)")))
-    plan: str | dict | None = _setting(None, "schedule", check=_plan)  # a YAML file or an inline {"stages": [...]}
+    # a YAML file or an inline {"stages": [...]}
+    plan: str | dict | None = _setting(None, "schedule", check=checks.plan)
     # None: the plan's own total, or 6 for a preset
-    epochs: int | None = _setting(None, "schedule", check=_bounds(1, MAX_EPOCHS))
-    learning_rate: float = _setting(1e-3, "schedule", check=_bounds(
+    epochs: int | None = _setting(None, "schedule", check=checks.bounds(1, MAX_EPOCHS))
+    learning_rate: float = _setting(1e-3, "schedule", check=checks.bounds(
         0, MAX_LEARNING_RATE, low_open=True, why=" (larger rates diverge)"))
-    batch_size: int = _setting(32, "schedule", check=_bounds(1, MAX_BATCH_SIZE))
-    optimizer: str = _setting("adam", "schedule", check=_optimizer)
-    clipnorm: float | None = _setting(None, "schedule", check=_bounds(0, low_open=True))
-    seed: int = _setting(0, "schedule", check=_bounds(0, 2 ** 31 - 1))  # seed + 1 seeds the target
+    batch_size: int = _setting(32, "schedule", check=checks.bounds(1, MAX_BATCH_SIZE))
+    optimizer: str = _setting("adam", "schedule", check=checks.optimizer)
+    clipnorm: float | None = _setting(None, "schedule", check=checks.bounds(0, low_open=True))
+    seed: int = _setting(0, "schedule", check=checks.bounds(0, 2 ** 31 - 1))  # seed + 1 seeds the target
     refit: bool | str = _setting("auto", "schedule", help="choose epochs on the hold-out, then train on all labelled "
                                                           "images: on, off or auto (tltf.training.refit)",
-                                check=_refit)
+                                check=checks.refit)
     # method: what trains (tltf.training.methods) and the transfer strategies (tltf.strategies)
     # domain adaptation to target_data: dann | mmd | coral | adabn | none (source-only), or METHOD+adabn
-    adapt: str = _setting("none", "method", check=_adapt)
+    adapt: str = _setting("none", "method", check=checks.adapt)
     # --adapt mmd|coral: the discrepancy's weight (after warm-up)
-    align_weight: float = _setting(1.0, "method", check=_bounds(0))
+    align_weight: float = _setting(1.0, "method", check=checks.bounds(0))
     compare_source_only: bool = _setting(False, "method", resume=False)
     # the gradient-reversal weight's ceiling (tltf.adapt.method.DANNMethod.note gives the measurements)
-    lambda_max: float = _setting(0.3, "method", check=_bounds(0))
-    gamma: float = _setting(10.0, "method", check=_bounds(0))  # the lambda schedule's steepness
+    lambda_max: float = _setting(0.3, "method", check=checks.bounds(0))
+    gamma: float = _setting(10.0, "method", check=checks.bounds(0))  # the lambda schedule's steepness
     anneal_lr: bool = _setting(False, "method")  # the paper's lr / (1 + 10 p) ** 0.75
-    ema: str | float | None = _setting("auto", "method", check=_ema)  # DANN weight averaging (dann.ema_momentum)
+    ema: str | float | None = _setting("auto", "method", check=checks.ema)  # DANN weight averaging (dann.ema_momentum)
     feature_cache: bool = _setting(True, "method", resume=False)
     freeze_until: str | None = _setting(None, "method")
-    reinit_top: int = _setting(0, "method", check=_bounds(0))
-    l2sp: float = _setting(0.0, "method", check=_bounds(0))
-    lwf: float = _setting(0.0, "method", check=_bounds(0))
-    lwf_temperature: float = _setting(2.0, "method", check=_bounds(0, low_open=True))
+    reinit_top: int = _setting(0, "method", check=checks.bounds(0))
+    l2sp: float = _setting(0.0, "method", check=checks.bounds(0))
+    lwf: float = _setting(0.0, "method", check=checks.bounds(0))
+    lwf_temperature: float = _setting(2.0, "method", check=checks.bounds(0, low_open=True))
     lp_init: bool | str = _setting("auto", "method", help="LP-FT: head set by logistic regression first (auto: "
                                                           "pretrained weights, head-only first stage)",
-                                  check=_on_off_auto)
+                                  check=checks.on_off_auto)
+    # instance-based transfer: auto, knee or a fraction; drop the training images that hurt, train again
+    select_instances: str | None = _setting(None, "method", check=checks.select_instances)
+    # positions in the training set (before the validation hold-out) left out of training (--select-instances)
+    exclude_instances: list = _setting([], "data")
     methods: list = _setting([], "method", help="extra plug-ins by registered name (tltf.training.register_method)",
-                             check=_methods)
+                             check=checks.methods)
     method_options: dict = _setting({}, "method", help="{plug-in name: {option: value}}")
     # runtime
-    out: str = _setting("runs/run", "runtime", resume=False, check=_not_empty)
-    distribute: str = _setting("none", "runtime", check=_choice("none", "mirrored", "multiworker", problem=(
+    out: str = _setting("runs/run", "runtime", resume=False, check=checks.not_empty)
+    distribute: str = _setting("none", "runtime", check=checks.choice("none", "mirrored", "multiworker", problem=(
         "choose none, mirrored, multiworker")))  # none | mirrored | multiworker; batch_size is per replica
     jit: bool | None = _setting(None, "runtime", resume=False)  # None: XLA on GPU, not on CPU
-    precision: str = _setting("float32", "runtime", resume=False, check=_precision)
+    precision: str = _setting("float32", "runtime", resume=False, check=checks.precision)
     tensorboard: bool = _setting(True, "runtime", resume=False)
 
     def __post_init__(self):
@@ -297,7 +132,7 @@ class FitConfig:
         :class:`SettingError`. Run on creation and again by :func:`tltf.training.fit`, so a setting changed later
         is checked too."""
         for f in fields(self):
-            object.__setattr__(self, f.name, _typed(f.name, getattr(self, f.name), str(f.type)))
+            object.__setattr__(self, f.name, checks.typed(f.name, getattr(self, f.name), str(f.type)))
         for f in fields(self):
             check = f.metadata.get("check")
             value = getattr(self, f.name)
@@ -325,68 +160,6 @@ class FitConfig:
     def grouped(self) -> dict:
         """``{group: {name: value}}``: the shape of a sectioned recipe."""
         return {name: self.group(name) for name in GROUPS}
-
-
-_KINDS = {"str": "a string", "int": "a whole number", "float": "a number", "bool": "true or false",
-          "dict": "a mapping", "list": "a list"}
-
-
-def _typed(name: str, value, annotation: str):
-    """``value`` as the annotated type (``int | None``), or a :class:`SettingError`. Only lossless conversions:
-    a whole float or a numeral for an int, an int or numeral for a float (YAML reads ``1e-3`` as a string), a path
-    for a string, a tuple for a list; a float must be finite."""
-    kinds = [k.strip() for k in annotation.split("|")]
-
-    def wrong():
-        named = [_KINDS[k] for k in kinds if k in _KINDS]
-        return SettingError(name, value, f"must be {' or '.join(named)}" + (" (or left out)" if "None" in kinds
-                                                                             else ""))
-
-    if value is None:
-        if "None" in kinds:
-            return None
-        raise wrong()
-    if value is False and name == "ema":  # YAML's ``ema: off`` (tltf.adapt.dann.parse_ema)
-        return None
-    if isinstance(value, bool):
-        if "bool" in kinds:
-            return value
-        raise wrong()
-    if isinstance(value, os.PathLike) and "str" in kinds:
-        value = os.fspath(value)
-    if isinstance(value, str):
-        if "\0" in value:
-            raise SettingError(name, value, "must not contain a NUL character")
-        if "str" in kinds:
-            return value
-        text = value.strip()
-        try:
-            if "int" in kinds:
-                return int(text)
-            if "float" in kinds:
-                value = float(text)
-        except ValueError:
-            raise wrong() from None
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        if "int" in kinds:
-            if isinstance(value, float):
-                if not (math.isfinite(value) and value.is_integer()):
-                    raise wrong()
-                return int(value)
-            return value
-        if "float" in kinds:
-            value = float(value)
-            if not math.isfinite(value):
-                raise SettingError(name, value, "must be a finite number")
-            return value
-        if name == "freeze_until" and isinstance(value, int):  # a block index, as the flag's text gives it
-            return str(value)
-        raise wrong()
-    if isinstance(value, (list, tuple)) and "list" in kinds:
-        return list(value)
-    if isinstance(value, dict) and "dict" in kinds:
-        return value
-    raise wrong()
 
 
 def field_names() -> set[str]:
