@@ -486,3 +486,22 @@ def test_two_fits_into_one_folder_at_once_and_kill_9_releases_the_lock(data, tmp
         folder.lock()
         assert (out / LOCK_FILE).read_text() == f"{os.getpid()}\n"
     assert not (out / LOCK_FILE).exists()
+
+
+def test_a_killed_int8_exports_scratch_folder_is_removed_by_the_next_one(tmp_path, dead_pid, monkeypatch):
+    """int8 quantization works in a private folder in the system temp folder; one left by a killed export (its
+    process gone) is removed when the next scratch folder is made, a live process's is kept."""
+    import tempfile
+
+    from tltf import atomic
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    stale = tmp_path / f"tltf-int8-{atomic._HOST}-{dead_pid}-abc123"
+    live = tmp_path / f"tltf-int8-{atomic._HOST}-{os.getppid()}-def456"
+    for folder in (stale, live):
+        folder.mkdir()
+        (folder / "fp32.onnx").write_bytes(b"x" * 1024)
+    with atomic.scratch_folder("int8") as scratch:
+        assert scratch.parent == tmp_path and scratch.name.startswith(f"tltf-int8-{atomic._HOST}-{os.getpid()}-")
+        assert not stale.exists() and live.exists()
+    assert not scratch.exists()

@@ -134,6 +134,35 @@ def clean_stale(folder: str | Path) -> list[Path]:
     return removed
 
 
+_SCRATCH = re.compile(r"^tltf-(?P<kind>[a-z0-9]+)-(?P<host>[A-Za-z0-9]*)-(?P<pid>\d+)-[A-Za-z0-9_]+$")
+
+
+@contextlib.contextmanager
+def scratch_folder(kind: str):
+    """A private temporary folder ``tltf-KIND-HOST-PID-XXXX`` in the system's temp folder, removed on exit; the
+    ones a killed tltf left there (this host's, of a process that is gone) are removed first, so ``kill -9`` in
+    the middle of an int8 export does not leave copies of the model behind for good."""
+    import shutil
+
+    root = tempfile.gettempdir()
+    try:
+        entries = list(os.scandir(root))
+    except OSError:
+        entries = []
+    for entry in entries:
+        match = _SCRATCH.match(entry.name)
+        if not match or match["host"] != _HOST:
+            continue
+        try:
+            if entry.is_dir(follow_symlinks=False) and not _owner_alive(
+                    int(match["pid"]), entry.stat(follow_symlinks=False).st_mtime):
+                shutil.rmtree(entry.path, ignore_errors=True)
+        except OSError:
+            continue
+    with tempfile.TemporaryDirectory(prefix=f"tltf-{kind}-{_HOST}-{os.getpid()}-") as folder:
+        yield Path(folder)
+
+
 def temp_beside(path: str | Path, suffix: str) -> Path:
     """An empty temporary file in ``path``'s folder (same file system, so ``os.replace`` is atomic), with the
     permissions a plain ``open(..., "w")`` would give (``mkstemp`` alone makes 0600). Stale ones of killed writers

@@ -23,13 +23,12 @@ import contextlib
 
 import json
 import os
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-from tltf.atomic import replacing_together
+from tltf.atomic import replacing_together, scratch_folder
 from tltf.errors import TltfError
 from tltf.export import precision as precisions
 from tltf.export.precision import DEFAULT
@@ -431,7 +430,7 @@ def _speed_vs_fp32(fp32_proto, path: Path) -> dict | None:
     from tltf.export.latency import compare_latency
 
     try:
-        with tempfile.TemporaryDirectory(prefix="tltf-fp32-") as folder:
+        with scratch_folder("fp32") as folder:
             reference = Path(folder) / "fp32.onnx"
             _save(fp32_proto, reference)
             fp32_ms, ms = compare_latency([reference, path])

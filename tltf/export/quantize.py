@@ -26,11 +26,11 @@
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from tltf.atomic import scratch_folder
 from tltf.errors import TltfError
 
 
@@ -230,7 +230,7 @@ def to_int8(proto, images: np.ndarray, workdir: str | Path | None = None, per_ch
     if method not in methods:
         raise TltfError(f"calibration method {method!r}: choose from {', '.join(methods)}")
     input_name = proto.graph.input[0].name
-    with tempfile.TemporaryDirectory(prefix="tltf-int8-") as tmp:
+    with scratch_folder("int8") as tmp:
         src, pre, dst = (Path(tmp) / name for name in ("fp32.onnx", "pre.onnx", "int8.onnx"))
         onnx.save(proto, str(src))
         try:
