@@ -9,7 +9,6 @@ distinct values, sorted. Every problem is one line naming the file, the row or t
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 import numpy as np
@@ -34,29 +33,14 @@ def is_manifest(spec: str) -> bool:
 
 
 def read_manifest(path: Path, option: str = "--data") -> tuple[list[str], list[dict]]:
-    """``(header, rows)`` of the CSV, checked for size, a ``file`` column and cell counts."""
-    if not path.is_file():
-        raise TltfError(f"{option} {path}: no such file")
-    if path.stat().st_size > MAX_BYTES:
-        raise TltfError(f"{option} {path}: larger than {MAX_BYTES // 1024 ** 2} MB; not a manifest")
-    try:
-        with path.open(newline="", encoding="utf-8-sig") as f:
-            table = [r for r in csv.reader(f) if any(cell.strip() for cell in r)]
-    except (UnicodeDecodeError, csv.Error) as e:
-        raise TltfError(f"{option} {path}: not a readable CSV ({str(e).splitlines()[0][:100]})") from None
+    """``(header, rows)`` of the CSV (rows as ``{column: cell}``), checked for size, a ``file`` column and cell
+    counts."""
+    from tltf.csv_table import read_table
+
+    header, table = read_table(path, option, "file", "a manifest", MAX_BYTES)
     if not table:
-        raise TltfError(f"{option} {path}: empty")
-    header = [h.strip() for h in table[0]]
-    if "file" not in header:
-        raise TltfError(f"{option} {path}: needs a 'file' column (header: {', '.join(header[:8])})")
-    rows = []
-    for line, row in enumerate(table[1:], start=2):
-        if len(row) != len(header):
-            raise TltfError(f"{option} {path}: row {line} has {len(row)} cells, the header {len(header)}")
-        rows.append({h: cell.strip() for h, cell in zip(header, row)})
-    if not rows:
         raise TltfError(f"{option} {path}: no rows")
-    return header, rows
+    return header, [{h: cell.strip() for h, cell in zip(header, row)} for row in table]
 
 
 def label_columns(header: list[str]) -> list[str]:

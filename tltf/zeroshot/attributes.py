@@ -6,7 +6,6 @@ reads as soft attribute targets. Every problem is one line naming the file, the 
 
 from __future__ import annotations
 
-import csv
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,30 +35,18 @@ class AttributeTable:
 
 
 def read_attributes(path: str | Path, option: str = "--attributes") -> AttributeTable:
+    from tltf.csv_table import read_table
+
     path = Path(path)
-    if not path.is_file():
-        raise TltfError(f"{option} {path}: no such file")
-    if path.stat().st_size > MAX_BYTES:
-        raise TltfError(f"{option} {path}: larger than {MAX_BYTES // 1024 ** 2} MB; not an attribute table")
-    try:
-        with path.open(newline="", encoding="utf-8-sig") as f:
-            rows = list(csv.reader(f))
-    except (UnicodeDecodeError, csv.Error) as e:
-        raise TltfError(f"{option} {path}: not a readable CSV ({str(e).splitlines()[0][:100]})") from None
-    rows = [r for r in rows if any(cell.strip() for cell in r)]
-    if not rows:
-        raise TltfError(f"{option} {path}: empty")
-    header = [h.strip() for h in rows[0]]
-    if "class" not in header:
-        raise TltfError(f"{option} {path}: needs a 'class' column (header: {', '.join(header[:8])})")
+    header, rows = read_table(path, option, "class", "an attribute table", MAX_BYTES)
     at = header.index("class")
     names = [h for i, h in enumerate(header) if i != at]
     if not names:
         raise TltfError(f"{option} {path}: no attribute columns besides 'class'")
+    if len(rows) > MAX_CLASSES:
+        raise TltfError(f"{option} {path}: more than {MAX_CLASSES} classes")
     classes, values = [], []
-    for line, row in enumerate(rows[1:MAX_CLASSES + 2], start=2):
-        if len(row) != len(header):
-            raise TltfError(f"{option} {path}: row {line} has {len(row)} cells, the header {len(header)}")
+    for line, row in enumerate(rows, start=2):
         name = row[at].strip()
         if not name:
             raise TltfError(f"{option} {path}: row {line} has no class name")
@@ -69,11 +56,11 @@ def read_attributes(path: str | Path, option: str = "--attributes") -> Attribute
             bad = next(h for i, (h, c) in enumerate(zip(header, row)) if i != at and not _number(c))
             raise TltfError(f"{option} {path}: row {line}, column {bad}: not a number") from None
         classes.append(name)
-    if len(rows) - 1 > MAX_CLASSES:
-        raise TltfError(f"{option} {path}: more than {MAX_CLASSES} classes")
-    duplicates = sorted({c for c in classes if classes.count(c) > 1})
-    if duplicates:
-        raise TltfError(f"{option} {path}: class {duplicates[0]} appears more than once")
+    seen = set()
+    for name in classes:
+        if name in seen:
+            raise TltfError(f"{option} {path}: class {name} appears more than once")
+        seen.add(name)
     if len(classes) < 3:
         raise TltfError(f"{option} {path}: {len(classes)} classes; zero-shot needs at least 2 seen and 1 unseen")
     matrix = np.asarray(values, np.float64)
@@ -82,10 +69,12 @@ def read_attributes(path: str | Path, option: str = "--attributes") -> Attribute
     low, high = matrix.min(axis=0), matrix.max(axis=0)
     outside = (low < 0) | (high > 1)
     matrix[:, outside] = (matrix[:, outside] - low[outside]) / np.maximum(high - low, 1e-12)[outside]
-    if len({tuple(r) for r in matrix.round(6)}) < len(classes):
-        twin = next(c for i, c in enumerate(classes) if any(np.allclose(matrix[i], matrix[j]) for j in range(i)))
-        raise TltfError(f"{option} {path}: class {twin} has the same attributes as another class; no attribute "
-                        "tells them apart")
+    signatures = {}
+    for name, row in zip(classes, matrix.round(6)):
+        other = signatures.setdefault(row.tobytes(), name)
+        if other != name:
+            raise TltfError(f"{option} {path}: class {name} has the same attributes as class {other}; no attribute "
+                            "tells them apart")
     return AttributeTable(classes, names, matrix.astype(np.float32))
 
 
