@@ -7,6 +7,12 @@ works after ``import tltf``, and registers the named weight sets (``--weights to
 
 __version__ = "0.1.0"
 
+import os  # noqa: E402
+
+# TensorFlow reads its C++ log level once, when it is imported: INFO lines (Grappler's "Starting new session" twice
+# per ONNX export) are noise to tltf's users; warnings and errors still show. A value the user set is kept.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+
 from tltf.quiet import quiet_imports  # noqa: E402
 
 with quiet_imports():  # TensorFlow's start-up chatter (tltf.quiet)

@@ -74,7 +74,6 @@ def _module_exists(module: str) -> bool:
 @click.version_option(package_name="tltf")
 def main():
     """tltf: transfer learning for Keras 3 / TensorFlow, from a pretrained backbone to an ONNX file."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
 if __name__ == "__main__":  # pragma: no cover
