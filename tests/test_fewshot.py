@@ -133,3 +133,24 @@ def test_fewshot_command_prints_episodes_as_json(tmp_path):
     assert bad.exit_code == 2 and "--shots 0,x" in bad.stderr and "Traceback" not in bad.output
     bad = cli("fewshot", "--data", path, "--backbone", "cnn_small", "--weights", "none", "--ways", 5)
     assert bad.exit_code == 2 and "--ways 5" in bad.stderr
+
+
+def test_a_refit_reads_the_data_once(tmp_path, monkeypatch):
+    """The refit decision, its hold-out run and its final run share one read of the data (a folder is scanned
+    once, not three times)."""
+    import tltf.data
+    from tltf.training import engine
+
+    path, start = _data_and_start(tmp_path, 45, seed=12)
+    reads = []
+    real = tltf.data.load_source
+
+    def counting(*args, **kwargs):
+        reads.append(args[0])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(tltf.data, "load_source", counting)
+    monkeypatch.setattr(engine, "load_source", counting)
+    metrics = fit(_config(path, tmp_path / "p", weights=str(start), stage="prototypes"), verbose=0)
+    assert metrics["refit"]["chosen_epochs"] == 0 and metrics["num_train"] == 45
+    assert reads == [str(path)]

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -45,10 +46,15 @@ def load_source(spec: str, data_dir: str | None = None, option: str = "--data") 
     raise TltfError(f"{option} {text}: not a folder, .npz, .csv manifest, tfds:NAME or builtin:NAME")
 
 
-def load_data(spec: str, val_split: float = 0.2, seed: int = 0, data_dir: str | None = None,
+def load_data(spec, val_split: float = 0.2, seed: int = 0, data_dir: str | None = None,
               option: str = "--data") -> Source:
-    """The source with a validation split: its own, or ``val_split`` of train (stratified, seeded)."""
-    source = load_source(spec, data_dir, option)
+    """The source with a validation split: its own, or ``val_split`` of train (stratified, seeded). ``spec`` is a
+    ``--data`` spec, or a :class:`Source` already read (left as it is: a copy gets the split), so runs on the same
+    data (a refit's hold-out run and its final run) scan a folder once."""
+    if isinstance(spec, Source):
+        source, spec = replace(spec), spec.name
+    else:
+        source = load_source(spec, data_dir, option)
     if source.val is None and val_split > 0:
         if not 0 < val_split < 1:
             raise TltfError(f"--val-split {val_split}: must be between 0 and 1")

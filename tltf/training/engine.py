@@ -101,16 +101,16 @@ def fit(config: FitConfig, overwrite: bool = False, verbose: int = 1, callbacks=
         from tltf.instances.loop import fit_with_selection
 
         return fit_with_selection(fit, config, overwrite, verbose, callbacks)
-    wanted, why = _refit_wanted(config)
+    wanted, why, source = _refit_wanted(config)
     if why:
         chosen["refit"] = why
     if not wanted:
-        return _fit_once(config, overwrite, verbose, callbacks, chosen)
+        return _fit_once(config, overwrite, verbose, callbacks, chosen, source)
     out = Path(config.out)
     holdout = replace(config, out=str(out / "holdout"), refit="off")
     held = None if overwrite else finished_run(out / "holdout", holdout)
     if held is None:
-        held = _fit_once(holdout, overwrite, verbose, callbacks, chosen)
+        held = _fit_once(holdout, overwrite, verbose, callbacks, chosen, source)
     history = read_history(out / "holdout" / "history.csv")
     stages = json.loads((out / "holdout" / "config.json").read_text())["resolved_plan"]["stages"]
     plan = StagePlan([Stage(**stage) for stage in stages])  # as it ran (the LP's head stages already replaced)
@@ -122,7 +122,7 @@ def fit(config: FitConfig, overwrite: bool = False, verbose: int = 1, callbacks=
               f"{' (the starting head alone)' if epochs == 0 else ''}; training again on all labelled images",
               flush=True)
     final = final_config(config, plan, epochs, lp_applied=bool(held.get("lp_init")))
-    metrics = _fit_once(final, overwrite, verbose, callbacks, chosen)
+    metrics = _fit_once(final, overwrite, verbose, callbacks, chosen, source)
     row = history[epochs - 1] if 0 < epochs <= len(history) else {"val_accuracy": lp.get("val_accuracy"),
                                                                   "val_loss": lp.get("val_loss")}
     metrics["refit"] = {"chosen_epochs": epochs, "planned_epochs": plan.epochs, "holdout_run": str(out / "holdout"),
@@ -148,17 +148,19 @@ def _record_settings(out: Path, config: FitConfig, final: FitConfig) -> None:
     write_json(out / "config.json", saved)
 
 
-def _refit_wanted(config: FitConfig) -> tuple[bool, str]:
+def _refit_wanted(config: FitConfig) -> tuple[bool, str, object]:
+    """Whether to refit, why, and the data source when it had to be read to decide (None otherwise): the runs
+    that follow take it instead of reading the data again."""
     if parse_refit(config.refit) == "off":
-        return False, ""
+        return False, "", None
     if config.target_data or not config.val_split or parse_refit(config.refit) == "on":
-        return refit_decision(config, 0, False)
+        return (*refit_decision(config, 0, False), None)
     source = load_source(config.data, config.data_dir)
-    return refit_decision(config, smallest_class(source.train.selected_labels), source.val is not None)
+    return (*refit_decision(config, smallest_class(source.train.selected_labels), source.val is not None), source)
 
 
-def _fit_once(config: FitConfig, overwrite: bool, verbose: int, callbacks, chosen: dict) -> dict:
-    """One run into ``config.out`` (see :func:`fit`)."""
+def _fit_once(config: FitConfig, overwrite: bool, verbose: int, callbacks, chosen: dict, source=None) -> dict:
+    """One run into ``config.out`` (see :func:`fit`); ``source``: the data already read, or None."""
     trainer, extras = methods.select(config, trainer_name(config))
     spec = backbones.get(config.backbone)
     dist = distribution.setup(config.distribute, config.batch_size)  # first: multi-worker needs it before any op
@@ -167,13 +169,13 @@ def _fit_once(config: FitConfig, overwrite: bool, verbose: int, callbacks, chose
     folder = RunFolder(dist.run_dir(config.out))
     folder.open(config, overwrite)
     try:
-        return _train_in(folder, config, dist, spec, trainer, extras, overwrite, verbose, callbacks, chosen)
+        return _train_in(folder, config, dist, spec, trainer, extras, overwrite, verbose, callbacks, chosen, source)
     finally:
         folder.close()  # the folder's lock: another process may use it now
 
 
 def _train_in(folder: RunFolder, config: FitConfig, dist, spec, trainer, extras, overwrite: bool, verbose: int,
-              callbacks, chosen: dict) -> dict:
+              callbacks, chosen: dict, source=None) -> dict:
     """The run itself, in an open (locked) run folder."""
     if str(config.augment).strip().lower() != "auto":
         Augment.parse(config.augment)  # validated before any data is read
@@ -181,7 +183,8 @@ def _train_in(folder: RunFolder, config: FitConfig, dist, spec, trainer, extras,
     keras.utils.set_random_seed(config.seed)
 
     run = Run(config, spec, dist, folder, verbose=verbose, overwrite=overwrite, defaults=dict(chosen))
-    run.data = load_data(config.data, config.val_split, config.seed, config.data_dir)
+    run.data = load_data(source if source is not None else config.data, config.val_split, config.seed,
+                         config.data_dir)
     run.augment_text, why = defaults.resolve_augment(config, run.data.train)
     run.defaults.update(why)
     run.augment = Augment.parse(run.augment_text)
