@@ -7,7 +7,7 @@ The steps, each in its own module:
    through the feature cache);
 3. the kernel two-sample test, which gives the verdict (:mod:`tltf.drift.mmd`);
 4. the classifier two-sample test, which ranks the new images by how unlike the reference they look
-   (:mod:`tltf.drift.classifier_test`), drawn as a contact sheet (:mod:`tltf.drift.contact_sheet`);
+   (:mod:`tltf.drift.classifier_test`), drawn as a contact sheet (:mod:`tltf.contact_sheet`);
 5. with a trained classifier and a labelled reference, the new class prior by BBSE (:mod:`tltf.drift.label_shift`).
 
 >>> report = detect_drift("builtin:mnist", "builtin:uci_digits", backbone="mobilenet_v2",
@@ -112,12 +112,11 @@ def _class_mapping(model_classes: list[str], ref) -> np.ndarray | None:
 
 def _write(report: DriftReport, new, order: np.ndarray, out: Path) -> None:
     """``most_different.png``: the new images the domain classifier finds least like the reference."""
-    from tltf.drift.contact_sheet import contact_sheet
-    from tltf.drift.images import pixels
+    from tltf.contact_sheet import contact_sheet, images_at
 
     captions = [f"p(new) {d['score']:.3f}" + (f"\n{Path(d['file']).name[:24]}" if "file" in d else "")
                 for d in report.most_different]
     title = f"least like {Path(report.reference).name}: domain-classifier probability of 'new'"
-    report.outputs["most_different"] = str(contact_sheet(pixels(new, order), captions, out / "most_different.png",
-                                                         title=title))
+    report.outputs["most_different"] = str(contact_sheet(out / "most_different.png", images_at(new.split, order),
+                                                         captions, title=title, columns=4))
     report.outputs["report"] = str(out / "drift.json")

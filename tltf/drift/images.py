@@ -70,10 +70,3 @@ def subsample(images: ImageSet, max_samples: int | None, rng: np.random.Generato
     picked = np.sort(rng.choice(n, size=max_samples, replace=False))
     files = [images.files[i] for i in picked] if images.files is not None else None
     return ImageSet(images.spec, images.split.select(picked), images.class_names, files), picked
-
-
-def pixels(images: ImageSet, indices: np.ndarray) -> list[np.ndarray]:
-    """The decoded uint8 ``(H, W, 3)`` images at ``indices`` (positions in ``images``), at their own size."""
-    if not len(indices):
-        return []
-    return [np.asarray(image) for image, _ in images.split.select(np.asarray(indices)).dataset().as_numpy_iterator()]
