@@ -97,7 +97,9 @@ def fit(config: FitConfig, overwrite: bool = False, verbose: int = 1, callbacks=
     (:mod:`tltf.training.refit`).
     """
     config, chosen = defaults.resolve_schedule(config.validate())  # validate: settings changed after creation
-    if config.select_instances not in (None, "off"):  # train, score, drop, train again (tltf.instances.loop)
+    from tltf.instances.selection import parse_selection
+
+    if parse_selection(config.select_instances) is not None:  # train, score, drop, train again
         from tltf.instances.loop import fit_with_selection
 
         return fit_with_selection(fit, config, overwrite, verbose, callbacks)
