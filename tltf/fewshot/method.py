@@ -28,10 +28,6 @@ class Prototypes(Method):
     def wanted(cls, config) -> bool:
         return config.stage == "prototypes"
 
-    def check(self, config) -> None:
-        if str(config.lp_init).lower() in ("on", "true"):
-            raise TltfError("--lp-init on: --stage prototypes sets the head itself (leave --lp-init at auto or off)")
-
     def classifier_options(self) -> dict:
         return {"head_normalize": True}
 
@@ -41,6 +37,7 @@ class Prototypes(Method):
                               "alone, 5-shot 0.821 vs 0.753; tltf.fewshot.prototypes)"}
 
     def setup(self, run) -> None:
+        from tltf.fewshot.prototypes import normalise
         from tltf.strategies.features import split_features
         from tltf.strategies.linear_probe_init import head_scores
 
@@ -49,12 +46,12 @@ class Prototypes(Method):
         head = head_of(run.model)
         num_classes = len(head.class_names)
         centre, inv_std, kernel, bias = imprint_head(head, feats.x, feats.y, num_classes)
-        z = _normalised(feats.x, centre, inv_std)
+        z = normalise(feats.x, centre, inv_std)
         report = {"shots": np.bincount(feats.y, minlength=num_classes).tolist(), "num_train": int(len(feats.y))}
         report["train_accuracy"], report["train_loss"] = head_scores(z, feats.y, kernel, bias)
         if run.data.val is not None:
             val = split_features(run.model, run.data.val, run.config.batch_size, True)
-            report["val_accuracy"], report["val_loss"] = head_scores(_normalised(val.x, centre, inv_std), val.y,
+            report["val_accuracy"], report["val_loss"] = head_scores(normalise(val.x, centre, inv_std), val.y,
                                                                      kernel, bias)
         report.update(seconds=round(time.perf_counter() - start, 2), features_cached=feats.cached)
         self.report_ = report
@@ -86,8 +83,3 @@ def imprint_head(head, features: np.ndarray, labels: np.ndarray, num_classes: in
     head.dense.bias.assign(bias)
     return centre, inv_std, kernel, bias
 
-
-def _normalised(x: np.ndarray, centre: np.ndarray, inv_std: np.ndarray) -> np.ndarray:
-    from tltf.fewshot.prototypes import normalise
-
-    return normalise(x, centre, inv_std)

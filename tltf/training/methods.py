@@ -198,7 +198,10 @@ def select(config, trainer: str) -> tuple[Method, list[Method]]:
             OPTIONAL.append(name)  # declared by an entry point
     extras = [method_class(name)(config, options.get(name)) for name in OPTIONAL
               if name in names or method_class(name).wanted(config)]
-    if any(m.sets_head for m in (main, *extras)):
+    setter = next((m for m in (main, *extras) if m.sets_head), None)
+    if setter is not None:  # the LP initialisation writes a plain head: it stands aside, and cannot be forced
+        if str(config.lp_init).lower() in ("on", "true"):
+            raise TltfError(f"--lp-init on: {setter.name} sets the head itself (leave --lp-init at auto or off)")
         extras = [m for m in extras if m.name != "lp_init"]
     for method in (main, *extras):
         method.check(config)

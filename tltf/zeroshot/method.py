@@ -33,8 +33,6 @@ class Attributes(Method):
             raise TltfError("--attributes: not with --stage prototypes (both set the head)")
         if config.target_data:
             raise TltfError("--attributes: not with --target-data yet")
-        if str(config.lp_init).lower() in ("on", "true"):
-            raise TltfError("--lp-init on: --attributes trains an attribute head (leave --lp-init at auto or off)")
 
     def note(self) -> dict:
         return {"attributes": f"{self.table.matrix.shape[1]} attributes of {len(self.table.class_names)} classes "
@@ -82,15 +80,13 @@ class Attributes(Method):
             self.report_["eval"] = self._evaluate(run)
 
     def _scores(self, run, split):
-        from tltf.data import make_pipeline
+        """DAP scores ``(N, classes)`` and labels of ``split``, from its pooled backbone features (one pass, through
+        the same extractor ``tltf features`` uses; not cached: the backbone may have been fine-tuned)."""
+        from tltf.strategies.features import split_features
 
-        head = run.model.get_layer("head")
-        trunk = _trunk(run.model)
-        scores, labels = [], []
-        for x, y in make_pipeline(split, run.size, run.config.batch_size, cache=False):
-            scores.append(np.asarray(head.class_scores(trunk(x, training=False)), np.float64))
-            labels.append(np.asarray(y, np.int64))
-        return np.concatenate(scores), np.concatenate(labels)
+        feats = split_features(run.model, split, run.config.batch_size, cache=False)
+        scores = run.model.get_layer("head").class_scores(feats.x, training=False)
+        return np.asarray(scores, np.float64), feats.y
 
     def _evaluate(self, run) -> dict:
         """Generalised zero-shot scores on ``--eval-data`` (all its splits), calibrated and, for comparison, with
@@ -118,10 +114,3 @@ class Attributes(Method):
     def report(self, run) -> dict:
         return {"zero_shot": self.report_}
 
-
-def _trunk(model):
-    """``pixels -> preprocess -> backbone`` of a tltf classifier (the head's input)."""
-    from tltf.models.classifier import PREPROCESS_NAME, backbone_layer
-
-    pre, net = model.get_layer(PREPROCESS_NAME), backbone_layer(model)
-    return lambda x, training=False: net(pre(x), training=training)
