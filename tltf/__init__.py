@@ -17,5 +17,7 @@ from tltf.quiet import quiet_imports  # noqa: E402
 
 with quiet_imports():  # TensorFlow's start-up chatter (tltf.quiet)
     from tltf import models as _models  # noqa: F401  (registers custom Keras objects)
+    from tltf.multitask import head as _multitask_head  # noqa: F401  (heads of plug-ins: a saved model loads
+    from tltf.zeroshot import head as _zeroshot_head  # noqa: F401   in a process that never trained one)
     from tltf.staging import optimizers as _optimizers  # noqa: F401  (tltf>Adam etc., saved with compiled models)
     from tltf.weights import pretrained as _pretrained  # noqa: F401  (--weights torchvision:mobilenet_v2)

@@ -51,6 +51,9 @@ class _KerasModel:
             self.class_names = class_names_of(self.model)
         except (ValueError, AttributeError):
             self.class_names = None
+        from tltf.multitask.head import segments_of
+
+        self.segments = segments_of(self.model)  # a multitask model: each task's columns
 
     def predict(self, pixels: np.ndarray) -> np.ndarray:
         from tltf.models.head import class_probabilities
@@ -125,7 +128,8 @@ def top_k(probabilities: np.ndarray, class_names, k: int) -> list[list[dict]]:
 
 
 def predict_files(model_path: str | Path, files, top: int = 5) -> list[dict]:
-    """``[{"file": PATH, "top": [{"index", "label", "score"}, …]}]`` for each image file, in order."""
+    """``[{"file": PATH, "top": [{"index", "label", "score"}, …]}]`` for each image file, in order; for a multitask
+    model ``{"file": PATH, "tasks": {task: [{"index", "label", "score"}, …]}}`` (indices within the task)."""
     from tltf.data.images import load_images
 
     if top < 1:
@@ -145,6 +149,12 @@ def predict_files(model_path: str | Path, files, top: int = 5) -> list[dict]:
         if probs.ndim != 2 or probs.shape[0] != len(chunk) or probs.shape[1] < 1:
             raise TltfError(f"{model_path}: output of shape {probs.shape} for {len(chunk)} image(s) is not "
                             "(images, classes) probabilities")
+        segments = getattr(model, "segments", None)
+        if segments:
+            per_task = {name: top_k(probs[:, start:stop], classes, top) for name, start, stop, classes in segments}
+            results += [{"file": file, "tasks": {name: best[i] for name, best in per_task.items()}}
+                        for i, file in enumerate(chunk)]
+            continue
         for file, best in zip(chunk, top_k(probs, model.class_names, top)):
             results.append({"file": file, "top": best})
     return results

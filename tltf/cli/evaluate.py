@@ -24,9 +24,18 @@ def command(model, data, split, batch_size, data_dir, as_json):
     if as_json:
         click.echo(json.dumps(result))
         return
-    click.echo(f"accuracy {result['accuracy']:.4f} on {result['n']} images ({result['split']} split)")
-    for name, acc in result["per_class"].items():
-        click.echo(f"  {name:<20} {'-' if acc is None else f'{acc:.3f}'}")
     import numpy as np
 
-    click.echo(format_confusion(np.array(result["confusion"]), result["classes"]))
+    if "tasks" in result:  # a multitask model
+        click.echo(f"mean accuracy of the tasks {result['accuracy']:.4f}, every task right {result['all_correct']:.4f}"
+                   f" on {result['n']} images ({result['split']} split)")
+        parts = result["tasks"].items()
+    else:
+        click.echo(f"accuracy {result['accuracy']:.4f} on {result['n']} images ({result['split']} split)")
+        parts = [(None, result)]
+    for task, part in parts:
+        if task is not None:
+            click.echo(f"task {task}: accuracy {part['accuracy']:.4f}")
+        for name, acc in part["per_class"].items():
+            click.echo(f"  {name:<20} {'-' if acc is None else f'{acc:.3f}'}")
+        click.echo(format_confusion(np.array(part["confusion"]), part["classes"]))

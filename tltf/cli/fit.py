@@ -73,6 +73,10 @@ from tltf.cli import options
                    "including those without images; the model outputs the table's classes.")
 @click.option("--eval-data", help="With --attributes: labelled images of any class of the table, scored as "
               "generalised zero-shot (seen, unseen, harmonic mean).")
+@click.option("--tasks", help="Multitask: label columns of the CSV manifest given as --data (e.g. digit,parity); one "
+              "head per task on the shared backbone, one ONNX output per task.")
+@click.option("--task-weights", help="With --tasks: one weight per task for the summed loss, e.g. 1,0.5 "
+              "[default: all 1].")
 @click.option("--select-instances",
               help="Instance-based transfer: train, score each training image by its influence on the validation "
                    "loss, drop the harmful ones (auto: every one whose removal is predicted to help, at most half; "
@@ -120,6 +124,9 @@ def command(ctx, recipe, dry_run, quiet, overwrite, **flags):
     summary = f"val_accuracy={metrics['val_accuracy']:.3f}" if metrics["val_accuracy"] is not None else ""
     if "test_accuracy" in metrics:
         summary += f" test_accuracy={metrics['test_accuracy']:.3f}"
+    for task, entry in (metrics.get("tasks") or {}).items():  # --tasks: each task's own figures
+        figures = " ".join(f"{key}={entry[key]:.3f}" for key in ("val_accuracy", "test_accuracy") if key in entry)
+        click.echo(f"task {task}: {figures or 'no validation or test images'}")
     if "domain_accuracy" in metrics:  # --target-data: domain adaptation (or its source-only baseline)
         click.echo(_adaptation_table(metrics))
     click.echo(f"{summary}\nsaved {config.out}/model.keras, metrics.json, history.csv, curves.png")

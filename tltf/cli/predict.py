@@ -31,11 +31,16 @@ def command(model, images, top, as_json):
     from rich.console import Console
     from rich.table import Table
 
-    table = Table("file", "rank", "class", "score", box=None)
+    multitask = any("tasks" in r for r in results)
+    table = Table("file", *(("task",) if multitask else ()), "rank", "class", "score", box=None)
     for r in results:
-        for rank, t in enumerate(r["top"], 1):
-            label = t["label"] if t["label"] is not None else f"#{t['index']}"
-            table.add_row(r["file"] if rank == 1 else "", str(rank), label, f"{t['score']:.3f}")
+        lists = r["tasks"].items() if multitask else [(None, r["top"])]
+        for n, (task, best) in enumerate(lists):
+            for rank, t in enumerate(best, 1):
+                label = t["label"] if t["label"] is not None else f"#{t['index']}"
+                first = rank == 1
+                table.add_row(r["file"] if first and n == 0 else "", *((task if first else "",) if multitask else ()),
+                              str(rank), label, f"{t['score']:.3f}")
     Console().print(table)
 
 

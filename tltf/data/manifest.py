@@ -4,6 +4,10 @@ The CSV has a ``file`` column (image paths, relative to the CSV's folder unless 
 label; an optional ``split`` column (``train``, ``val``, ``test``) splits it. Class names are the label column's
 distinct values, sorted. Every problem is one line naming the file, the row or the column.
 
+Several columns joined by ``+`` (``labels.csv:digit+parity``) read every image's labels at once, as one joint
+label per combination of values (``"3|odd"``) and the source's ``tasks`` (:mod:`tltf.data.tasks`): the data of a
+multitask run (``tltf fit --tasks digit,parity``).
+
 >>> source = manifest_source("photos/labels.csv:species")   # doctest: +SKIP
 """
 
@@ -60,13 +64,18 @@ def manifest_source(spec: str, option: str = "--data"):
             raise TltfError(f"{option} {spec}: {len(labels)} label columns ({', '.join(labels[:6]) or 'none'}); "
                             f"choose one as {path}:COLUMN")
         column = labels[0]
-    elif column not in labels:
-        raise TltfError(f"{option} {spec}: no label column {column!r} (columns: {', '.join(labels[:8])})")
+    columns = [column] if column in labels or "+" not in column else [c.strip() for c in column.split("+")]
+    for name in columns:
+        if name not in labels:
+            raise TltfError(f"{option} {spec}: no label column {name!r} (columns: {', '.join(labels[:8])})")
+    if len(set(columns)) != len(columns):
+        raise TltfError(f"{option} {spec}: a label column is named twice")
     root = path.parent
     files, values, splits = [], [], []
     for line, row in enumerate(rows, start=2):
-        if not row["file"] or not row[column]:
-            raise TltfError(f"{option} {path}: row {line} has an empty {'file' if not row['file'] else column}")
+        empty = next((name for name in ("file", *columns) if not row[name]), None)
+        if empty:
+            raise TltfError(f"{option} {path}: row {line} has an empty {empty}")
         file = Path(row["file"]) if Path(row["file"]).is_absolute() else root / row["file"]
         if not file.is_file():
             raise TltfError(f"{option} {path}: row {line}: {file} does not exist")
@@ -76,18 +85,31 @@ def manifest_source(spec: str, option: str = "--data"):
         if split not in SPLITS:
             raise TltfError(f"{option} {path}: row {line}: split {split!r} (choose train, val or test)")
         files.append(str(file))
-        values.append(row[column])
+        values.append(tuple(row[name] for name in columns))
         splits.append(split)
     keep = readable(files, path)  # unreadable or oversized images skipped with a warning, as in folders
     if not keep:
         raise TltfError(f"{option} {path}: no readable images")
     files, values, splits = [files[i] for i in keep], [values[i] for i in keep], [splits[i] for i in keep]
-    class_names = sorted({v for v, s in zip(values, splits) if s == "train"})
-    index = {name: i for i, name in enumerate(class_names)}
-    unknown = sorted({v for v in values if v not in index})
-    if unknown:
-        raise TltfError(f"{option} {path}: class {unknown[0]!r} appears in val/test rows but not in train")
-    labels_arr = np.array([index[v] for v in values], np.int32)
+    for t, name in enumerate(columns):
+        seen = {v[t] for v, s in zip(values, splits) if s == "train"}
+        unknown = sorted({v[t] for v in values if v[t] not in seen})
+        if unknown:
+            raise TltfError(f"{option} {path}: {name} {unknown[0]!r} appears in val/test rows but not in train")
+    tasks = None
+    if len(columns) == 1:
+        class_names = sorted({v[0] for v in values})
+        index = {name: i for i, name in enumerate(class_names)}
+        labels_arr = np.array([index[v[0]] for v in values], np.int32)
+    else:
+        from tltf.data.tasks import joint_labels
+
+        tasks, labels_arr = joint_labels(columns, values, [s == "train" for s in splits])
+        class_names = tasks.joint_names()
+        for name, classes in zip(columns, tasks.classes):
+            if len(classes) < 2:
+                raise TltfError(f"{option} {path}: column {name} has a single class ({classes[0]}); a task needs "
+                                "at least two")
     splits_arr = np.array(splits)
     parts = {}
     for name in SPLITS:
@@ -96,6 +118,7 @@ def manifest_source(spec: str, option: str = "--data"):
             parts[name] = file_split([files[i] for i in keep], labels_arr[keep])
     if "train" not in parts:
         raise TltfError(f"{option} {path}: no train rows")
-    source = Source(f"{path.stem}:{column}", class_names, parts["train"], parts.get("val"), parts.get("test"))
+    source = Source(f"{path.stem}:{column}", class_names, parts["train"], parts.get("val"), parts.get("test"),
+                    tasks=tasks)
     check_classes(source, option, path)
     return source

@@ -66,6 +66,7 @@ class Source:
     train: Split
     val: Split | None = None
     test: Split | None = None
+    tasks: object = None  # a manifest read with several label columns: tltf.data.tasks.TaskLabels
 
 
 # --- image folders --------------------------------------------------------------------------------------------

@@ -39,6 +39,8 @@ DEFAULT_OPSET = 17
 MIN_OPSET, MAX_OPSET = 13, 18
 INPUT_RANGE = "0..255 float32, preprocessing inside the graph"
 OUTPUT_DOC = "probabilities (batch, num_classes); a binary sigmoid head is exported as [1 - p, p]"
+TASKS_DOC = ("one output per task, named after it: probabilities (batch, the task's classes); metadata tasks lists "
+             "each task's classes")
 PRECISIONS = precisions.names()  # the rows of tltf.export.precision.PRECISIONS
 
 
@@ -189,26 +191,34 @@ def model_info(model) -> dict:
     except (ValueError, AttributeError, ImportError):
         backbone = "unknown"
     pre = next((layer for layer in model.layers if isinstance(layer, Preprocess)), None)
+    from tltf.multitask.head import segments_of
+
+    segments = segments_of(model)
+    if segments:  # one output per task; the class names are task:class, as the Keras head lists its columns
+        class_names = [f"{name}:{c}" for name, _, _, classes in segments for c in classes]
     return {"class_names": class_names, "num_classes": len(class_names), "image_size": [int(shape[1]),
             int(shape[2])], "backbone": backbone, "preprocess": pre.mode if pre is not None else "unknown",
-            "binary_sigmoid": n_out == 1}
+            "binary_sigmoid": n_out == 1,
+            "tasks": [[name, list(classes), start, stop] for name, start, stop, classes in segments or ()]}
 
 
 def metadata(info: dict, precision: str = DEFAULT) -> dict[str, str]:
     """The ONNX ``metadata_props`` (all strings) describing the graph's contract."""
     from tltf import __version__
 
-    return {
+    tasks = {"tasks": json.dumps([[name, classes] for name, classes, _, _ in info["tasks"]]),
+             "output_names": json.dumps([name for name, *_ in info["tasks"]])} if info.get("tasks") else {}
+    return tasks | {
         "class_names": json.dumps(info["class_names"]),
         "num_classes": str(info["num_classes"]),
         "image_size": json.dumps(info["image_size"]),
         "input_name": INPUT_NAME,
-        "output_name": OUTPUT_NAME,
+        "output_name": info["tasks"][0][0] if info.get("tasks") else OUTPUT_NAME,
         "channel_order": "RGB",
         "layout": "NHWC",
         "input_range": INPUT_RANGE,
         "preprocessing": f"inside the graph ({info['preprocess']})",
-        "output": OUTPUT_DOC,
+        "output": TASKS_DOC if info.get("tasks") else OUTPUT_DOC,
         "backbone": info["backbone"],
         "precision": precision,
         "tltf_version": __version__,
@@ -217,7 +227,9 @@ def metadata(info: dict, precision: str = DEFAULT) -> dict[str, str]:
 
 # --- conversion ----------------------------------------------------------------------------------------------------
 
-def _serving_function(model, h: int, w: int):
+def _serving_function(model, h: int, w: int, tasks=()):
+    """The traced inference function: ``{probabilities: ...}``, or with ``tasks`` (``[name, classes, start, stop]``)
+    one output per task, sliced from a multitask head's columns."""
     import tensorflow as tf
 
     spec = tf.TensorSpec((None, h, w, 3), tf.float32, name=INPUT_NAME)
@@ -225,6 +237,8 @@ def _serving_function(model, h: int, w: int):
     @tf.function(input_signature=[spec], autograph=False)
     def serve(pixels):
         probs = tf.cast(model(pixels, training=False), tf.float32)
+        if tasks:
+            return {name: tf.identity(probs[:, start:stop]) for name, _, start, stop in tasks}
         if probs.shape[-1] == 1:  # binary sigmoid head -> [1 - p, p], as class_probabilities does
             probs = tf.concat([1.0 - probs, probs], axis=-1)
         return {OUTPUT_NAME: probs}
@@ -263,7 +277,7 @@ def convert(model, opset: int = DEFAULT_OPSET):
     info = model_info(net)
     h, w = info["image_size"]
     net(np.zeros((1, h, w, 3), np.float32), training=False)  # a model must have been called once
-    concrete = _serving_function(net, h, w).get_concrete_function()
+    concrete = _serving_function(net, h, w, info["tasks"]).get_concrete_function()
     inputs = [concrete.inputs[0].name]  # captured tensors (e.g. Normalization constants) follow the real input
     outputs = [t.name for t in concrete.outputs]
     rename = tensor_names_from_structed(concrete, inputs, outputs)
@@ -287,8 +301,10 @@ def convert(model, opset: int = DEFAULT_OPSET):
     from tltf import __version__
 
     proto.producer_version = __version__
+    described = (f"Outputs {', '.join(name for name, *_ in info['tasks'])}: {TASKS_DOC}" if info["tasks"] else
+                 f"Output {OUTPUT_NAME}: {OUTPUT_DOC}")
     proto.doc_string = (f"tltf classifier ({info['backbone']}, {info['num_classes']} classes). Input {INPUT_NAME}: "
-                        f"RGB NHWC float32 0..255, shape (batch, {h}, {w}, 3). Output {OUTPUT_NAME}: {OUTPUT_DOC}.")
+                        f"RGB NHWC float32 0..255, shape (batch, {h}, {w}, 3). {described}.")
     set_metadata(proto, metadata(info))
     onnx.checker.check_model(proto)
     return proto
@@ -389,7 +405,8 @@ def export_onnx(model, out: str | Path, opset: int = DEFAULT_OPSET, precision: s
         say(f"checking parity with Keras on {len(check)} {check_source}")
         t0 = time.perf_counter()
         keras_probs = parity.keras_probabilities(net, check)
-        result = parity.compare(tmp, keras_probs, check, precision=precision, threshold=threshold)
+        result = parity.compare(tmp, keras_probs, check, precision=precision, threshold=threshold,
+                                segments=[(start, stop) for _, _, start, stop in info["tasks"]])
         timings["parity_s"] = time.perf_counter() - t0
         report = _report(source, out, tmp, proto, precision, opset, info, result, check_source, fp32_nodes,
                          timings)
@@ -460,7 +477,9 @@ def _report(source, out, tmp, proto, precision, opset, info, result, check_sourc
         "sha256": _sha256(tmp),
         "input": {"name": INPUT_NAME, "shape": ["batch", *info["image_size"], 3], "dtype": "float32",
                   "layout": "NHWC", "channel_order": "RGB", "range": INPUT_RANGE},
-        "output": {"name": OUTPUT_NAME, "shape": ["batch", info["num_classes"]], "doc": OUTPUT_DOC},
+        "output": ({"names": [name for name, *_ in info["tasks"]], "doc": TASKS_DOC} if info["tasks"] else
+                   {"name": OUTPUT_NAME, "shape": ["batch", info["num_classes"]], "doc": OUTPUT_DOC}),
+        **({"tasks": {name: classes for name, classes, _, _ in info["tasks"]}} if info["tasks"] else {}),
         "class_names": info["class_names"],
         "backbone": info["backbone"],
         "max_abs_diff": result["max_abs_diff"],

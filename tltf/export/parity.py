@@ -83,8 +83,9 @@ def keras_probabilities(model, images: np.ndarray, batch_size: int = 32) -> np.n
 
 
 def compare(onnx_path: str | Path, keras_probs: np.ndarray, images: np.ndarray, precision: str = DEFAULT,
-            batch_size: int = 32, threshold: float | None = None) -> dict:
-    """Run ``onnx_path`` in onnxruntime (CPU) on ``images`` and compare with ``keras_probs``."""
+            batch_size: int = 32, threshold: float | None = None, segments=()) -> dict:
+    """Run ``onnx_path`` in onnxruntime (CPU) on ``images`` and compare with ``keras_probs`` (``segments``: the
+    columns of each task of a multitask model, see :func:`measure`)."""
     from tltf.export.runtime import OnnxModel
 
     try:
@@ -97,15 +98,16 @@ def compare(onnx_path: str | Path, keras_probs: np.ndarray, images: np.ndarray, 
     t0 = time.perf_counter()
     onnx_probs = model.predict(images, batch_size=batch_size)
     elapsed = time.perf_counter() - t0
-    return measure(onnx_probs, keras_probs, precision, threshold) | {
+    return measure(onnx_probs, keras_probs, precision, threshold, segments) | {
         "onnxruntime_ms_per_image": round(1000 * elapsed / max(len(images), 1), 3)}
 
 
 def measure(candidate: np.ndarray, reference: np.ndarray, precision: str = DEFAULT,
-            threshold: float | None = None) -> dict:
+            threshold: float | None = None, segments=()) -> dict:
     """Differences between two ``(N, C)`` probability arrays: ``max_abs_diff``, ``output_range``,
     ``relative_diff`` (their ratio), ``top1_agreement``, ``output_std`` (spread of the reference across images),
-    and the gate's ``threshold`` (``THRESHOLDS[precision]`` unless given)."""
+    and the gate's ``threshold`` (``THRESHOLDS[precision]`` unless given). With ``segments`` (``(start, stop)``
+    column ranges, one per task of a multitask model) an image agrees when every task's top-1 agrees."""
     precision = precisions.get(precision).name
     a = np.asarray(candidate, np.float64)
     b = np.asarray(reference, np.float64)
@@ -113,7 +115,10 @@ def measure(candidate: np.ndarray, reference: np.ndarray, precision: str = DEFAU
         raise TltfError(f"parity: onnxruntime output shape {a.shape} differs from Keras {b.shape}")
     diff = float(np.max(np.abs(a - b))) if a.size else 0.0
     out_range = float(b.max() - b.min()) if b.size else 0.0
-    agree = np.argmax(a, axis=1) == np.argmax(b, axis=1)
+    ranges = list(segments) or [(0, a.shape[1] if a.ndim == 2 else 0)]
+    agree = np.ones(len(b), bool)
+    for start, stop in ranges:
+        agree &= np.argmax(a[:, start:stop], axis=1) == np.argmax(b[:, start:stop], axis=1)
     return {
         "n": int(len(b)),
         "max_abs_diff": diff,

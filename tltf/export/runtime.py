@@ -210,6 +210,21 @@ def read_contract(path: str | Path) -> tuple[dict[str, str], tuple[int, int], li
     return metadata, image_size, class_names
 
 
+def read_tasks(metadata: dict, outputs: list[str], path) -> list[tuple[str, list[str]]] | None:
+    """The ``tasks`` of a multitask file's metadata, ``[(name, classes)]`` with an output per name, or None."""
+    text = metadata.get("tasks")
+    if not text:
+        return None
+    try:
+        tasks = [(str(name), [str(c) for c in classes]) for name, classes in json.loads(text)]
+    except (ValueError, TypeError, RecursionError):
+        raise TltfError(f"{path}: metadata tasks is not a JSON list of [task, classes]") from None
+    missing = [name for name, _ in tasks if name not in outputs]
+    if missing:
+        raise TltfError(f"{path}: metadata names a task {missing[0]!r} that is not an output of the graph")
+    return tasks
+
+
 class OnnxModel:
     """An exported tltf classifier in onnxruntime: ``predict(pixels) -> (N, num_classes)`` probabilities.
 
@@ -230,17 +245,32 @@ class OnnxModel:
             raise TltfError(f"{self.path}: the graph has no {'input' if not inputs else 'output'} to run")
         self.input_name = inputs[0].name
         self.output_name = outputs[0].name
+        self.tasks = read_tasks(self.metadata, [o.name for o in outputs], self.path)  # [(name, classes)] or None
+        self.output_names = [name for name, _ in self.tasks] if self.tasks else [self.output_name]
         self.input_dtype = np.float16 if "float16" in inputs[0].type else np.float32
 
     @property
     def num_classes(self) -> int | None:
         return len(self.class_names) if self.class_names else None
 
+    @property
+    def segments(self) -> list[tuple[str, int, int, list[str]]] | None:
+        """A multitask file's ``(task, first column, column after the last, classes)`` in :meth:`predict`'s output."""
+        if not self.tasks:
+            return None
+        out, start = [], 0
+        for name, classes in self.tasks:
+            out.append((name, start, start + len(classes), classes))
+            start += len(classes)
+        return out
+
     def run(self, pixels: np.ndarray) -> np.ndarray:
-        """One forward pass of the raw graph (no batching, no post-processing); a graph that onnxruntime cannot
+        """One forward pass of the raw graph (no batching, no post-processing; a multitask file's outputs side by
+        side, task after task, as the Keras head gives them); a graph that onnxruntime cannot
         run (a wrong input, an intermediate too large to allocate, ...) is a one-line :class:`TltfError`."""
         try:
-            return self.session.run([self.output_name], {self.input_name: pixels})[0]
+            outputs = self.session.run(self.output_names, {self.input_name: pixels})
+            return outputs[0] if len(outputs) == 1 else np.concatenate(outputs, axis=1)
         except Exception as e:  # onnxruntime's Fail, InvalidArgument, RuntimeException, ...
             raise TltfError(f"{self.path}: onnxruntime failed to run it ({run_failure(e)})") from None
 

@@ -151,12 +151,18 @@ def build_app(models: dict[str, ServedModel], max_batch: int = 32, max_delay_ms:
         spec = model.inputs[0]
         feeds = {spec.name: pixels.astype(DATATYPES[spec.datatype], copy=False)}
         values = await batchers[model.name].submit(feeds, model.check_inputs(feeds))
-        probs = class_probabilities(values[model.output_names[0]])
-        if probs.ndim != 2 or probs.shape[0] != len(uploads) or probs.shape[1] < 1:
-            raise ApiError(500, f"model {model.name!r}: output of shape {probs.shape} for {len(uploads)} image(s) "
-                                "is not (images, classes) probabilities")
-        best = top_k(probs, model.class_names, top)
-        results = [{"file": name, "top": classes} for (name, _), classes in zip(uploads, best)]
+        best = {}
+        for output in [name for name, _ in model.tasks] if model.tasks else model.output_names[:1]:
+            probs = class_probabilities(values[output])
+            if probs.ndim != 2 or probs.shape[0] != len(uploads) or probs.shape[1] < 1:
+                raise ApiError(500, f"model {model.name!r}: output of shape {probs.shape} for {len(uploads)} "
+                                    "image(s) is not (images, classes) probabilities")
+            best[output] = top_k(probs, model.output_classes.get(output), top)
+        if model.tasks:  # a multitask model: every task, as `tltf predict --json` prints them
+            results = [{"file": name, "tasks": {task: rows[i] for task, rows in best.items()}}
+                       for i, (name, _) in enumerate(uploads)]
+        else:
+            results = [{"file": name, "top": rows} for (name, _), rows in zip(uploads, *best.values())]
         return Response(json.dumps(results), media_type="application/json")  # as `tltf predict --json` prints
 
     async def metrics_endpoint(request: Request) -> Response:
@@ -230,7 +236,7 @@ def output_value(model: ServedModel, output: RequestedOutput, value: np.ndarray)
     """An output as returned: the array, or its top ``classification`` strings (labelled with the model's class
     names when it has them)."""
     if output.classification:
-        return classification(value, output.classification, model.class_names)
+        return classification(value, output.classification, model.output_classes.get(output.name))
     return value
 
 

@@ -60,11 +60,18 @@ class ServedModel:
                             "cannot be sent over the v2 protocol here (numeric and BOOL inputs only)")
         #: all inputs and outputs have a dynamic first dimension: requests can be concatenated into one run
         self.batchable = all(s.shape and s.shape[0] == -1 for s in self.inputs + self.outputs)
+        from tltf.export.runtime import read_tasks
+
+        self.tasks = None  # a multitask file: [(task = output name, classes)]
         try:
-            _, self.image_size, self.class_names = read_contract(self.path)
+            metadata, self.image_size, self.class_names = read_contract(self.path)
+            self.tasks = read_tasks(metadata, self.output_names, self.path)
             self.not_images = None
         except TltfError as e:  # served over v2 all the same
             self.image_size, self.class_names, self.not_images = None, None, str(e)
+        #: the class names of each output that has them (a multitask file: every task's)
+        self.output_classes = (dict(self.tasks) if self.tasks else
+                               {self.output_names[0]: self.class_names} if self.class_names else {})
         self._warm_up()
 
     def _warm_up(self) -> None:

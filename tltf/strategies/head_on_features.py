@@ -64,16 +64,17 @@ class FeatureHead(Method):
         run.folder.discard_backup()  # nothing to resume: the head trains in seconds
         (run.folder.path / "history.csv").unlink(missing_ok=True)
         run.test, self.cache_report = fit_head_on_features(run.model, run.config, run.plan, run.data, run.folder.path,
-                                                           run.verbose, callbacks, run.loss_terms)
+                                                           run.verbose, callbacks, run.loss_terms, run.objective)
 
     def report(self, run) -> dict:
         return {"feature_cache": self.cache_report}
 
 
 def fit_head_on_features(model: keras.Model, config, plan, data, out: Path, verbose: int = 1,
-                         callbacks=(), loss_terms=()) -> tuple[dict | None, dict]:
+                         callbacks=(), loss_terms=(), objective: dict | None = None) -> tuple[dict | None, dict]:
     """Train ``model``'s head on cached features of ``data``; writes ``out/history.csv`` (and TensorBoard logs).
 
+    ``objective``: ``compile``'s loss and metrics when a plug-in set them (``run.objective``).
     Returns the test evaluation (``None`` without a test split) and the ``feature_cache`` report for
     ``metrics.json``: per split the number of images, whether it came from the cache and the seconds spent.
     """
@@ -97,7 +98,7 @@ def fit_head_on_features(model: keras.Model, config, plan, data, out: Path, verb
     inputs = keras.Input((feats["train"].x.shape[1],), name="features")
     head_model = with_loss_terms(keras.Model(inputs, head(inputs), name="head_on_features"), loss_terms)
     head_model.compile(optimizer=make_optimizer(config.optimizer, plan.stages[0].learning_rate, config.clipnorm),
-                       **loss_and_metrics(len(data.class_names) == 2),
+                       **(objective or loss_and_metrics(len(data.class_names) == 2)),
                        steps_per_execution=_STEPS_PER_EXECUTION)  # same steps, fewer Python round trips
 
     def dataset(name, training=False):

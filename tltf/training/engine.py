@@ -59,6 +59,7 @@ class Run:
     transfer: LayerTransfer | None = None  # --freeze-until, --reinit-top, the feature-cache decision
     defaults: dict = field(default_factory=dict)  # {setting: why tltf chose its value}
     loss_terms: list = field(default_factory=list)
+    objective: dict | None = None  # compile's loss and metrics when a plug-in sets them (default: the head's)
     test: dict | None = None  # set by a trainer that evaluates the test split itself
 
     def add_loss(self, term) -> None:
@@ -157,7 +158,8 @@ def _refit_wanted(config: FitConfig) -> tuple[bool, str, object]:
         return False, "", None
     if config.target_data or not config.val_split or parse_refit(config.refit) == "on":
         return (*refit_decision(config, 0, False), None)
-    source = load_source(config.data, config.data_dir)
+    trainer, extras = methods.select(config, trainer_name(config))
+    source = load_source(methods.data_spec(config, (trainer, *extras)), config.data_dir)
     return (*refit_decision(config, smallest_class(source.train.selected_labels), source.val is not None), source)
 
 
@@ -185,8 +187,8 @@ def _train_in(folder: RunFolder, config: FitConfig, dist, spec, trainer, extras,
     keras.utils.set_random_seed(config.seed)
 
     run = Run(config, spec, dist, folder, verbose=verbose, overwrite=overwrite, defaults=dict(chosen))
-    run.data = load_data(source if source is not None else config.data, config.val_split, config.seed,
-                         config.data_dir)
+    wanted = methods.data_spec(config, (trainer, *extras))
+    run.data = load_data(source if source is not None else wanted, config.val_split, config.seed, config.data_dir)
     run.augment_text, why = defaults.resolve_augment(config, run.data.train)
     run.defaults.update(why)
     run.augment = Augment.parse(run.augment_text)

@@ -6,9 +6,12 @@ fastai's callbacks:
 - ``wanted(config)``: whether the settings ask for it (``--l2sp 0.01``, ``--adapt dann``, ``methods: [name]``);
 - ``streams``: the data it needs besides the labelled source (``"target"``: unlabelled target images);
 - ``check(config)``: one-line errors for its options, before any data is read;
+- ``data_spec(spec)``: what to read instead of ``--data`` (e.g. a manifest's label columns for ``--tasks``);
 - ``data(run)``: the data is read (``run.data``); a plug-in may change it (another class list, fewer images);
 - ``classifier_options()``: keyword arguments for :func:`tltf.models.classifier.build_classifier` (e.g. a
   normalising head);
+- ``setup`` may set ``run.objective``, the ``compile`` arguments (loss and metrics) in place of the head's
+  cross-entropy and accuracy;
 - ``start(run)``: the classifier is built, with its starting (pretrained) weights still untouched;
 - ``setup(run)``: change what trains once the classifier and stage plan exist (``run.model`` is the classifier that
   is saved, ``run.train_model`` the model fitted: a plug-in may wrap it); ``run.add_loss(term)`` adds a loss term
@@ -74,6 +77,10 @@ class Method:
         """``{setting: why}`` for ``--dry-run``'s ``defaults`` when it applies."""
         return {}
 
+    def data_spec(self, spec: str) -> str:
+        """The data to read for ``--data spec`` (``spec`` itself unless the plug-in reads it differently)."""
+        return spec
+
     def data(self, run) -> None:
         """The data is read into ``run.data`` (and ``run.target``); change it here, before the model is built."""
 
@@ -123,11 +130,20 @@ _REGISTRY: dict[str, str | type] = {
     "prototypes": "tltf.fewshot.method:Prototypes",
     "attributes": "tltf.zeroshot.method:Attributes",
     "exclude_instances": "tltf.instances.method:ExcludeInstances",
+    "multitask": "tltf.multitask.method:Multitask",
 }
 #: ``--adapt NAME`` -> the trainer it selects
 ADAPT_TRAINERS = {"dann": "dann", "mmd": "mmd", "coral": "coral", "none": "source_only", "adabn": "source_only"}
 #: plug-ins tried (``wanted``) on every run, in this order; user-registered ones are added
-OPTIONAL = ["exclude_instances", "prototypes", "attributes", "lp_init", "lwf", "l2sp", "adabn"]
+OPTIONAL = ["exclude_instances", "multitask", "prototypes", "attributes", "lp_init", "lwf", "l2sp", "adabn"]
+
+
+def data_spec(config, selected) -> str:
+    """The data spec to read for ``config``: ``--data`` as the ``selected`` methods' ``data_spec`` hooks change it."""
+    spec = config.data
+    for method in selected:
+        spec = method.data_spec(spec)
+    return spec
 
 
 def adapt_parts(text) -> list[str]:

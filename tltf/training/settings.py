@@ -69,6 +69,9 @@ class FitConfig:
                             check=checks.choice("auto", "final", "multilevel"))
     # zero-shot: a CSV of class attributes (tltf.zeroshot); the model's classes become the table's
     attributes: str | None = _setting(None, "model")
+    # multitask: label columns of a CSV manifest (--data labels.csv), one head each on the shared backbone
+    tasks: str | None = _setting(None, "model", check=checks.tasks)
+    task_weights: str | None = _setting(None, "model")  # one weight per task for the summed loss (default all 1)
     train_bn: bool | None = _setting(None, "model")  # None: train BN only when starting from random weights
     # schedule
     stage: str | None = _setting(None, "schedule", help="None: gradual, or scratch with --weights none",

@@ -27,7 +27,8 @@ class Supervised(Method):
         with dist.scope():
             train_model.compile(optimizer=make_optimizer(config.optimizer, plan.stages[0].learning_rate,
                                                          config.clipnorm),
-                                **loss_and_metrics(len(run.data.class_names) == 2), jit_compile=jit)
+                                **(run.objective or loss_and_metrics(len(run.data.class_names) == 2)),
+                                jit_compile=jit)
             prepare(train_model, plan, run.transfer.frozen)
         train = make_pipeline(run.data.train, run.size, dist.global_batch, training=True, augment=run.augment,
                               seed=config.seed, cache=config.cache)

@@ -178,6 +178,17 @@ def methods(value, config):
     return f"each method must be a registered name, not {bad[0]!r}" if bad else None
 
 
+def tasks(value, config):  # as tltf.multitask.method.task_names reads --tasks
+    if value is None:
+        return None
+    names = [t.strip() for t in str(value).split(",")]
+    if len(names) < 2 or not all(names):
+        return "expected two or more label columns separated by commas (e.g. digit,parity)"
+    if len(set(names)) != len(names):
+        return "a task is named twice"
+    return None
+
+
 def not_empty(value, config):
     return "must not be empty" if value is not None and not value.strip() else None
 
