@@ -19,9 +19,8 @@ Strategies are rows of :data:`STRATEGIES` (FitConfig overrides). One with a ``pa
 
 from __future__ import annotations
 
-import json
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import numpy as np

@@ -161,6 +161,8 @@ class DANN(keras.Model):
         _check_mode(mode)
         self.mode = mode
         self.align_weight = keras.Variable(0.0, trainable=False, name="align_weight")
+        # weight of the target predictions' mean entropy in the loss (--target-entropy), warmed up like lambda
+        self.entropy_weight = keras.Variable(0.0, trainable=False, name="entropy_weight")
         self.domain_weight = float(domain_weight)
         self.classifier_name = classifier_name or self.name
         self.binary = bool(self.get_layer(HEAD_NAME).binary)
@@ -205,8 +207,9 @@ class DANN(keras.Model):
         return tf.concat([tf.zeros((ns, 1), "float32"), tf.ones((nt, 1), "float32")], axis=0)
 
     def _forward(self, xs, xt, training):
-        """``(source label probabilities, domain logits of source then target, feature discrepancy)``; the
-        discrepancy is 0 outside the aligning modes."""
+        """``(source label probabilities, domain logits of source then target, feature discrepancy, target
+        entropy)``; the discrepancy is 0 outside the aligning modes, the entropy (the mean entropy of the target
+        label predictions) 0 for the source-only baseline."""
         tf = _tf()
         ns = tf.shape(xs)[0]
         if self.mode != "source_only":
@@ -217,11 +220,19 @@ class DANN(keras.Model):
 
                 features = out[FEATURES]
                 align = DISCREPANCIES[self.mode](features[:ns], features[ns:])
-            return out[LABEL][:ns], out[DOMAIN], align
+            return out[LABEL][:ns], out[DOMAIN], align, self._entropy(out[LABEL][ns:])
         # source-only: target images must not touch the network's state (BatchNorm statistics)
         out_s = self(xs, training=training)
         out_t = self(tf.cast(xt, xs.dtype), training=False)
-        return out_s[LABEL], tf.concat([out_s[DOMAIN], out_t[DOMAIN]], axis=0), 0.0
+        return out_s[LABEL], tf.concat([out_s[DOMAIN], out_t[DOMAIN]], axis=0), 0.0, 0.0
+
+    def _entropy(self, probs):
+        """Mean entropy of label probabilities (a binary head's sigmoid as two classes)."""
+        tf = _tf()
+        probs = tf.cast(probs, "float32")
+        if self.binary:
+            probs = tf.concat([1.0 - probs, probs], axis=-1)
+        return tf.reduce_mean(-tf.reduce_sum(probs * tf.math.log(probs + 1e-7), axis=-1))
 
     def _update(self, loss, label_loss, domain_loss, ys, probs, d_true, d_logits, align=0.0):
         if self.mode in ALIGNING:
@@ -239,12 +250,13 @@ class DANN(keras.Model):
         variables = self.trainable_variables
         source_only = self.mode == "source_only"
         with tf.GradientTape(persistent=source_only) as tape:
-            probs, d_logits, align = self._forward(xs, xt, training=True)
+            probs, d_logits, align, entropy = self._forward(xs, xt, training=True)
             d_true = self._domain_targets(tf.shape(xs)[0], tf.shape(xt)[0])
             label_loss = self._label_loss(ys, probs)
             domain_loss = tf.reduce_mean(keras.losses.binary_crossentropy(d_true, d_logits, from_logits=True))
             reg = tf.add_n([tf.cast(v, "float32") for v in self.losses]) if self.losses else 0.0
-            loss = label_loss + self.domain_weight * domain_loss + reg + self.align_weight * align
+            loss = (label_loss + self.domain_weight * domain_loss + reg + self.align_weight * align
+                    + self.entropy_weight * entropy)
             if source_only:
                 scaled_label = self.optimizer.scale_loss(label_loss + reg)
                 scaled_domain = self.optimizer.scale_loss(self.domain_weight * domain_loss)
@@ -268,7 +280,7 @@ class DANN(keras.Model):
         tf = _tf()
         if _is_adapt_batch(data):
             xs, ys, xt = split_adapt_batch(data)
-            probs, d_logits, align = self._forward(xs, xt, training=False)
+            probs, d_logits, align, _ = self._forward(xs, xt, training=False)
             d_true = self._domain_targets(tf.shape(xs)[0], tf.shape(xt)[0])
             label_loss = self._label_loss(ys, probs)
             domain_loss = tf.reduce_mean(keras.losses.binary_crossentropy(d_true, d_logits, from_logits=True))
@@ -499,7 +511,8 @@ def train_dann(source, target, *, target_eval=None, source_val=None, model: kera
                domain_hidden=(100,), domain_dropout: float = 0.0, domain_weight: float = 1.0,
                domain_norm: str = "layer", restore_best: bool = False, early_stopping: int = 0,
                val_split: float = 0.1, ema: float | str | None = "auto", callbacks=(), seed: int = 0,
-               verbose: int = 0, mode: str = "dann", domain_eval=None, align_weight: float = 1.0) -> AdaptResult:
+               verbose: int = 0, mode: str = "dann", domain_eval=None, align_weight: float = 1.0,
+               target_entropy: float = 0.0) -> AdaptResult:
     """Domain-adversarial training; returns an :class:`AdaptResult` (``model``, ``history``, ``metrics``).
 
     Data: ``source`` is labelled (numpy ``(x, y)`` or a batched ``tf.data.Dataset`` of ``(pixels, label)``),
@@ -511,6 +524,9 @@ def train_dann(source, target, *, target_eval=None, source_val=None, model: kera
     Model: ``model`` may be a ready :class:`DANN` (compiled or not; e.g. prepared for a stage plan by the CLI), a
     tltf classifier (wrapped by :func:`build_dann`), or None: ``build_classifier(backbone, class_names, image_size,
     weights, dropout, train_bn)`` is built after ``keras.utils.set_random_seed(seed)``.
+
+    ``target_entropy``: the weight (after the same warm-up as lambda) of the target predictions' mean entropy in
+    the loss (entropy minimisation; 0 = off).
 
     Stability: ``gamma``/``lambda_max`` (the lambda warm-up), ``anneal_lr`` (``alpha``, ``beta``), ``clipnorm``,
     ``restore_best`` (weights of the lowest source ``val_loss``), ``early_stopping`` (patience on ``val_loss``; 0 =
@@ -572,7 +588,8 @@ def train_dann(source, target, *, target_eval=None, source_val=None, model: kera
         schedule = LambdaScheduler(epochs * steps if steps else None, gamma=gamma,
                                    lambda_max=lambda_max if mode == "dann" else 0.0, anneal_lr=anneal_lr,
                                    alpha=alpha, beta=beta, base_lr=learning_rate if anneal_lr else None,
-                                   align_max=align_weight if mode in ALIGNING else 0.0)
+                                   align_max=align_weight if mode in ALIGNING else 0.0,
+                                   entropy_max=target_entropy if mode != "source_only" else 0.0)
         own.append(schedule)
     if tgt_eval is not None:
         own.append(TargetEvaluation(tgt_eval))

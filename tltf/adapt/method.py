@@ -97,7 +97,7 @@ class DANNMethod(Method):
                                  learning_rate=plan.stages[0].learning_rate, gamma=config.gamma,
                                  lambda_max=config.lambda_max, anneal_lr=config.anneal_lr, seed=config.seed,
                                  callbacks=[*own, *callbacks], verbose=run.verbose, mode=self.mode,
-                                 align_weight=config.align_weight,
+                                 align_weight=config.align_weight, target_entropy=config.target_entropy,
                                  domain_eval=make_pipeline(run.target, size, batch, cache=False))
 
     def classifier(self, run):

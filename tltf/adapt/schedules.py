@@ -57,10 +57,12 @@ class LambdaScheduler(keras.callbacks.Callback):
 
     def __init__(self, total_steps: int | None = None, gamma: float = 10.0, lambda_max: float = 1.0,
                  anneal_lr: bool = False, alpha: float = 10.0, beta: float = 0.75, base_lr: float | None = None,
-                 align_max: float = 0.0):
+                 align_max: float = 0.0, entropy_max: float = 0.0):
         super().__init__()
         self.align_max = float(align_max)
         self.align_weight = 0.0
+        self.entropy_max = float(entropy_max)
+        self.entropy_weight = 0.0
         self.total_steps = total_steps
         self.gamma = float(gamma)
         self.lambda_max = float(lambda_max)
@@ -103,6 +105,9 @@ class LambdaScheduler(keras.callbacks.Callback):
         if self.align_max:
             self.align_weight = dann_lambda(p, self.gamma, self.align_max)
             self.model.align_weight.assign(self.align_weight)
+        if self.entropy_max:
+            self.entropy_weight = dann_lambda(p, self.gamma, self.entropy_max)
+            self.model.entropy_weight.assign(self.entropy_weight)
         if self.anneal_lr:
             if self._check_base:
                 self._update_base(float(keras.ops.convert_to_numpy(optimizer.learning_rate)), p)
@@ -134,5 +139,7 @@ class LambdaScheduler(keras.callbacks.Callback):
             logs["grl_lambda"] = self.lambda_
             if self.align_max:
                 logs["align_weight"] = self.align_weight
+            if self.entropy_max:
+                logs["entropy_weight"] = self.entropy_weight
             if self.anneal_lr and self._last_lr is not None:
                 logs["lr"] = self._last_lr

@@ -10,8 +10,8 @@ from tltf.cli import options
 @click.command("advise")
 @options.data()
 @options.backbone
-@click.option("--weights", default="torchvision:mobilenet_v2", show_default=True,
-              help="The pretrained weights whose source domain the data is measured against.")
+@options.weights("torchvision:mobilenet_v2", "The pretrained weights whose source domain the data is measured "
+                "against.")
 @options.image_size
 @click.option("--max-images", type=int, default=1000, show_default=True,
               help="Labelled images sampled (stratified) for the linear probe.")

@@ -10,8 +10,8 @@ from tltf.cli import options
 @click.command("compare")
 @options.data()
 @options.backbone
-@click.option("--weights", default="imagenet", show_default=True,
-              help="Pretrained weights of the transfer strategies (scratch always uses none).")
+@options.weights(help="Pretrained weights of the transfer strategies (scratch always uses none): "
+                      + options.WEIGHTS_HELP)
 @click.option("--strategies", default="scratch,feature,finetune,gradual,l2sp",
               help="Comma-separated: scratch, feature, finetune, gradual, l2sp[:COEF], lwf[:WEIGHT].")
 @click.option("--target-data", help="Domain adaptation: the unlabelled target images (with --adapt).")

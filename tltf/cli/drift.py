@@ -20,8 +20,7 @@ from tltf.cli import options
 @click.option("--model", type=click.Path(dir_okay=False), help="A tltf .keras classifier: features from its "
               "penultimate layer, and label shift (BBSE; needs a labelled --reference).")
 @options.backbone
-@click.option("--weights", default="imagenet", show_default=True,
-              help="Without --model: imagenet, none, a .keras/.h5 file or torchvision:mobilenet_v2.")
+@options.weights(help="Without --model: " + options.WEIGHTS_HELP)
 @options.image_size
 @click.option("--max-samples", type=int, default=1000, show_default=True,
               help="At most this many images of each side, drawn at random (seeded).")

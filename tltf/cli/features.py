@@ -12,8 +12,7 @@ from tltf.cli import options
 @click.command("features")
 @options.data()
 @options.backbone
-@click.option("--weights", default="imagenet", show_default=True,
-              help="imagenet, none, a .keras/.h5 file or torchvision:mobilenet_v2.")
+@options.weights()
 @options.image_size
 @options.batch_size
 @options.val_split

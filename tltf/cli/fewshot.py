@@ -12,8 +12,7 @@ from tltf.cli import options
 @click.command("fewshot")
 @options.data()
 @options.backbone
-@click.option("--weights", default="imagenet", show_default=True,
-              help="imagenet, a .keras/.h5 file or torchvision:mobilenet_v2.")
+@options.weights()
 @options.image_size
 @click.option("--features", type=click.Choice(["auto", "final", "multilevel"]), default="auto", show_default=True,
               help="Backbone features (auto: multilevel for pretrained weights).")

@@ -18,7 +18,7 @@ from tltf.cli import options
 @click.option("--plan", type=click.Path(dir_okay=False), help="Stage plan YAML file.")
 @click.option("--epochs", type=int, help="Total epochs, divided among the stages [default: 6 or the plan's].")
 @click.option("--out", default="runs/run", show_default=True, help="Run folder.")
-@click.option("--weights", default="imagenet", show_default=True, help="imagenet, none, or a .keras/.h5 file.")
+@options.weights()
 @options.image_size
 @options.batch_size
 @click.option("--learning-rate", "--lr", "learning_rate", type=float, default=1e-3, show_default=True,

@@ -10,6 +10,14 @@ def data(required: bool = True):
     return click.option("--data", required=required, help=DATA_HELP)
 
 
+WEIGHTS_HELP = "imagenet, none, a .keras/.h5 file or a named set (torchvision:mobilenet_v2; see tltf weights)."
+
+
+def weights(default: str = "imagenet", help: str = WEIGHTS_HELP):
+    """``--weights``: the backbone's starting weights (fit, compare, features, fewshot, drift, advise)."""
+    return click.option("--weights", default=default, show_default=True, help=help)
+
+
 backbone = click.option("--backbone", default="mobilenet_v2", show_default=True,
                         help="Registry name (see `tltf backbones`).")
 image_size = click.option("--image-size", type=int, help="Input size in pixels [default: the backbone's].")

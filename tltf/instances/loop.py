@@ -25,7 +25,7 @@ MAX_LISTED = 1000  # files named in metrics.json (scores.csv has them all)
 
 def fit_with_selection(fit, config, overwrite: bool, verbose: int, callbacks) -> dict:
     """Run the loop with the engine's ``fit`` (passed in: the engine calls this module)."""
-    from tltf.data import load_data
+    from tltf.data import load_data, load_source
     from tltf.instances.report import write_contact_sheet, write_scores_csv
     from tltf.instances.items import source_indices
     from tltf.instances.scoring import score_instances
@@ -40,11 +40,12 @@ def fit_with_selection(fit, config, overwrite: bool, verbose: int, callbacks) ->
     if not config.val_split:
         raise TltfError("--select-instances: needs validation images to score against (--val-split > 0)")
     out = Path(config.out)
+    read = load_source(config.data, config.data_dir)  # once: both runs and the scoring take it
     first = replace(config, out=str(out / "selection"), select_instances=None, refit="off")
     held = None if overwrite else finished_run(out / "selection", first)
     if held is None:
-        held = fit(first, overwrite, verbose, callbacks)
-    source = load_data(config.data, config.val_split, config.seed, config.data_dir)
+        held = fit(first, overwrite, verbose, callbacks, source=read)
+    source = load_data(read, config.val_split, config.seed, config.data_dir)  # the first run's split (seeded)
     if source.val is None:
         raise TltfError("--select-instances: needs validation images to score against (--val-split > 0)")
     scores = score_instances(load_model(out / "selection" / "model.keras"), source.train, source.val,
@@ -59,7 +60,7 @@ def fit_with_selection(fit, config, overwrite: bool, verbose: int, callbacks) ->
         print(f"select-instances ({rule}): dropping {count} of {len(scores)} training images (scores in "
               f"{out / 'selection' / 'scores.csv'}); training again on the rest", flush=True)
     final = replace(config, select_instances=None, exclude_instances=excluded)
-    metrics = fit(final, overwrite, verbose, callbacks)
+    metrics = fit(final, overwrite, verbose, callbacks, source=read)
     names = [scores.names[i] for i in dropped]
     metrics["instances"] = {
         "rule": rule, "dropped": count, "scored": len(scores), "files": names[:MAX_LISTED],

@@ -148,10 +148,8 @@ class LinearProbeInit(Method):
     def report(self, run) -> dict:
         return {"lp_init": self.report_}
 
-    def finish(self, run, metrics: dict) -> None:
-        if self.report_ and run.plan.epochs == 0:  # the LP alone: its figures are the run's
-            metrics["val_accuracy"] = self.report_.get("val_accuracy")
-            metrics["best_val_accuracy"] = self.report_.get("val_accuracy")
+    def start_head(self, run) -> dict | None:
+        return self.report_
 
 
 def head_scores(features: np.ndarray, labels: np.ndarray, kernel: np.ndarray, bias: np.ndarray) -> tuple:

@@ -90,12 +90,13 @@ def trainer_name(config: FitConfig) -> str:
     return "supervised"
 
 
-def fit(config: FitConfig, overwrite: bool = False, verbose: int = 1, callbacks=()) -> dict:
+def fit(config: FitConfig, overwrite: bool = False, verbose: int = 1, callbacks=(), source=None) -> dict:
     """Train a classifier as ``config`` says; returns the metrics written to ``out/metrics.json``.
 
     ``callbacks`` are extra Keras callbacks, run after tltf's own (stages, timing, backup, CSV log). With
     ``refit`` the run is two: the hold-out run that chooses the epochs, then all labelled images
-    (:mod:`tltf.training.refit`).
+    (:mod:`tltf.training.refit`). ``source``: the data of ``config.data`` already read (a
+    :class:`tltf.data.Source`, left unchanged), so that runs on the same data scan it once.
     """
     config, chosen = defaults.resolve_schedule(config.validate())  # validate: settings changed after creation
     from tltf.instances.selection import parse_selection
@@ -104,7 +105,7 @@ def fit(config: FitConfig, overwrite: bool = False, verbose: int = 1, callbacks=
         from tltf.instances.loop import fit_with_selection
 
         return fit_with_selection(fit, config, overwrite, verbose, callbacks)
-    wanted, why, source = _refit_wanted(config)
+    wanted, why, source = _refit_wanted(config, source)
     if why:
         chosen["refit"] = why
     if not wanted:
@@ -117,21 +118,21 @@ def fit(config: FitConfig, overwrite: bool = False, verbose: int = 1, callbacks=
     history = read_history(out / "holdout" / "history.csv")
     stages = json.loads((out / "holdout" / "config.json").read_text())["resolved_plan"]["stages"]
     plan = StagePlan([Stage(**stage) for stage in stages])  # as it ran (the LP's head stages already replaced)
-    lp = held.get("lp_init") or held.get("prototypes") or {}  # the head before any epoch: 0 epochs can win
-    epochs = chosen_epochs(history, (lp.get("val_accuracy"), lp.get("val_loss")) if lp else None,
+    start = held.get("start_head") or {}  # the head a plug-in set before any epoch: 0 epochs can win
+    epochs = chosen_epochs(history, (start.get("val_accuracy"), start.get("val_loss")) if start else None,
                            num_val=int(held.get("num_val") or 0))
     if verbose:
         print(f"refit: {epochs} of {plan.epochs} epochs chosen on the hold-out"
               f"{' (the starting head alone)' if epochs == 0 else ''}; training again on all labelled images",
               flush=True)
-    final = final_config(config, plan, epochs, lp_applied=bool(held.get("lp_init")))
+    final = final_config(config, plan, epochs, lp_applied=start.get("method") == "lp_init")
     metrics = _fit_once(final, overwrite, verbose, callbacks, chosen, source)
-    row = history[epochs - 1] if 0 < epochs <= len(history) else {"val_accuracy": lp.get("val_accuracy"),
-                                                                  "val_loss": lp.get("val_loss")}
+    row = history[epochs - 1] if 0 < epochs <= len(history) else {"val_accuracy": start.get("val_accuracy"),
+                                                                  "val_loss": start.get("val_loss")}
     metrics["refit"] = {"chosen_epochs": epochs, "planned_epochs": plan.epochs, "holdout_run": str(out / "holdout"),
                         "holdout_val_accuracy": row.get("val_accuracy"), "holdout_val_loss": row.get("val_loss"),
                         "holdout_val_curve": [r.get("val_accuracy") for r in history],
-                        "holdout_lp_val_accuracy": lp.get("val_accuracy"),
+                        "holdout_lp_val_accuracy": start.get("val_accuracy"),
                         "holdout_num_train": held["num_train"], "holdout_num_val": held["num_val"],
                         "num_train": metrics["num_train"],
                         "holdout_test_accuracy": held.get("test_accuracy")}
@@ -151,15 +152,16 @@ def _record_settings(out: Path, config: FitConfig, final: FitConfig) -> None:
     write_json(out / "config.json", saved)
 
 
-def _refit_wanted(config: FitConfig) -> tuple[bool, str, object]:
-    """Whether to refit, why, and the data source when it had to be read to decide (None otherwise): the runs
-    that follow take it instead of reading the data again."""
+def _refit_wanted(config: FitConfig, source=None) -> tuple[bool, str, object]:
+    """Whether to refit, why, and the data source when it was read (given, or read to decide; None otherwise): the
+    runs that follow take it instead of reading the data again."""
     if parse_refit(config.refit) == "off":
-        return False, "", None
+        return False, "", source
     if config.target_data or not config.val_split or parse_refit(config.refit) == "on":
-        return (*refit_decision(config, 0, False), None)
-    trainer, extras = methods.select(config, trainer_name(config))
-    source = load_source(methods.data_spec(config, (trainer, *extras)), config.data_dir)
+        return (*refit_decision(config, 0, False), source)
+    if source is None:
+        trainer, extras = methods.select(config, trainer_name(config))
+        source = load_source(methods.data_spec(config, (trainer, *extras)), config.data_dir)
     return (*refit_decision(config, smallest_class(source.train.selected_labels), source.val is not None), source)
 
 
@@ -260,6 +262,13 @@ def _train_in(folder: RunFolder, config: FitConfig, dist, spec, trainer, extras,
                 metrics["strategies"].update(value)
             else:
                 metrics[key] = value
+    for method in (trainer, *extras):
+        head = method.start_head(run)
+        if head:  # the head before any epoch (the LP, prototypes); with no epoch after it, the run's own figures
+            metrics["start_head"] = {"method": method.name, "val_accuracy": head.get("val_accuracy"),
+                                     "val_loss": head.get("val_loss")}
+            if run.plan.epochs == 0:
+                metrics["val_accuracy"] = metrics["best_val_accuracy"] = head.get("val_accuracy")
     for method in (trainer, *extras):
         method.finish(run, metrics)
     write_reports(run, metrics, title=trainer_title(run, trainer))

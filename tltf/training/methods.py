@@ -19,6 +19,9 @@ fastai's callbacks:
 - ``callbacks(run)``: extra Keras callbacks;
 - ``trained(run)``: the trainer's loop is over; change the model before it is evaluated and saved;
 - ``report(run)``: entries for ``metrics.json``;
+- ``start_head(run)``: a plug-in that set the head before any epoch (the LP head, imprinted prototypes) gives its
+  figures (``val_accuracy``, ``val_loss``): metrics.json's ``start_head``, the run's own figures when no epoch
+  follows, and what a refit weighs "0 epochs" by;
 - a **trainer** (``trains = True``) also owns the loop: ``fit(run, callbacks)``; exactly one trainer runs (the
   engine's supervised one unless the settings pick another, e.g. ``--adapt dann``), and ``classifier(run)`` is the
   plain classifier it leaves to save.
@@ -110,6 +113,10 @@ class Method:
     def report(self, run) -> dict:
         """Entries merged into ``metrics.json``."""
         return {}
+
+    def start_head(self, run) -> dict | None:
+        """``{"val_accuracy", "val_loss", ...}`` of the head this plug-in set before any epoch, or None."""
+        return None
 
     def finish(self, run, metrics: dict) -> None:
         """After ``metrics.json`` is assembled, before it is written (e.g. add a baseline run's figures)."""
