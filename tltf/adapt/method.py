@@ -39,6 +39,11 @@ from tltf.staging import prepare
 from tltf.training.methods import Method
 from tltf.training.runtime import use_jit
 
+TARGET_ENTROPY_WHY = (
+    "0.05: MNIST -> UCI digits as raw folders, cnn_small, 10 epochs, seeds 0-2, target accuracy: source-only 0.819; "
+    "dann 0.870 without the term, 0.882 at 0.05, 0.885 at 0.1, 0.802 at 0.3 (overconfident on wrong classes); mmd "
+    "0.912 without, 0.921 at 0.1. 0.05 gains as much as 0.1 with a quarter of its spread (sd 0.003 vs 0.013) and "
+    "sits six times below where the term collapsed")
 FINAL_KEYS = ("target_accuracy", "source_val_accuracy", "domain_accuracy", "target_loss", "source_val_loss",
               "grl_lambda", "align_weight", "diverged", "target_accuracy_peak", "target_accuracy_best_epoch")
 
@@ -60,12 +65,15 @@ class DANNMethod(Method):
     def note(self) -> dict:
         from tltf.training.settings import FitConfig
 
+        why = {}
         if self.mode == "dann" and self.config.lambda_max == FitConfig.lambda_max:
-            return {"lambda_max": f"{FitConfig.lambda_max}: on framed MNIST -> UCI digits 0.3 beat 0.1 and 1.0 "
-                                  "(benchmarks/dann_digits.py); on raw folders (10 epochs) 0.3, 0.6 and 1.0 were "
-                                  "within the seeds' noise (0.867 over 3 runs, 0.858 over 6, 0.864 over 2; "
-                                  "source-only 0.843)"}
-        return {}
+            why["lambda_max"] = (f"{FitConfig.lambda_max}: on framed MNIST -> UCI digits 0.3 beat 0.1 and 1.0 "
+                                 "(benchmarks/dann_digits.py); on raw folders (10 epochs) 0.3, 0.6 and 1.0 were "
+                                 "within the seeds' noise (0.867 over 3 runs, 0.858 over 6, 0.864 over 2; "
+                                 "source-only 0.843)")
+        if self.mode != "source_only" and self.config.target_entropy == FitConfig.target_entropy:
+            why["target_entropy"] = TARGET_ENTROPY_WHY
+        return why
 
     def setup(self, run) -> None:
         run.train_model = build_dann(run.model, mode=self.mode)

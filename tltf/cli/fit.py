@@ -52,6 +52,8 @@ from tltf.cli import options
 @click.option("--anneal-lr", is_flag=True, default=None, help="DANN: the paper's lr/(1+10p)^0.75 annealing.")
 @click.option("--ema", help="DANN: weight-averaging momentum, auto or off [default: auto].")
 @click.option("--align-weight", type=float, help="--adapt mmd|coral: weight of the feature discrepancy [default: 1].")
+@click.option("--target-entropy", type=float, help="--adapt dann|mmd|coral: weight of the target predictions' entropy "
+              "in the loss (entropy minimisation, warmed up like the lambda) [default: 0.05].")
 @click.option("--feature-cache/--no-feature-cache", "feature_cache", default=None,
               help="When no stage trains the backbone, train the head on cached backbone features [default: on].")
 @click.option("--freeze-until", help="Keep the backbone frozen up to and including this block (0-based index or "
