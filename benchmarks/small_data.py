@@ -38,7 +38,7 @@ import numpy as np  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tltf.data import offline  # noqa: E402
 
-ARMS = {  # arm -> FitConfig overrides (sklearn is not a tltf run)
+ARMS = {  # arm -> FitConfig overrides (sklearn and sklearn_multilevel are not tltf runs)
     "default": {},
     "feature": {"stage": "feature"},
     "finetune": {"stage": "finetune"},
@@ -110,7 +110,9 @@ def tltf_arm(arm: str, npz: Path, out: Path, seed: int, args) -> dict:
             "defaults": metrics.get("defaults"), "refit": metrics.get("refit"), "lp_init": metrics.get("lp_init")}
 
 
-def sklearn_arm(data, args) -> dict:
+def sklearn_arm(data, args, features_kind: str = "final") -> dict:
+    """scikit-learn's ``LogisticRegression(C=1)`` on standardised pooled features of the same backbone: ``final``
+    (the textbook's CNN codes; arm ``sklearn``) or tltf's ``multilevel`` features (arm ``sklearn_multilevel``)."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
 
@@ -120,7 +122,8 @@ def sklearn_arm(data, args) -> dict:
 
     x, y, xt, yt, names = data
     start = time.perf_counter()
-    model = build_classifier(backbones.get("mobilenet_v2"), names, args.image_size, args.weights)
+    model = build_classifier(backbones.get("mobilenet_v2"), names, args.image_size, args.weights,
+                             features=features_kind)
     extractor = feature_extractor(model)
 
     def features(images):
@@ -182,8 +185,8 @@ def main() -> None:
             data = task_data(task, seed)
             npz = write_npz(Path(args.work) / task / f"data_seed{seed}", data)
             for arm in args.arms.split(","):
-                if arm == "sklearn":
-                    found = sklearn_arm(data, args)
+                if arm.startswith("sklearn"):
+                    found = sklearn_arm(data, args, "multilevel" if arm == "sklearn_multilevel" else "final")
                 else:
                     found = tltf_arm(arm, npz, Path(args.work) / task / arm / f"seed{seed}", seed, args)
                 results.append({"task": task, "arm": arm, "seed": seed, "num_train": int(len(data[1])),

@@ -36,10 +36,16 @@ from tltf.safe_yaml import MAX_NESTING as RECIPE_MAX_NESTING  # noqa: F401
 GROUPS = ("data", "model", "schedule", "method", "runtime")
 
 
-def _setting(default, group: str, resume: bool = True, help: str = "", check=None):
-    """A FitConfig field: its default, its group, whether a change forbids resuming (``resume``), and the rule its
-    value must meet beyond its annotated type (``check(value, config) -> problem or None``)."""
-    meta = {"group": group, "resume": resume, "help": help, "check": check}
+_UNSET = object()
+
+
+def _setting(default, group: str, resume: bool = True, help: str = "", check=None, before=_UNSET):
+    """A FitConfig field: its default, its group, whether a change forbids resuming (``resume``), the rule its
+    value must meet beyond its annotated type (``check(value, config) -> problem or None``), and ``before``: the
+    value that does what runs made before the setting existed did (default: ``default``; a new setting whose
+    default changes behaviour says so, so that such runs are not taken for finished ones)."""
+    meta = {"group": group, "resume": resume, "help": help, "check": check,
+            "before": default if before is _UNSET else before}
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: type(default)(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -97,7 +103,7 @@ class FitConfig:
     # --adapt mmd|coral: the discrepancy's weight (after warm-up)
     align_weight: float = _setting(1.0, "method", check=checks.bounds(0))
     # weight of the target predictions' entropy in the loss of --adapt dann|mmd|coral (entropy minimisation)
-    target_entropy: float = _setting(0.05, "method", check=checks.bounds(0))  # tltf.adapt.method.TARGET_ENTROPY_WHY
+    target_entropy: float = _setting(0.05, "method", check=checks.bounds(0), before=0.0)  # adapt.method's WHY
     compare_source_only: bool = _setting(False, "method", resume=False)
     # the gradient-reversal weight's ceiling (tltf.adapt.method.DANNMethod.note gives the measurements)
     lambda_max: float = _setting(0.3, "method", check=checks.bounds(0))
@@ -176,11 +182,6 @@ def resume_keys() -> tuple[str, ...]:
     return tuple(f.name for f in fields(FitConfig) if f.metadata["resume"])
 
 
-def default_of(name: str):
-    f = next(f for f in fields(FitConfig) if f.name == name)
-    return f.default_factory() if f.default is MISSING else f.default
-
-
 def flatten(data: dict, source: str = "config") -> dict:
     """Flat FitConfig keys from a mapping that may hold sections (``model: {backbone: …}``)."""
     names = field_names()
@@ -209,11 +210,13 @@ def _put(flat: dict, key: str, value, source: str) -> None:
 def changed_setting(previous: dict, config: FitConfig) -> tuple[str, object, object] | None:
     """The first results-changing setting whose value differs between a saved run's ``config.json`` and
     ``config``: ``(name, old, new)``, or None. A setting the saved run does not know (added to tltf later) counts
-    as unchanged when ``config`` holds its default: the run behaved the same."""
+    as unchanged when ``config`` holds the value that behaves as tltf did before it (its ``before``: usually its
+    default)."""
     current = asdict(config)
+    before = {f.name: f.metadata.get("before") for f in fields(FitConfig)}
     for key in resume_keys():
         if key not in previous:
-            if current[key] != default_of(key):
+            if current[key] != before[key]:
                 return key, None, current[key]
             continue
         if previous[key] != current[key]:
