@@ -123,10 +123,10 @@ def test_one_resume_rule_from_the_settings_metadata():
     assert changed_setting(saved, config) is None
     assert changed_setting({**saved, "epochs": 3}, config) == ("epochs", 3, 4)
     assert changed_setting({**saved, "out": "elsewhere"}, config) is None
-    # a setting added later whose default changes behaviour: a run from before it is not the same run
+    # a setting added later: a run from before it is the same run only with the value that behaves as before
     older = {k: v for k, v in config.__dict__.items() if k != "target_entropy"}
-    assert changed_setting(older, config) == ("target_entropy", None, 0.05)
-    assert changed_setting(older, FitConfig(epochs=4, target_entropy=0.0)) is None
+    assert changed_setting(older, config) is None
+    assert changed_setting(older, FitConfig(epochs=4, target_entropy=0.1)) == ("target_entropy", None, 0.1)
 
 
 def test_interrupted_run_with_another_augmentation_is_not_resumed(data, tmp_path):

@@ -53,7 +53,7 @@ from tltf.cli import options
 @click.option("--ema", help="DANN: weight-averaging momentum, auto or off [default: auto].")
 @click.option("--align-weight", type=float, help="--adapt mmd|coral: weight of the feature discrepancy [default: 1].")
 @click.option("--target-entropy", type=float, help="--adapt dann|mmd|coral: weight of the target predictions' entropy "
-              "in the loss (entropy minimisation, warmed up like the lambda) [default: 0.05].")
+              "in the loss (entropy minimisation, warmed up like the lambda) [default: 0, off; see --dry-run].")
 @click.option("--feature-cache/--no-feature-cache", "feature_cache", default=None,
               help="When no stage trains the backbone, train the head on cached backbone features [default: on].")
 @click.option("--freeze-until", help="Keep the backbone frozen up to and including this block (0-based index or "

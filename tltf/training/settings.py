@@ -103,7 +103,7 @@ class FitConfig:
     # --adapt mmd|coral: the discrepancy's weight (after warm-up)
     align_weight: float = _setting(1.0, "method", check=checks.bounds(0))
     # weight of the target predictions' entropy in the loss of --adapt dann|mmd|coral (entropy minimisation)
-    target_entropy: float = _setting(0.05, "method", check=checks.bounds(0), before=0.0)  # adapt.method's WHY
+    target_entropy: float = _setting(0.0, "method", check=checks.bounds(0))  # tltf.adapt.method.TARGET_ENTROPY_WHY
     compare_source_only: bool = _setting(False, "method", resume=False)
     # the gradient-reversal weight's ceiling (tltf.adapt.method.DANNMethod.note gives the measurements)
     lambda_max: float = _setting(0.3, "method", check=checks.bounds(0))
