@@ -183,19 +183,21 @@ def test_compare_adapt_selects_a_method_without_target_labels(domains, tmp_path)
     assert bad.exit_code == 2 and "--adapt: needs --target-data" in bad.stderr
 
 
-def test_dry_run_says_why_adaptation_trains_10_epochs_and_the_dann_lambda(domains):
+def test_dry_run_says_why_adaptation_trains_20_epochs_and_the_dann_lambda(domains):
     source, target = domains
     result = cli("fit", "--data", source, "--target-data", target, "--adapt", "dann", "--backbone", "cnn_small",
                  "--weights", "none", "--dry-run", "--out", "unused")
     assert result.exit_code == 0, result.output
     described = json.loads(result.stdout)
-    assert described["config"]["epochs"] == 10 and described["defaults"]["epochs"].startswith("10: domain adaptation")
+    assert described["config"]["epochs"] == 20 and described["defaults"]["epochs"].startswith("20: domain adaptation")
     assert described["defaults"]["lambda_max"].startswith("0.3: ")
+    assert described["defaults"]["target_entropy"].startswith("0 (off): ")
     given = cli("fit", "--data", source, "--target-data", target, "--adapt", "dann", "--lambda-max", "0.5",
                 "--epochs", "3", "--dry-run", "--out", "unused")
     described = json.loads(given.stdout)
     assert described["config"]["epochs"] == 3 and "epochs" not in described["defaults"]
     assert "lambda_max" not in described["defaults"]
+    assert "target_entropy" in described["defaults"]  # still at its default: why it is off
 
 
 def test_target_entropy_term_matches_numpy_and_lowers_the_target_entropy(domains, tmp_path):
