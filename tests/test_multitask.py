@@ -182,3 +182,19 @@ def test_tasks_train_on_cached_features_with_a_frozen_backbone(tmp_path):
     assert metrics["feature_cache"]["used"] and list(metrics["tasks"]) == ["shape", "colour"]
     assert metrics["tasks"]["colour"]["test_accuracy"] > 0.8  # chance 1/3
     assert metrics["task_columns"] == {"shape": [0, 3], "colour": [3, 6]}
+
+
+def test_tasks_refit_on_every_image_and_keep_the_holdouts_per_task_figures(tmp_path):
+    from tltf.data.builtin import COLOURS, SHAPES, coloured_shapes
+
+    combos = [(c, s) for c in COLOURS for s in SHAPES]
+    x, y = coloured_shapes(90, combos, 32, seed=1)
+    path = _manifest(tmp_path / "m", x, {"colour": [combos[i][0] for i in y], "shape": [combos[i][1] for i in y]})
+    result = cli("fit", "--data", path, "--tasks", "colour,shape", "--backbone", "cnn_small", "--weights", "none",
+                 "--image-size", 32, "--epochs", 2, "--refit", "on", "--out", tmp_path / "run", "--quiet")
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["num_train"] == 90 and metrics["refit"]["holdout_num_train"] == 72  # the refit saw every image
+    held = metrics["refit"]["holdout_val_metrics"]
+    assert {"val_colour_accuracy", "val_shape_accuracy"} <= set(held)
+    assert f"task colour: val_accuracy={held['val_colour_accuracy']:.3f}" in result.output

@@ -126,8 +126,11 @@ def command(ctx, recipe, dry_run, quiet, overwrite, **flags):
     summary = f"val_accuracy={metrics['val_accuracy']:.3f}" if metrics["val_accuracy"] is not None else ""
     if "test_accuracy" in metrics:
         summary += f" test_accuracy={metrics['test_accuracy']:.3f}"
+    held = (metrics.get("refit") or {}).get("holdout_val_metrics") or {}  # a refit: the hold-out's figures
     for task, entry in (metrics.get("tasks") or {}).items():  # --tasks: each task's own figures
-        figures = " ".join(f"{key}={entry[key]:.3f}" for key in ("val_accuracy", "test_accuracy") if key in entry)
+        entry = {"val_accuracy": held.get(f"val_{task}_accuracy"), **entry}
+        figures = " ".join(f"{key}={entry[key]:.3f}" for key in ("val_accuracy", "test_accuracy")
+                           if entry.get(key) is not None)
         click.echo(f"task {task}: {figures or 'no validation or test images'}")
     if "domain_accuracy" in metrics:  # --target-data: domain adaptation (or its source-only baseline)
         click.echo(_adaptation_table(metrics))

@@ -7,7 +7,9 @@
 - ``setup``: the training objective, the weighted sum of the tasks' cross-entropies (``--task-weights``), and each
   task's accuracy; the history's ``accuracy`` is the mean of the tasks' accuracies;
 - ``trained``: every task scored on the validation and test images;
-- ``report``: ``tasks: {name: {classes, weight, val_accuracy, test_accuracy, ...}}`` in metrics.json.
+- ``report``: ``tasks: {name: {classes, weight, val_accuracy, test_accuracy, ...}}`` in metrics.json (after a
+  refit, which leaves no validation images, the hold-out's per-task figures are in ``refit.holdout_val_metrics``:
+  ``val_NAME_accuracy``).
 """
 
 from __future__ import annotations

@@ -131,6 +131,7 @@ def fit(config: FitConfig, overwrite: bool = False, verbose: int = 1, callbacks=
                                                                   "val_loss": start.get("val_loss")}
     metrics["refit"] = {"chosen_epochs": epochs, "planned_epochs": plan.epochs, "holdout_run": str(out / "holdout"),
                         "holdout_val_accuracy": row.get("val_accuracy"), "holdout_val_loss": row.get("val_loss"),
+                        "holdout_val_metrics": {k: v for k, v in row.items() if k.startswith("val_")},
                         "holdout_val_curve": [r.get("val_accuracy") for r in history],
                         "holdout_lp_val_accuracy": start.get("val_accuracy"),
                         "holdout_num_train": held["num_train"], "holdout_num_val": held["num_val"],
