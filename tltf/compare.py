@@ -260,10 +260,13 @@ def _criterion(name: str | None) -> str:
 
 
 def select_method(summary: list[dict], criterion: str) -> dict:
-    """``{"criterion", "selected"}``: the row whose mean ``criterion`` is best (lowest risk, highest density)."""
+    """``{"criterion", "selected"}``: the row whose mean ``criterion`` is best (lowest risk, highest density);
+    ``dev_risk`` without values (runs without a source validation split) falls back to ``snd``."""
     from tltf.adapt.selection import CRITERIA
 
     scored = [row for row in summary if row.get(f"{criterion}_mean") is not None]
+    if not scored and criterion == "dev_risk":  # no source validation split to weigh: the target-only criterion
+        return select_method(summary, "snd")
     if not scored:
         return {"criterion": criterion, "selected": None}
     pick = (max if CRITERIA[criterion] else min)(scored, key=lambda row: row[f"{criterion}_mean"])

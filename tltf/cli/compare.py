@@ -20,7 +20,8 @@ from tltf.cli import options
 @click.option("--adapt", help="Compare domain-adaptation methods instead of strategies: comma-separated from none "
               "(source-only baseline), dann, mmd, coral, adabn, METHOD+adabn; e.g. none,dann,mmd,coral,adabn.")
 @click.option("--criterion", type=click.Choice(["snd", "dev_risk"]),
-              help="With --adapt: the label-free criterion that selects a method [default: snd].")
+              help="With --adapt: the label-free criterion that selects a method [default: dev_risk; snd without a "
+                   "source validation split].")
 @click.option("--seeds", type=int, default=3, show_default=True, help="Seeds per strategy (0, 1, …).")
 @click.option("--epochs", type=int, help="Epoch budget of every run [default: 6].")
 @options.image_size
