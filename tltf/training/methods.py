@@ -10,12 +10,11 @@ fastai's callbacks:
 - ``data(run)``: the data is read (``run.data``); a plug-in may change it (another class list, fewer images);
 - ``classifier_options()``: keyword arguments for :func:`tltf.models.classifier.build_classifier` (e.g. a
   normalising head);
-- ``setup`` may set ``run.objective``, the ``compile`` arguments (loss and metrics) in place of the head's
-  cross-entropy and accuracy;
 - ``start(run)``: the classifier is built, with its starting (pretrained) weights still untouched;
 - ``setup(run)``: change what trains once the classifier and stage plan exist (``run.model`` is the classifier that
   is saved, ``run.train_model`` the model fitted: a plug-in may wrap it); ``run.add_loss(term)`` adds a loss term
-  ``term(x, y, y_pred) -> scalar`` to every training step;
+  ``term(x, y, y_pred) -> scalar`` to every training step, and ``run.objective`` sets the ``compile`` arguments
+  (loss and metrics) in place of the head's cross-entropy and accuracy (a multitask loss);
 - ``callbacks(run)``: extra Keras callbacks;
 - ``trained(run)``: the trainer's loop is over; change the model before it is evaluated and saved;
 - ``report(run)``: entries for ``metrics.json``;
