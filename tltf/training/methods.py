@@ -180,7 +180,8 @@ def register_method(cls: type | None = None, *, name: str | None = None):
 
 
 def _load_entry_points() -> None:
-    """Methods that installed packages declare under the ``tltf.methods`` entry-point group (``name = module:Class``)."""
+    """Methods that installed packages declare under the ``tltf.methods`` entry-point group
+    (``name = module:Class``)."""
     from importlib.metadata import entry_points
 
     for point in entry_points(group="tltf.methods"):
