@@ -7,13 +7,13 @@ Every run with ``--target-data`` records, in ``metrics.json`` under ``unsupervis
   space of the model's L2-normalised class probabilities. Target predictions that form dense clusters score high.
   Target images alone.
 - ``dev_risk`` (lower is better; the default criterion): Deep Embedded Validation (You et al., ICML 2019). A
-  logistic-regression domain classifier on the model's features (source training images vs target images) gives
-  each held-out *source* image a density ratio ``w = p(target | x) / p(source | x)``; the risk is the
-  importance-weighted validation loss ``mean(w * loss)`` with the control variate ``eta * (mean(w) - 1)``,
-  ``eta = -cov(w * loss, w) / var(w)``. It estimates the *target* loss from labelled source images (it needs a source validation split). The paper's plain
-  version was useless here: the domains are nearly separable in the features, the weights reached ~10^3 and a
-  handful of images decided the risk. tltf regularises the domain classifier (C = 0.01), divides the weights by their
-  mean and clips them at their 95th percentile.
+  logistic-regression domain classifier on the model's features (source training images vs target images) gives each
+  held-out *source* image a density ratio ``w = p(target | x) / p(source | x)``; the risk is the importance-weighted
+  validation loss ``mean(w * loss)`` with the control variate ``eta * (mean(w) - 1)``, ``eta = -cov(w * loss, w) /
+  var(w)``. It estimates the *target* loss from labelled source images (it needs a source validation split). The
+  paper's plain version was useless here: the domains are nearly separable in the features, the weights reached
+  ~10^3 and a handful of images decided the risk. tltf regularises the domain classifier (C = 0.01), divides the
+  weights by their mean and clips them at their 95th percentile.
 
 Measured on MNIST -> UCI digits (``benchmarks/adapt_digits.py``), rank correlation with the true target
 accuracy over the runs of each variant, and whether the pick was the best method:
