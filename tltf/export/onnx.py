@@ -191,11 +191,12 @@ def model_info(model) -> dict:
     except (ValueError, AttributeError, ImportError):
         backbone = "unknown"
     pre = next((layer for layer in model.layers if isinstance(layer, Preprocess)), None)
-    from tltf.multitask.head import segments_of
+    from tltf.multitask.head import MultitaskHead
 
-    segments = segments_of(model)
-    if segments:  # one output per task; the class names are task:class, as the Keras head lists its columns
-        class_names = [f"{name}:{c}" for name, _, _, classes in segments for c in classes]
+    tasks_head = next((layer for layer in model.layers if isinstance(layer, MultitaskHead)), None)
+    segments = tasks_head.segments() if tasks_head is not None else None
+    if segments:  # one output per task; the class names are the head's, task:class for each column
+        class_names = list(tasks_head.class_names)
     return {"class_names": class_names, "num_classes": len(class_names), "image_size": [int(shape[1]),
             int(shape[2])], "backbone": backbone, "preprocess": pre.mode if pre is not None else "unknown",
             "binary_sigmoid": n_out == 1,

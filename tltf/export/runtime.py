@@ -256,13 +256,9 @@ class OnnxModel:
     @property
     def segments(self) -> list[tuple[str, int, int, list[str]]] | None:
         """A multitask file's ``(task, first column, column after the last, classes)`` in :meth:`predict`'s output."""
-        if not self.tasks:
-            return None
-        out, start = [], 0
-        for name, classes in self.tasks:
-            out.append((name, start, start + len(classes), classes))
-            start += len(classes)
-        return out
+        from tltf.data.tasks import task_segments
+
+        return task_segments(self.tasks) if self.tasks else None
 
     def run(self, pixels: np.ndarray) -> np.ndarray:
         """One forward pass of the raw graph (no batching, no post-processing; a multitask file's outputs side by

@@ -15,8 +15,7 @@ def evaluate_tasks(model, dataset, labels, segments, forward=None) -> dict:
 
     from tltf.errors import TltfError
     from tltf.multitask.objective import task_predictions
-    from tltf.reporting import confusion_matrix
-    from tltf.training.evaluation import label_mapping
+    from tltf.training.evaluation import label_mapping, scores
 
     data_tasks = labels.as_dict()
     missing = [name for name, *_ in segments if name not in data_tasks]
@@ -34,12 +33,6 @@ def evaluate_tasks(model, dataset, labels, segments, forward=None) -> dict:
     true_a = np.concatenate(true) if true else np.zeros((0, n_tasks), int)
     pred_a = np.concatenate(pred) if pred else np.zeros((0, n_tasks), int)
     n = int(len(true_a))
-    tasks = {}
-    for t, (name, _, _, classes) in enumerate(segments):
-        cm = confusion_matrix(true_a[:, t], pred_a[:, t], len(classes))
-        tasks[name] = {"accuracy": float((true_a[:, t] == pred_a[:, t]).mean()) if n else None, "n": n,
-                       "per_class": {c: (float(cm[i, i] / cm[i].sum()) if cm[i].sum() else None)
-                                     for i, c in enumerate(classes)},
-                       "classes": list(classes), "confusion": cm.tolist()}
+    tasks = {name: scores(true_a[:, t], pred_a[:, t], classes) for t, (name, _, _, classes) in enumerate(segments)}
     return {"accuracy": float(np.mean([t["accuracy"] for t in tasks.values()])) if n else None, "n": n,
             "all_correct": float((true_a == pred_a).all(axis=1).mean()) if n else None, "tasks": tasks}

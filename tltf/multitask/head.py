@@ -47,11 +47,9 @@ class MultitaskHead(keras.layers.Layer):
 
     def segments(self) -> list[tuple[str, int, int, list[str]]]:
         """``(task, first column, column after the last, class names)`` for each task."""
-        out, start = [], 0
-        for name, classes in self.tasks.items():
-            out.append((name, start, start + len(classes), classes))
-            start += len(classes)
-        return out
+        from tltf.data.tasks import task_segments
+
+        return task_segments(self.tasks.items())
 
     def get_config(self):
         config = super().get_config()

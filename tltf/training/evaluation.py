@@ -23,12 +23,17 @@ def evaluate_model(model: keras.Model, dataset, data_classes: list[str], model_c
         true.append(mapping[np.asarray(y)])
     true_a = np.concatenate(true) if true else np.zeros(0, int)
     pred_a = np.concatenate(pred) if pred else np.zeros(0, int)
-    cm = confusion_matrix(true_a, pred_a, len(model_classes))
-    per_class = {name: (float(cm[i, i] / cm[i].sum()) if cm[i].sum() else None)
-                 for i, name in enumerate(model_classes)}
-    n = int(len(true_a))
-    return {"accuracy": float((true_a == pred_a).mean()) if n else None, "n": n, "per_class": per_class,
-            "classes": list(model_classes), "confusion": cm.tolist()}
+    return scores(true_a, pred_a, model_classes)
+
+
+def scores(true: np.ndarray, pred: np.ndarray, classes: list[str]) -> dict:
+    """``accuracy``, ``n``, ``per_class`` accuracy, ``classes`` and ``confusion`` of integer labels ``true`` vs
+    predictions ``pred`` over ``classes``."""
+    cm = confusion_matrix(true, pred, len(classes))
+    per_class = {name: (float(cm[i, i] / cm[i].sum()) if cm[i].sum() else None) for i, name in enumerate(classes)}
+    n = int(len(true))
+    return {"accuracy": float((true == pred).mean()) if n else None, "n": n, "per_class": per_class,
+            "classes": list(classes), "confusion": cm.tolist()}
 
 
 def label_mapping(data_classes: list[str], model_classes: list[str]) -> np.ndarray:
