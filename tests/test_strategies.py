@@ -87,9 +87,12 @@ def test_freeze_until_keeps_the_lower_backbone_bit_identical_and_trains_the_rest
     # `scratch` unfreezes everything; --freeze-until caps it: conv2 (38,448), dense (76,900) and the head (303)
     assert metrics["stages"][0]["trainable_params"] == (5 * 5 * 32 * 48 + 48) + (768 * 100 + 100) + (100 * 3 + 3)
     history = read_history(tmp_path / "frozen" / "history.csv")
-    # it learns the new task on the frozen lower block: the loss ends well under chance (ln 3 = 1.10). Measured over
-    # seeds 0-2: 0.755-0.767 after 5 epochs. (The first epoch's loss is too noisy to compare against: 1.11-1.67.)
-    assert history[-1]["loss"] < 0.8 * np.log(3)
+    # it learns the new task on the frozen lower block. The run-to-run spread is wide (start seeds 1, 2, 7 x fit seeds
+    # 0, 1: last loss 0.50-0.96, best val accuracy 0.54-0.97), so the checks are relative: the loss keeps falling
+    # after the noisy first epoch (1.26-1.68) -- epoch 5 under epoch 2 (1.00-1.09) by 0.07 or more in every run --
+    # and the best validation accuracy is above chance (1/3) by more than two standard errors of 72 images (0.45).
+    assert history[-1]["loss"] < history[1]["loss"] - 0.03
+    assert max(row["val_accuracy"] for row in history) > 0.45
 
 
 def test_freeze_until_accepts_block_index_and_layer_name_and_refuses_unknown():
