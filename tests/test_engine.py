@@ -185,3 +185,48 @@ def test_refit_chooses_epochs_on_the_holdout_then_trains_on_every_labelled_image
     assert finished_run(tmp_path / "r", config)["refit"] == refit and final["refit_final"]["val_split"] == 0.0
     with pytest.raises(TltfError, match="--refit on: --val-split 0 holds nothing out"):
         fit(_config(data, tmp_path / "q", refit="on", val_split=0.0), verbose=0)
+
+
+def _trained_classifier(seed: int) -> keras.Model:
+    from tltf.models.classifier import build_classifier
+
+    keras.utils.set_random_seed(seed)
+    model = build_classifier("cnn_small", ["a", "b", "c"], image_size=28, weights="none")
+    model.compile(keras.optimizers.Adam(1e-3), "sparse_categorical_crossentropy")
+    rng = np.random.default_rng(seed)
+    model.fit(rng.uniform(0, 255, (32, 28, 28, 3)).astype("float32"), rng.integers(0, 3, 32), verbose=0)
+    return model
+
+
+def test_backup_restores_every_weight_and_optimizer_slot_and_refuses_another_model(tmp_path):
+    """The per-epoch backup (``latest.npz``) brings back the weights, the optimizer's
+    slots and step count bit for bit in a freshly built model (whose auto-named variables differ from the first
+    one's), and refuses, in one line, a backup of another architecture."""
+    from tltf.training.callbacks import FiniteBackup
+
+    folder = tmp_path / "backup"
+    trained = _trained_classifier(0)
+    writer = FiniteBackup(str(folder), delete_checkpoint=False)
+    writer.set_model(trained)
+    writer.on_epoch_end(2, {"loss": 1.0})
+    assert json.loads((folder / "training_metadata.json").read_text())["epoch"] == 3
+
+    fresh = _trained_classifier(1)  # other weights, another optimizer state
+    state = [np.array(v) for v in [*trained.variables, *trained.optimizer.variables]]
+    assert not all(np.array_equal(a, np.array(b)) for a, b in zip(state, fresh.variables))
+    reader = FiniteBackup(str(folder), delete_checkpoint=False)
+    reader.set_model(fresh)
+    reader.on_train_begin()
+    restored = [np.array(v) for v in [*fresh.variables, *fresh.optimizer.variables]]
+    assert len(restored) == len(state) and all(np.array_equal(a, b) for a, b in zip(state, restored))
+    assert int(fresh.optimizer.iterations.numpy()) == int(trained.optimizer.iterations.numpy()) == 1
+    assert fresh._initial_epoch == 3
+
+    from tltf.models.classifier import build_classifier
+
+    other = build_classifier("cnn_small", ["a", "b"], image_size=28, weights="none")  # a 2-class head
+    other.compile(keras.optimizers.Adam(1e-3), "sparse_categorical_crossentropy")
+    reader = FiniteBackup(str(folder), delete_checkpoint=False)
+    reader.set_model(other)
+    with pytest.raises(TltfError, match="latest.npz: this backup was written by a different model"):
+        reader.on_train_begin()

@@ -213,21 +213,21 @@ def test_disk_full_mid_training_is_one_line_and_the_same_command_resumes(data, t
     monkeypatch.undo()
     with open(out / "history.csv", "a") as f:
         f.write("1,cut-short")  # a row a kill -9 cut short (not a number: a real row can start "1,0.4")
-    saves, real_save = [], keras.Model.save_weights
+    saves, real_savez = [], np.savez
 
-    def weights_then_full(self, path, *args, **kwargs):
+    def weights_then_full(path, *args, **kwargs):
         saves.append(path)
         if len(saves) == 2:  # the resumed run's second epoch: epoch 3
             with open(path, "wb") as f:
-                f.write(b"\x89HDF half a file")
+                f.write(b"PK half a file")
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
-        return real_save(self, path, *args, **kwargs)
+        return real_savez(path, *args, **kwargs)
 
-    monkeypatch.setattr(keras.Model, "save_weights", weights_then_full)
+    monkeypatch.setattr(np, "savez", weights_then_full)
     line = one_error_line(cli(*fit))
-    assert line == f"error: {out / 'backup' / 'latest.weights.h5'}: cannot write: no space left on the device"
+    assert line == f"error: {out / 'backup' / 'latest.npz'}: cannot write: no space left on the device"
     assert _backup_epoch(out) == 2 and not (out / "model.keras").exists()
-    assert not (out / "backup" / "latest.weights.h5").read_bytes().startswith(b"\x89HDF half")
+    assert not (out / "backup" / "latest.npz").read_bytes().startswith(b"PK half")
     assert temp_files(out / "backup") == []
 
     monkeypatch.undo()
@@ -411,7 +411,7 @@ def _write_backup(model, folder):
     backup = FiniteBackup(str(folder), delete_checkpoint=False)
     backup.set_model(keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)]))
     backup.on_epoch_end(0, {"loss": 1.0})
-    assert (folder / "latest.weights.h5").is_file() and (folder / "training_metadata.json").is_file()
+    assert (folder / "latest.npz").is_file() and (folder / "training_metadata.json").is_file()
 
 
 def _write_feature_cache(model, folder):
@@ -423,7 +423,7 @@ def _write_feature_cache(model, folder):
 #: writer: (what writes, the file it writes, its temporary files' suffix)
 WRITERS = {"export": (_write_export, "m.onnx", ".part"), "run folder": (_write_run_json, "metrics.json", ".part"),
            "model": (_write_model, "model.keras", ".keras"),
-           "backup": (_write_backup, "latest.weights.h5", ".weights.h5"),
+           "backup": (_write_backup, "latest.npz", ".npz"),
            "feature cache": (_write_feature_cache, "codes.npz", ".npz")}
 
 

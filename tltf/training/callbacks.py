@@ -12,12 +12,16 @@ import contextlib
 import math
 import os
 import time
+from pathlib import Path
 
 import keras
+import numpy as np
 
 from tltf.atomic import make_folder, replacing, write_failed
+from tltf.errors import TltfError
 from tltf.reporting import write_json
 from tltf.staging import StagedFineTuning
+from tltf.training.run_folder import read_run_json
 
 
 class EpochTiming(keras.callbacks.Callback):
@@ -68,21 +72,67 @@ class FiniteLoss(keras.callbacks.Callback):
 
 
 class FiniteBackup(keras.callbacks.BackupAndRestore):
-    """``BackupAndRestore`` that keeps the last epoch whose losses were finite: an epoch that ended on a NaN or
-    infinite loss is not saved over it, so the run can resume from the last good weights. Each backup file is
-    written to a temporary file and renamed over the old one (weights first, then the epoch number): a full disk
-    or a kill mid-write leaves the previous backup whole (at worst newer weights under the previous epoch number,
-    and the resumed run repeats that epoch)."""
+    """``BackupAndRestore`` that keeps the last epoch whose losses were finite, at ~60 ms an epoch.
+
+    An epoch that ended on a NaN or infinite loss is not saved over the last good one, so the run resumes from the
+    last good weights. The backup is every variable of the model and its optimizer (weights, BatchNorm statistics,
+    random-generator states, optimizer slots and step count) in one ``latest.npz``, then
+    ``training_metadata.json`` (the epoch; each variable's name and shape, in order). For MobileNetV2 with
+    Adam (581 variables, 27 MB) that is ~20 ms to read the variables and ~40 ms to write them on 2 cores, where
+    Keras' ``save_weights`` (an ``.h5`` file, walking the layer tree) took 0.22-0.34 s: a third of a head-only epoch.
+    (A background writer measured no better: its copies compete with training for the interpreter.)
+
+    Each file is written to a temporary file and renamed over the old one (weights first, then the metadata): a
+    full disk or a kill mid-write leaves the previous backup whole (at worst newer weights under the previous epoch
+    number, and the resumed run repeats that epoch). Backups of earlier versions (``latest.weights.h5``) still
+    resume."""
+
+    STATE = "latest.npz"
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._state_path = os.path.join(self.backup_dir, self.STATE)
 
     def on_epoch_end(self, epoch, logs=None):
         if not non_finite_loss(logs):
             super().on_epoch_end(epoch, logs)
 
+    def _variables(self) -> list:
+        """The model's and its optimizer's variables, each once, in a fixed order."""
+        seen, out = set(), []
+        optimizer = getattr(self.model, "optimizer", None)
+        for v in [*self.model.variables, *(optimizer.variables if optimizer is not None else [])]:
+            if id(v) not in seen:
+                seen.add(id(v))
+                out.append(v)
+        return out
+
     def _save_model(self):
+        variables = self._variables()
+        arrays = {f"v{i}": np.asarray(v.numpy()) for i, v in enumerate(variables)}
         make_folder(self.backup_dir)
-        with replacing(self._weights_path, ".weights.h5") as tmp:  # Keras wants a name ending in .weights.h5
-            self.model.save_weights(str(tmp), overwrite=True)
-        write_json(self._training_metadata_path, {"epoch": self._current_epoch, "batch": self._last_batch_seen})
+        with replacing(self._state_path, ".npz") as tmp:
+            np.savez(tmp, **arrays)
+        write_json(self._training_metadata_path, {
+            "epoch": self._current_epoch, "batch": self._last_batch_seen,
+            "variables": [[v.name, list(a.shape)] for v, a in zip(variables, arrays.values())]})
+
+    def _load_model(self):
+        if not os.path.exists(self._state_path):
+            return super()._load_model()  # no backup, or one written by an earlier version (latest.weights.h5)
+        optimizer = getattr(self.model, "optimizer", None)
+        if optimizer is not None and not optimizer.built:
+            optimizer.build(self.model.trainable_variables)
+        meta = read_run_json(Path(self._training_metadata_path), self.backup_dir)
+        variables = self._variables()
+        expected = [[v.name, list(v.shape)] for v in variables]
+        if meta.get("variables") != expected or not isinstance(meta.get("epoch"), int):
+            raise TltfError(f"{self._state_path}: this backup was written by a different model or optimizer "
+                            "(its variables differ); remove the backup folder, or pass --overwrite to start over")
+        with np.load(self._state_path, allow_pickle=False) as state:
+            for i, v in enumerate(variables):
+                v.assign(state[f"v{i}"])
+        self.model._initial_epoch = meta["epoch"]
 
 
 class HistoryLog(keras.callbacks.CSVLogger):

@@ -136,7 +136,7 @@ class RunFolder:
             return False
         meta, saved = self.backup / "training_metadata.json", out / "config.json"
         if meta.exists() and saved.exists():
-            changed = changed_setting(_read_json(saved, f"--out {out}"), config)
+            changed = changed_setting(read_run_json(saved, f"--out {out}"), config)
             if changed:
                 key, old, new = changed
                 raise TltfError(f"--out {out}: holds an interrupted run with a different {key} ({old!r} vs {new!r}); "
@@ -171,7 +171,7 @@ class RunFolder:
         meta = self.backup / "training_metadata.json"
         if not (self.resuming and meta.exists()):
             return 0
-        epoch = _read_json(meta, f"--out {self.path}").get("epoch", 0)
+        epoch = read_run_json(meta, f"--out {self.path}").get("epoch", 0)
         return int(epoch) if isinstance(epoch, (int, float)) else 0
 
     def write_config(self, config: FitConfig, plan, size, **effective) -> None:
@@ -194,15 +194,15 @@ def finished_run(folder: str | Path, config: FitConfig) -> dict | None:
     metrics_file, saved = folder / "metrics.json", folder / "config.json"
     if not (metrics_file.exists() and (folder / "model.keras").exists() and saved.exists()):
         return None
-    changed = changed_setting(_read_json(saved, str(folder)), config)
+    changed = changed_setting(read_run_json(saved, str(folder)), config)
     if changed:
         key, old, new = changed
         raise TltfError(f"{folder} holds a finished run with a different {key} ({old!r} vs {new!r}); use "
                         "--overwrite or another --out")
-    return _read_json(metrics_file, str(folder))
+    return read_run_json(metrics_file, str(folder))
 
 
-def _read_json(path: Path, where: str) -> dict:
+def read_run_json(path: Path, where: str) -> dict:
     """A run file (``config.json``, ``metrics.json``, the backup's metadata) as a dict; a one-line error when it
     was damaged by hand or by another program."""
     try:
