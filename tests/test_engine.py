@@ -230,3 +230,18 @@ def test_backup_restores_every_weight_and_optimizer_slot_and_refuses_another_mod
     reader.set_model(other)
     with pytest.raises(TltfError, match="latest.npz: this backup was written by a different model"):
         reader.on_train_begin()
+
+
+def test_adaptation_trainers_take_loss_terms(data, tmp_path):
+    """A plug-in's loss term reaches the domain-adaptation step too (--adapt dann, mmd, coral share it)."""
+    x, y = blobs(60, seed=5)
+    target = tmp_path / "target.npz"
+    np.savez(target, x=np.clip(x.astype(int) + 40, 0, 255).astype(np.uint8), y=y,
+             class_names=np.array(["left", "middle", "right"]))
+    common = dict(learning_rate=0.02, epochs=3, target_data=str(target), adapt="dann")
+    plain = fit(_config(data, tmp_path / "plain", **common), verbose=0)
+    decayed = fit(_config(data, tmp_path / "decay", methods=["test_head_decay"],
+                          method_options={"test_head_decay": {"weight": 10.0}}, **common), verbose=0)
+    assert plain["methods"] == ["dann"] and decayed["methods"] == ["dann", "test_head_decay"]
+    head = keras.models.load_model(tmp_path / "plain" / "model.keras").get_layer("head").dense.kernel
+    assert decayed["head_kernel_norm"] < 0.5 * float(np.linalg.norm(keras.ops.convert_to_numpy(head)))

@@ -173,6 +173,8 @@ class DANN(keras.Model):
                                 else keras.metrics.SparseCategoricalAccuracy(name="accuracy"))
         self.domain_accuracy_metric = keras.metrics.BinaryAccuracy(name="domain_accuracy", threshold=0.0)
         self.align_loss_tracker = keras.metrics.Mean(name="align_loss")
+        # plug-ins' loss terms (run.add_loss): term(source images, source labels, source label probabilities)
+        self.loss_terms: list = []
 
     # --- configuration ---------------------------------------------------------------------------------------
     def get_config(self):
@@ -255,6 +257,8 @@ class DANN(keras.Model):
             label_loss = self._label_loss(ys, probs)
             domain_loss = tf.reduce_mean(keras.losses.binary_crossentropy(d_true, d_logits, from_logits=True))
             reg = tf.add_n([tf.cast(v, "float32") for v in self.losses]) if self.losses else 0.0
+            for term in self.loss_terms:
+                reg = reg + tf.cast(term(xs, ys, probs), "float32")
             loss = (label_loss + self.domain_weight * domain_loss + reg + self.align_weight * align
                     + self.entropy_weight * entropy)
             if source_only:

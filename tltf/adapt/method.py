@@ -55,7 +55,6 @@ class DANNMethod(Method):
     name = "dann"
     trains = True
     streams = ("source", "target")
-    supports_loss_terms = False  # its own train_step: regularisers (L2-SP) reach it, run.add_loss terms not yet
     distributable = False
     mode = "dann"
 
@@ -83,6 +82,7 @@ class DANNMethod(Method):
         config, plan, model = run.config, run.plan, run.train_model
         batch = config.batch_size
         steps = max(math.ceil(len(run.data.train) / batch), math.ceil(len(run.target) / batch))
+        model.loss_terms = list(run.loss_terms)
         model.compile(optimizer=adapt_optimizer(config.optimizer, plan.stages[0].learning_rate, config.clipnorm,
                                                 ema_momentum(plan.epochs * steps, config.ema)),
                       jit_compile=use_jit(config.jit))
