@@ -70,6 +70,7 @@ def test_bad_input_is_one_line_on_stderr(image_folder, tmp_path, args, message):
     assert result.stderr.count("\n") == 1 and message in result.stderr and "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_killed_fit_resumes_from_the_last_finished_epoch(image_folder, tmp_path):
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "tltf", "fit", "--data", str(image_folder), *FAST, "--stage", "gradual",

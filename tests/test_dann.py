@@ -243,6 +243,7 @@ def test_digits_frames_match_mnist(digits):
     assert sorted(set(ys.tolist())) == sorted(set(yt.tolist())) == list(range(10))
 
 
+@pytest.mark.slow
 def test_dann_beats_source_only_on_mnist_to_uci(digits):
     """A real unsupervised shift: 2,500 labelled MNIST -> 1,797 unlabelled UCI digits, same seed and budget.
 

@@ -22,7 +22,7 @@ from tltf.export.runtime import OnnxModel
 
 SIX = ["mobilenet_v2", "mobilenet_v3_small", "efficientnet_b0", "resnet50", "densenet121", "convnext_tiny"]
 HEAVY = {"resnet50", "densenet121", "convnext_tiny"}  # big weights: converted at 32 px
-SLOW = {"convnext_tiny"}  # ~25 s to convert on 2 shared cores
+SLOW = {"convnext_tiny", "resnet50"}  # 54 s and 30 s to convert on 2 cores
 CLASSES = ["cat", "dog", "fox"]
 
 

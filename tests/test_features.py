@@ -113,6 +113,7 @@ def test_features_cli_needs_an_output():
 
 
 @pytest.mark.network
+@pytest.mark.slow
 def test_cached_fit_with_imagenet_weights_matches_uncached(torchvision_weights, tmp_path):
     """Real ImageNet features (MobileNetV2, BatchNorm in inference mode): cached and uncached heads agree."""
     # 8 epochs at 3e-3: near convergence, where the uncached run's batch order (parallel decode) matters little;

@@ -2,9 +2,12 @@
 
 import json
 
+import pytest
+
 from conftest import cli
 
 
+@pytest.mark.slow
 def test_gradual_on_builtin_shapes_beats_chance_clearly(torchvision_weights, tmp_path):
     out = tmp_path / "shapes"
     result = cli("fit", "--data", "builtin:shapes", "--backbone", "mobilenet_v2", "--weights",
