@@ -197,11 +197,12 @@ def test_dry_run_says_why_adaptation_trains_20_epochs_and_the_dann_lambda(domain
     assert described["config"]["epochs"] == 20 and described["defaults"]["epochs"].startswith("20: domain adaptation")
     assert described["defaults"]["lambda_max"].startswith("0.3: ")
     assert described["defaults"]["target_entropy"].startswith("0 (off): ")
+    assert described["defaults"]["ema"].startswith("auto: the weights averaged over about the last 10 %")
     given = cli("fit", "--data", source, "--target-data", target, "--adapt", "dann", "--lambda-max", "0.5",
-                "--epochs", "3", "--dry-run", "--out", "unused")
+                "--epochs", "3", "--ema", "0.99", "--dry-run", "--out", "unused")
     described = json.loads(given.stdout)
     assert described["config"]["epochs"] == 3 and "epochs" not in described["defaults"]
-    assert "lambda_max" not in described["defaults"]
+    assert "lambda_max" not in described["defaults"] and "ema" not in described["defaults"]
     assert "target_entropy" in described["defaults"]  # still at its default: why it is off
 
 

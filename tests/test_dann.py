@@ -208,7 +208,8 @@ def test_label_model_exports_only_backbone_and_head(tmp_path):
 
 def test_weight_averaging_settings():
     assert ema_momentum(700) == pytest.approx(1 - 10 / 700)
-    assert ema_momentum(50_000) == 0.99 and ema_momentum(50) is None and ema_momentum(700, None) is None
+    assert ema_momentum(2_500) == pytest.approx(0.996) and ema_momentum(50_000) == 0.999  # the last 10 %, capped
+    assert ema_momentum(50) is None and ema_momentum(700, None) is None
     assert ema_momentum(10, 0.9) == 0.9
     with pytest.raises(TltfError, match="--ema 1.5"):
         ema_momentum(700, 1.5)

@@ -628,14 +628,18 @@ def train_dann(source, target, *, target_eval=None, source_val=None, model: kera
 def ema_momentum(total_steps: int, ema: float | str | None = "auto") -> float | None:
     """The weight-averaging momentum for a run of ``total_steps`` optimizer steps.
 
-    ``"auto"``: ``min(0.99, 1 - 10 / total_steps)``, i.e. an average over the last ~10 % of the run (at most ~100
+    ``"auto"``: ``min(0.999, 1 - 10 / total_steps)``, an average over about the last 10 % of the run (at most ~1,000
     steps) in which the initial weights keep a negligible ``e^-10`` share; off for runs under 100 steps. A number is
-    used as is; None is off. Measured (MNIST -> UCI, 10 epochs, 5 seeds, momentum 0.99): DANN's final target
-    accuracy 0.849 +- 0.034 -> 0.890 +- 0.009; source-only 0.808 -> 0.795.
+    used as is; None is off. Measured (MNIST -> UCI digits as raw folders, cnn_small, 20 epochs of 125 steps, seeds
+    0-4): with the window capped at ~100 steps (momentum 0.99) DANN's target accuracy was 0.907 +- 0.016 and
+    source-only's 0.861 +- 0.025 (gains per seed +5.2, +0.9, +5.7, +5.5, +5.7); over the last 10 % (0.996) DANN
+    0.909 +- 0.007 and source-only 0.852 +- 0.026 (+3.5, +5.7, +8.0, +3.1, +8.1): DANN's epoch-to-epoch swings of
+    several points on the target average out. Earlier (10 epochs, momentum 0.99 vs none): DANN 0.849 +- 0.034 ->
+    0.890 +- 0.009; source-only 0.808 -> 0.795.
     """
     ema = parse_ema(ema)
     if ema == "auto":
-        return min(0.99, 1.0 - 10.0 / total_steps) if total_steps >= 100 else None
+        return min(0.999, 1.0 - 10.0 / total_steps) if total_steps >= 100 else None
     return ema
 
 

@@ -32,7 +32,7 @@ import math
 import warnings
 from dataclasses import replace
 
-from tltf.adapt.dann import adapt_optimizer, build_dann, ema_momentum, label_model, train_dann
+from tltf.adapt.dann import adapt_optimizer, build_dann, ema_momentum, label_model, parse_ema, train_dann
 from tltf.data import make_pipeline
 from tltf.errors import TltfError
 from tltf.staging import prepare
@@ -45,6 +45,11 @@ TARGET_ENTROPY_WHY = (
     "0.05 the gain was gone (dann 0.868 vs source-only 0.842), coral fell from 0.841 to 0.788, and the label-free "
     "criterion (snd) then picked coral, the worst method: entropy minimisation makes target predictions cluster "
     "whether or not they are right, which is what snd rewards")
+EMA_WHY = (
+    "auto: the weights averaged over about the last 10 % of the run (momentum 1 - 10 / steps, at most 0.999). "
+    "MNIST -> UCI digits as raw folders, cnn_small, 20 epochs, seeds 0-4: dann 0.909 +- 0.007 and source-only "
+    "0.852 +- 0.026 (dann ahead in every seed, +3.1 to +8.1); with a ~100-step window (0.99) dann 0.907 +- 0.016, "
+    "source-only 0.861 +- 0.025, one seed +0.9")
 FINAL_KEYS = ("target_accuracy", "source_val_accuracy", "domain_accuracy", "target_loss", "source_val_loss",
               "grl_lambda", "align_weight", "diverged", "target_accuracy_peak", "target_accuracy_best_epoch")
 
@@ -71,6 +76,8 @@ class DANNMethod(Method):
                                  "(benchmarks/dann_digits.py); on raw folders (10 epochs) 0.3, 0.6 and 1.0 were "
                                  "within the seeds' noise (0.867 over 3 runs, 0.858 over 6, 0.864 over 2; "
                                  "source-only 0.843)")
+        if parse_ema(self.config.ema) == "auto":
+            why["ema"] = EMA_WHY
         if self.mode != "source_only" and self.config.target_entropy == FitConfig.target_entropy:
             why["target_entropy"] = TARGET_ENTROPY_WHY
         return why

@@ -50,7 +50,8 @@ from tltf.cli import options
 @click.option("--lambda-max", type=float, help="DANN: ceiling of the gradient-reversal weight [default: 0.3].")
 @click.option("--gamma", type=float, help="DANN: steepness of the lambda schedule 2/(1+exp(-gamma p))-1 [10].")
 @click.option("--anneal-lr", is_flag=True, default=None, help="DANN: the paper's lr/(1+10p)^0.75 annealing.")
-@click.option("--ema", help="DANN: weight-averaging momentum, auto or off [default: auto].")
+@click.option("--ema", help="Domain adaptation: weight-averaging momentum, auto (the last ~10% of the run) or off "
+                           "[default: auto].")
 @click.option("--align-weight", type=float, help="--adapt mmd|coral: weight of the feature discrepancy [default: 1].")
 @click.option("--target-entropy", type=float, help="--adapt dann|mmd|coral: weight of the target predictions' entropy "
               "in the loss (entropy minimisation, warmed up like the lambda) [default: 0, off; see --dry-run].")
