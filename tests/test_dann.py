@@ -365,7 +365,6 @@ def test_cli_target_labels_for_eval_and_source_only_comparison(toy_domains, tmp_
     (("--adapt", "dann"), "--adapt dann needs --target-data"),
     (("--target-data", "FLAT", "--target-labels-for-eval"), "has no class folders"),
     (("--target-data", "MISSING"), "--target-data MISSING: no such file or folder"),
-    (("--target-data", "FLAT", "--distribute", "mirrored"), "--distribute: not supported with --adapt"),
     (("--target-data", "FLAT", "--lwf", "1"), "--lwf: not supported with --adapt"),
 ])
 def test_cli_adapt_errors(toy_domains, tmp_path, args, message):
@@ -376,6 +375,19 @@ def test_cli_adapt_errors(toy_domains, tmp_path, args, message):
     result = cli("fit", "--data", source, "--out", tmp_path / "run", *COMMON, *args)
     assert result.exit_code == 2 and message in result.stderr, result.output
     assert not (tmp_path / "run" / "model.keras").exists()
+
+
+def test_cli_dann_runs_under_a_distribution_strategy(toy_domains, tmp_path):
+    """--adapt dann --distribute mirrored (one replica on this machine; two in test_distribute.py's step test)."""
+    from tests.conftest import cli
+
+    source, _, flat = toy_domains
+    result = cli("fit", "--data", source, "--out", tmp_path / "run", *COMMON, "--target-data", flat,
+                 "--adapt", "dann", "--distribute", "mirrored")
+    assert result.exit_code == 0, result.output
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert saved["replicas"] >= 1 and saved["global_batch_size"] == saved["replicas"] * saved["batch_size"]
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["methods"][0] == "dann"
 
 
 @pytest.mark.network

@@ -175,3 +175,48 @@ def test_distribution_scaling_and_choices(monkeypatch):
 def test_cli_rejects_unknown_strategy(tmp_path):
     result = cli("fit", "--data", "builtin:shapes", "--distribute", "ring", "--out", tmp_path / "r")
     assert result.exit_code == 2 and "--distribute" in result.output
+
+
+DANN_STEP = """
+import json, sys
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+import keras, numpy as np
+from tltf.adapt.dann import build_dann
+from tltf.models.classifier import build_classifier
+
+rng = np.random.default_rng(0)
+xs, xt = (rng.uniform(0, 255, (16, 24, 24, 3)).astype("float32") for _ in range(2))
+ys = rng.integers(0, 3, 16)
+batch = tf.data.Dataset.from_tensors(((xs, ys), xt))
+
+def one_step(strategy, start=None):
+    with strategy.scope():
+        keras.utils.set_random_seed(0)
+        model = build_dann(build_classifier("cnn_small", ["a", "b", "c"], 24, "none", dropout=0.0), lambda_=0.5)
+        if start is not None:
+            model.set_weights(start)
+        before = [w.numpy() for w in model.weights]
+        model.compile(optimizer=keras.optimizers.SGD(0.1))
+    model.fit(batch, epochs=1, verbose=0, shuffle=False)
+    return before, [w.numpy() for w in model.weights]
+
+start, one = one_step(tf.distribute.get_strategy())
+_, two = one_step(tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]), start)
+changed = [not np.allclose(a, b) for a, b in zip(start, one)]
+print("RESULT " + json.dumps({"changed": sum(changed),
+                             "max_diff": max(float(np.abs(a - b).max()) for a, b in zip(one, two)),
+                             "max_step": max(float(np.abs(a - b).max()) for a, b in zip(start, one))}))
+"""
+
+
+def test_a_dann_step_over_two_replicas_equals_one_on_one_device():
+    """--adapt under --distribute: the global batch split over two replicas (8 + 8 source and target images) moves
+    the weights exactly as the whole batch on one device (each replica's loss counts for its share)."""
+    proc = subprocess.run([sys.executable, "-c", DANN_STEP], capture_output=True, text=True, timeout=300,
+                          env={**__import__("os").environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = _result(proc.stdout)
+    assert result["changed"] > 4 and result["max_step"] > 1e-3, result  # the step really moved the weights
+    assert result["max_diff"] < 1e-5 * max(1.0, result["max_step"] * 100), result

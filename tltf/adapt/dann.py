@@ -144,6 +144,14 @@ def _is_adapt_batch(data) -> bool:
                                       and isinstance(data[0], (tuple, list)))
 
 
+def scale_loss_for_distribution(loss):
+    """``loss`` divided by the number of replicas in sync (``--distribute``): each replica's mean loss becomes its
+    share of the global batch's, since tf.distribute sums the replicas' gradients (as Keras' own train step)."""
+    tf = _tf()
+    replicas = tf.distribute.get_strategy().num_replicas_in_sync
+    return loss / tf.cast(replicas, loss.dtype) if replicas > 1 else loss
+
+
 @keras.saving.register_keras_serializable(package="tltf")
 class DANN(keras.Model):
     """A tltf classifier with a reversed-gradient domain classifier; outputs ``{"label", "domain"}``.
@@ -261,11 +269,14 @@ class DANN(keras.Model):
                 reg = reg + tf.cast(term(xs, ys, probs), "float32")
             loss = (label_loss + self.domain_weight * domain_loss + reg + self.align_weight * align
                     + self.entropy_weight * entropy)
+            # each replica's mean loss is divided by the replica count (tf.distribute sums the gradients), and
+            # scaled for mixed precision
             if source_only:
-                scaled_label = self.optimizer.scale_loss(label_loss + reg)
-                scaled_domain = self.optimizer.scale_loss(self.domain_weight * domain_loss)
+                scaled_label = self.optimizer.scale_loss(scale_loss_for_distribution(label_loss + reg))
+                scaled_domain = self.optimizer.scale_loss(
+                    scale_loss_for_distribution(self.domain_weight * domain_loss))
             else:
-                scaled = self.optimizer.scale_loss(loss)
+                scaled = self.optimizer.scale_loss(scale_loss_for_distribution(loss))
         if source_only:
             grads = tape.gradient(scaled_label, variables)
             domain_vars = self.get_layer(DOMAIN_HEAD_NAME).trainable_variables

@@ -60,7 +60,6 @@ class DANNMethod(Method):
     name = "dann"
     trains = True
     streams = ("source", "target")
-    distributable = False
     mode = "dann"
 
     def check(self, config) -> None:
@@ -86,14 +85,15 @@ class DANNMethod(Method):
         run.train_model = build_dann(run.model, mode=self.mode)
 
     def fit(self, run, callbacks: list) -> None:
-        config, plan, model = run.config, run.plan, run.train_model
-        batch = config.batch_size
+        config, plan, model, dist = run.config, run.plan, run.train_model, run.dist
+        batch = dist.global_batch  # --batch-size per replica (--distribute), as for supervised training
         steps = max(math.ceil(len(run.data.train) / batch), math.ceil(len(run.target) / batch))
         model.loss_terms = list(run.loss_terms)
-        model.compile(optimizer=adapt_optimizer(config.optimizer, plan.stages[0].learning_rate, config.clipnorm,
-                                                ema_momentum(plan.epochs * steps, config.ema)),
-                      jit_compile=use_jit(config.jit))
-        prepare(model, plan, run.transfer.frozen)
+        with dist.scope():
+            model.compile(optimizer=adapt_optimizer(config.optimizer, plan.stages[0].learning_rate,
+                                                    config.clipnorm, ema_momentum(plan.epochs * steps, config.ema)),
+                          jit_compile=use_jit(config.jit))
+            prepare(model, plan, run.transfer.frozen)
         size, augment = run.size, run.augment
         source_train = make_pipeline(run.data.train, size, batch, training=True, augment=augment, seed=config.seed,
                                      cache=config.cache, repeat=True)
@@ -104,7 +104,7 @@ class DANNMethod(Method):
         target_eval = make_pipeline(run.target_eval, size, batch, cache=False) if run.target_eval is not None \
             else None
         run.folder.write_config(config, plan, size, train_bn_effective=run.train_bn, steps_per_epoch=steps,
-                                num_target=len(run.target), augment_effective=run.augment_text,
+                                replicas=dist.replicas, global_batch_size=batch, num_target=len(run.target), augment_effective=run.augment_text,
                                 defaults=run.defaults)
         own = run.standard_callbacks(steps * batch, keep_frozen=run.transfer.frozen)
         warnings.filterwarnings("ignore", message="Your input ran out of data")  # evaluation of unknown length

@@ -171,8 +171,8 @@ def _fit_once(config: FitConfig, overwrite: bool, verbose: int, callbacks, chose
     trainer, extras = methods.select(config, trainer_name(config))
     spec = backbones.get(config.backbone)
     dist = distribution.setup(config.distribute, config.batch_size)  # first: multi-worker needs it before any op
-    if dist.name != "none" and not getattr(trainer, "distributable", True):
-        raise TltfError("--distribute: not supported with --adapt/--target-data yet (the DANN step is custom)")
+    if dist.name != "none" and not trainer.distributable:
+        raise TltfError(f"--distribute: the {trainer.name} trainer does not run under a distribution strategy")
     folder = RunFolder(dist.run_dir(config.out))
     folder.open(config, overwrite)
     try:

@@ -57,6 +57,7 @@ class Method:
     trains: bool = False  # a trainer owns the training loop
     streams: tuple[str, ...] = ()  # extra data streams: "target"
     supports_loss_terms: bool = True  # (trainers) whether run.add_loss terms reach its training step
+    distributable: bool = True  # (trainers) whether it runs under --distribute (run.dist's scope and global batch)
     sets_head: bool = False  # it sets the head itself: the LP initialisation (lp_init) stands aside
 
     def __init__(self, config, options: dict | None = None):
