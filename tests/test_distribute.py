@@ -2,6 +2,7 @@
 and learning rate scaled; bad choices are one-line errors."""
 
 import json
+import os
 from pathlib import Path
 import subprocess
 import sys
@@ -103,8 +104,6 @@ def _free_port() -> int:
 def test_multiworker_two_local_workers_train_in_sync(tmp_path):
     """Two ``tltf fit --distribute multiworker`` processes on localhost (TF_CONFIG): they converge, end with the
     same trainable weights (gradients are all-reduced, not trained apart), and only worker 0 writes the run."""
-    import os
-
     data = str(_toy_npz(tmp_path / "toy.npz"))
     cluster = {"worker": [f"localhost:{_free_port()}", f"localhost:{_free_port()}"]}
     config = dict(data=data, backbone="cnn_small", weights="none", stage="gradual", epochs=4, image_size=24,
@@ -215,7 +214,7 @@ def test_a_dann_step_over_two_replicas_equals_one_on_one_device():
     """--adapt under --distribute: the global batch split over two replicas (8 + 8 source and target images) moves
     the weights exactly as the whole batch on one device (each replica's loss counts for its share)."""
     proc = subprocess.run([sys.executable, "-c", DANN_STEP], capture_output=True, text=True, timeout=300,
-                          env={**__import__("os").environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = _result(proc.stdout)
     assert result["changed"] > 4 and result["max_step"] > 1e-3, result  # the step really moved the weights

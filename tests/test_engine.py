@@ -9,6 +9,7 @@ import pytest
 from conftest import cli
 
 from tltf.errors import TltfError
+from tltf.models.classifier import build_classifier
 from tltf.training import FitConfig, Method, describe, fit, load_recipe, register_method
 from tltf.training.run_folder import finished_run
 from tltf.training.settings import changed_setting, resume_keys
@@ -188,8 +189,6 @@ def test_refit_chooses_epochs_on_the_holdout_then_trains_on_every_labelled_image
 
 
 def _trained_classifier(seed: int) -> keras.Model:
-    from tltf.models.classifier import build_classifier
-
     keras.utils.set_random_seed(seed)
     model = build_classifier("cnn_small", ["a", "b", "c"], image_size=28, weights="none")
     model.compile(keras.optimizers.Adam(1e-3), "sparse_categorical_crossentropy")
@@ -221,8 +220,6 @@ def test_backup_restores_every_weight_and_optimizer_slot_and_refuses_another_mod
     assert len(restored) == len(state) and all(np.array_equal(a, b) for a, b in zip(state, restored))
     assert int(fresh.optimizer.iterations.numpy()) == int(trained.optimizer.iterations.numpy()) == 1
     assert fresh._initial_epoch == 3
-
-    from tltf.models.classifier import build_classifier
 
     other = build_classifier("cnn_small", ["a", "b"], image_size=28, weights="none")  # a 2-class head
     other.compile(keras.optimizers.Adam(1e-3), "sparse_categorical_crossentropy")

@@ -104,8 +104,8 @@ class DANNMethod(Method):
         target_eval = make_pipeline(run.target_eval, size, batch, cache=False) if run.target_eval is not None \
             else None
         run.folder.write_config(config, plan, size, train_bn_effective=run.train_bn, steps_per_epoch=steps,
-                                replicas=dist.replicas, global_batch_size=batch, num_target=len(run.target), augment_effective=run.augment_text,
-                                defaults=run.defaults)
+                                replicas=dist.replicas, global_batch_size=batch, num_target=len(run.target),
+                                augment_effective=run.augment_text, defaults=run.defaults)
         own = run.standard_callbacks(steps * batch, keep_frozen=run.transfer.frozen)
         warnings.filterwarnings("ignore", message="Your input ran out of data")  # evaluation of unknown length
         self.result = train_dann(source_train, target_train, target_eval=target_eval, source_val=source_val,

@@ -120,8 +120,8 @@ class FiniteBackup(keras.callbacks.BackupAndRestore):
     def _load_model(self):
         if not os.path.exists(self._state_path):
             return super()._load_model()  # no backup, or one written by an earlier version (latest.weights.h5)
-        optimizer = getattr(self.model, "optimizer", None)
-        if optimizer is not None and not optimizer.built:
+        optimizer = self.model.optimizer
+        if optimizer is not None and not optimizer.built:  # its slots must exist to be restored
             optimizer.build(self.model.trainable_variables)
         meta = read_run_json(Path(self._training_metadata_path), self.backup_dir)
         variables = self._variables()
