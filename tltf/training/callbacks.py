@@ -120,7 +120,7 @@ class FiniteBackup(keras.callbacks.BackupAndRestore):
     def _load_model(self):
         if not os.path.exists(self._state_path):
             return super()._load_model()  # no backup, or one written by an earlier version (latest.weights.h5)
-        optimizer = self.model.optimizer
+        optimizer = getattr(self.model, "optimizer", None)  # an uncompiled model has none
         if optimizer is not None and not optimizer.built:  # its slots must exist to be restored
             optimizer.build(self.model.trainable_variables)
         meta = read_run_json(Path(self._training_metadata_path), self.backup_dir)
