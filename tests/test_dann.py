@@ -365,7 +365,6 @@ def test_cli_target_labels_for_eval_and_source_only_comparison(toy_domains, tmp_
     (("--adapt", "dann"), "--adapt dann needs --target-data"),
     (("--target-data", "FLAT", "--target-labels-for-eval"), "has no class folders"),
     (("--target-data", "MISSING"), "--target-data MISSING: no such file or folder"),
-    (("--target-data", "FLAT", "--lwf", "1"), "--lwf: not supported with --adapt"),
 ])
 def test_cli_adapt_errors(toy_domains, tmp_path, args, message):
     from tests.conftest import cli

@@ -188,6 +188,28 @@ def test_refit_chooses_epochs_on_the_holdout_then_trains_on_every_labelled_image
         fit(_config(data, tmp_path / "q", refit="on", val_split=0.0), verbose=0)
 
 
+class CountsChecks(Method):
+    name = "test_counts_checks"
+    checks: list = []
+
+    def check(self, config):
+        CountsChecks.checks.append(config.out)
+
+
+register_method(CountsChecks)
+
+
+@pytest.mark.parametrize("refit, runs", [("off", 1), ("auto", 2)])
+def test_each_run_selects_and_checks_its_plug_ins_once(data, tmp_path, refit, runs):
+    """--refit auto reads the data to decide (40 images per class: a refit, two runs); the plug-ins chosen for that
+    decision are those of the (hold-out) run, not chosen and checked again (it was 2 checks for one run, 3 for
+    two)."""
+    CountsChecks.checks.clear()
+    metrics = fit(_config(data, tmp_path / "r", epochs=1, refit=refit, methods=["test_counts_checks"]), verbose=0)
+    assert ("refit" in metrics) == (refit == "auto")
+    assert len(CountsChecks.checks) == runs
+
+
 def _trained_classifier(seed: int) -> keras.Model:
     keras.utils.set_random_seed(seed)
     model = build_classifier("cnn_small", ["a", "b", "c"], image_size=28, weights="none")

@@ -226,6 +226,32 @@ def test_lwf_keeps_the_source_outputs_closer_and_saves_a_plain_classifier(tmp_pa
     assert with_lwf["strategies"]["lwf"] == 20.0
 
 
+@pytest.mark.parametrize("adapt", ["dann", "none"])
+def test_lwf_joins_the_adaptation_loss(tmp_path, start, target, adapt):
+    """--lwf with --target-data: the trainer's graph is built over LwF's wrapper, so the distillation term is in
+    its loss (for DANN's joint pass and the source-only baseline's source pass alike): the source outputs move less
+    than without it, and the saved model is the plain classifier."""
+    from tltf.data import load_data
+
+    x, y = stripes(240, seed=3, by="width")
+    domain = tmp_path / "shifted.npz"  # the target: the same task in inverted colours (its labels go unread)
+    np.savez(domain, x=(255 - x).astype(np.uint8), y=y, class_names=np.array(["narrow", "medium", "wide"]))
+    common = {"epochs": 3, "target_data": str(domain), "adapt": adapt}
+    _run(tmp_path, start, target, "plain", **common)
+    _, with_lwf = _run(tmp_path, start, target, "lwf", lwf=20.0, **common)
+    source = load_model(start)
+    images = np.stack([x for x, _ in load_data(str(target)).val.dataset()]).astype("float32")
+
+    def shift(model_path):
+        net = backbone_of(load_model(model_path))
+        feats = net(source.get_layer("preprocess")(images), training=False)
+        return np.abs(np.asarray(source.get_layer("head")(feats)) - np.asarray(source(images))).mean()
+
+    assert shift(tmp_path / "lwf" / "model.keras") < 0.7 * shift(tmp_path / "plain" / "model.keras")
+    assert "lwf" in with_lwf["methods"]
+    assert "lwf" not in [layer.name for layer in load_model(tmp_path / "lwf" / "model.keras").layers]
+
+
 def test_lwf_without_a_source_head_is_a_one_line_error(tmp_path):
     result = cli("fit", "--data", "builtin:shapes", "--backbone", "cnn_small", "--weights", "none",
                  "--image-size", "28", "--stage", "scratch", "--epochs", "1", "--lwf", "1",

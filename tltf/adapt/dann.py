@@ -231,9 +231,10 @@ class DANN(keras.Model):
                 features = out[FEATURES]
                 align = DISCREPANCIES[self.mode](features[:ns], features[ns:])
             return out[LABEL][:ns], out[DOMAIN], align, self._entropy(out[LABEL][ns:])
-        # source-only: target images must not touch the network's state (BatchNorm statistics)
-        out_s = self(xs, training=training)
+        # source-only: target images must not touch the network's state (BatchNorm statistics); the source pass
+        # comes last, so the losses its layers add (LwF's distillation) are the ones self.losses holds
         out_t = self(tf.cast(xt, xs.dtype), training=False)
+        out_s = self(xs, training=training)
         return out_s[LABEL], tf.concat([out_s[DOMAIN], out_t[DOMAIN]], axis=0), 0.0, 0.0
 
     def _entropy(self, probs):
@@ -322,8 +323,11 @@ def build_dann(classifier: keras.Model, domain_hidden=(100,), domain_dropout: fl
     The layers are shared with ``classifier`` (no copy): training the DANN trains them. ``lambda_`` is the reversal
     weight before any schedule runs.
     """
-    features = backbone_layer(classifier).output
-    label = classifier.get_layer(HEAD_NAME).output
+    between = [layer for layer in classifier.layers if getattr(layer, "passes_features", False)]
+    if between:  # a wrapper with a layer between backbone and head (--lwf): the graph is built over the wrapper
+        features, label = between[-1].output, classifier.outputs[0]
+    else:
+        features, label = backbone_layer(classifier).output, classifier.get_layer(HEAD_NAME).output
     reversed_ = GradientReversal(lambda_, name=GRL_NAME)(features)
     domain = DomainClassifier(domain_hidden, domain_dropout, domain_norm, name=DOMAIN_HEAD_NAME)(reversed_)
     return DANN(classifier.inputs[0], {LABEL: label, DOMAIN: domain, FEATURES: features},

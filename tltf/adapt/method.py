@@ -20,8 +20,9 @@ tf.data pipelines (one epoch = as many steps as the larger of the two needs), zi
   (the transductive setting of the DANN paper's tables).
 - ``model.keras`` is the label path only (pixels -> preprocess -> backbone -> head): no reversal layer, no domain
   classifier, so ``tltf export``/``predict``/``evaluate`` take it as they take any tltf model.
-- Layer transfer (``--freeze-until``, ``--reinit-top``) and ``--l2sp`` combine with it (the DANN step adds the
-  model's regularisers to its loss); ``--lwf`` and ``--distribute`` do not yet.
+- Layer transfer (``--freeze-until``, ``--reinit-top``), ``--l2sp``, ``--lwf`` and ``--distribute`` combine with
+  it: the DANN step adds the model's regularisers and layer losses (LwF's distillation; the DANN graph is built over
+  LwF's wrapper) to its loss.
 - ``--compare-source-only`` trains the baseline too (``OUT/source_only``, same seed, data and budget) and adds it
   to the metrics for a side-by-side table.
 """
@@ -32,7 +33,7 @@ import math
 import warnings
 from dataclasses import replace
 
-from tltf.adapt.dann import adapt_optimizer, build_dann, ema_momentum, label_model, parse_ema, train_dann
+from tltf.adapt.dann import adapt_optimizer, build_dann, ema_momentum, parse_ema, train_dann
 from tltf.data import make_pipeline
 from tltf.errors import TltfError
 from tltf.staging import prepare
@@ -82,7 +83,7 @@ class DANNMethod(Method):
         return why
 
     def setup(self, run) -> None:
-        run.train_model = build_dann(run.model, mode=self.mode)
+        run.train_model = build_dann(run.train_model, mode=self.mode)  # over a plug-in's wrapper (LwF)
 
     def fit(self, run, callbacks: list) -> None:
         config, plan, model, dist = run.config, run.plan, run.train_model, run.dist
@@ -117,7 +118,7 @@ class DANNMethod(Method):
                                  domain_eval=make_pipeline(run.target, size, batch, cache=False))
 
     def classifier(self, run):
-        return label_model(run.train_model)
+        return run.model  # the label path: the DANN graph shares its layers
 
     def report(self, run) -> dict:
         config = self.config

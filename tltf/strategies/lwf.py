@@ -63,6 +63,8 @@ class LearningWithoutForgetting(keras.layers.Layer):
     tracking, so stage changes never unfreeze it and checkpoints never hold it.
     """
 
+    passes_features = True  # it sits between backbone and head: a DANN graph reads the features after it
+
     def __init__(self, teacher: keras.Model, kernel, bias, weight: float, temperature: float = 2.0, **kwargs):
         kwargs.setdefault("name", "lwf")
         super().__init__(**kwargs)
@@ -125,7 +127,8 @@ def lwf_training_model(model: keras.Model, weights: str, weight: float, temperat
 
 class LwF(Method):
     """``--lwf WEIGHT`` as an engine plug-in: the teacher is copied at ``start`` (before ``--reinit-top``), the
-    fitted model becomes the LwF wrapper at ``setup``."""
+    fitted model becomes the LwF wrapper at ``setup``; an adaptation trainer (``--adapt``) builds its graph over
+    that wrapper, so the distillation term joins its loss."""
 
     name = "lwf"
 
@@ -136,8 +139,6 @@ class LwF(Method):
     def check(self, config) -> None:
         if config.lwf < 0:
             raise TltfError(f"--lwf {config.lwf}: must be >= 0")
-        if config.adapt != "none" or config.target_data:
-            raise TltfError("--lwf: not supported with --adapt/--target-data (both wrap the model that trains)")
 
     def start(self, run) -> None:
         self.train_model = lwf_training_model(run.model, self.config.weights, self.config.lwf,

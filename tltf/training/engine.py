@@ -105,16 +105,17 @@ def fit(config: FitConfig, overwrite: bool = False, verbose: int = 1, callbacks=
         from tltf.instances.loop import fit_with_selection
 
         return fit_with_selection(fit, config, overwrite, verbose, callbacks)
-    wanted, why, source = _refit_wanted(config, source)
+    selected = methods.select(config, trainer_name(config))  # once per run's settings: plug-ins check once
+    wanted, why, source = _refit_wanted(config, selected, source)
     if why:
         chosen["refit"] = why
     if not wanted:
-        return _fit_once(config, overwrite, verbose, callbacks, chosen, source)
+        return _fit_once(config, overwrite, verbose, callbacks, chosen, source, selected)
     out = Path(config.out)
     holdout = replace(config, out=str(out / "holdout"), refit="off")
     held = None if overwrite else finished_run(out / "holdout", holdout)
-    if held is None:
-        held = _fit_once(holdout, overwrite, verbose, callbacks, chosen, source)
+    if held is None:  # the plug-ins chosen above: the hold-out run differs only in its folder and refit
+        held = _fit_once(holdout, overwrite, verbose, callbacks, chosen, source, methods.rebind(selected, holdout))
     history = read_history(out / "holdout" / "history.csv")
     stages = json.loads((out / "holdout" / "config.json").read_text())["resolved_plan"]["stages"]
     plan = StagePlan([Stage(**stage) for stage in stages])  # as it ran (the LP's head stages already replaced)
@@ -153,22 +154,24 @@ def _record_settings(out: Path, config: FitConfig, final: FitConfig) -> None:
     write_json(out / "config.json", saved)
 
 
-def _refit_wanted(config: FitConfig, source=None) -> tuple[bool, str, object]:
+def _refit_wanted(config: FitConfig, selected: tuple, source=None) -> tuple[bool, str, object]:
     """Whether to refit, why, and the data source when it was read (given, or read to decide; None otherwise): the
-    runs that follow take it instead of reading the data again."""
+    runs that follow take it instead of reading the data again. ``selected``: ``config``'s (trainer, plug-ins)."""
     if parse_refit(config.refit) == "off":
         return False, "", source
     if config.target_data or not config.val_split or parse_refit(config.refit) == "on":
         return (*refit_decision(config, 0, False), source)
     if source is None:
-        trainer, extras = methods.select(config, trainer_name(config))
+        trainer, extras = selected
         source = load_source(methods.data_spec(config, (trainer, *extras)), config.data_dir)
     return (*refit_decision(config, smallest_class(source.train.selected_labels), source.val is not None), source)
 
 
-def _fit_once(config: FitConfig, overwrite: bool, verbose: int, callbacks, chosen: dict, source=None) -> dict:
-    """One run into ``config.out`` (see :func:`fit`); ``source``: the data already read, or None."""
-    trainer, extras = methods.select(config, trainer_name(config))
+def _fit_once(config: FitConfig, overwrite: bool, verbose: int, callbacks, chosen: dict, source=None,
+              selected: tuple | None = None) -> dict:
+    """One run into ``config.out`` (see :func:`fit`); ``source``: the data already read, or None; ``selected``:
+    ``config``'s (trainer, plug-ins) when they were already chosen and checked."""
+    trainer, extras = selected or methods.select(config, trainer_name(config))
     spec = backbones.get(config.backbone)
     dist = distribution.setup(config.distribute, config.batch_size)  # first: multi-worker needs it before any op
     if dist.name != "none" and not trainer.distributable:
@@ -226,8 +229,8 @@ def _train_in(folder: RunFolder, config: FitConfig, dist, spec, trainer, extras,
                                         cache_allowed=trainer.name == "supervised")
     if run.transfer.feature_cache:
         trainer = methods.method_class("feature_head")(config)
-    with dist.scope():
-        for method in (trainer, *extras):
+    with dist.scope():  # the trainer last: it builds its graph over whatever the plug-ins wrapped (LwF's layer)
+        for method in (*extras, trainer):
             method.setup(run)
     if run.loss_terms and not trainer.supports_loss_terms:
         raise TltfError(f"{', '.join(m.name for m in extras)}: adds a loss term, which the {trainer.name} "

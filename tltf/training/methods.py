@@ -208,6 +208,15 @@ def registered() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def rebind(selected: tuple, config) -> tuple:
+    """The selected (trainer, plug-ins), now for ``config``: settings that differ from those they were chosen and
+    checked for only in where the run goes (a refit's hold-out run)."""
+    trainer, extras = selected
+    for method in (trainer, *extras):
+        method.config = config
+    return trainer, extras
+
+
 def select(config, trainer: str) -> tuple[Method, list[Method]]:
     """The trainer (by name) and the other plug-ins ``config`` selects, instantiated and checked."""
     options = config.method_options or {}
