@@ -40,6 +40,7 @@ from tltf.data import offline  # noqa: E402
 
 ARMS = {  # arm -> FitConfig overrides (sklearn and sklearn_multilevel are not tltf runs)
     "default": {},
+    "no_views": {"lp_views": "off"},  # the default without the LP's augmented views (tltf before --lp-views)
     "feature": {"stage": "feature"},
     "finetune": {"stage": "finetune"},
     "prototypes": {"stage": "prototypes"},

@@ -97,3 +97,60 @@ def test_lp_replaces_the_head_stages_and_the_holdout_can_choose_it_alone(tmp_pat
     assert chosen_epochs(rows, (0.85, 0.3), num_val=20) == 0 and chosen_epochs(rows, (0.85, 0.3), num_val=1000) == 2
     assert chosen_epochs(rows) == 2 and chosen_epochs(rows, num_val=20) == 2  # 1 epoch (0.8) is > 1 SE below
     assert chosen_epochs(rows, (0.5, 0.9), num_val=6) == 0  # 6 held-out images cannot choose fine-tuning
+
+
+def test_views_at_c_over_copies_keep_the_regularisation_of_the_originals():
+    """Each view is one more copy in the summed loss, so C / (views + 1) on the stack is C on the originals: with
+    views that are exact copies the head is the same."""
+    from tltf.strategies.probe_views import stack
+
+    _, _, y, feats = _features(3)
+    kernel, bias, _ = fit_probe(feats, y, 3, c=0.3)
+    copies = np.stack([feats] * 4)
+    x4, y4 = stack(feats, y, copies)
+    assert x4.shape == (5 * len(y), feats.shape[1]) and (y4[len(y):2 * len(y)] == y).all()
+    kernel5, bias5, _ = fit_probe(x4, y4, 3, c=0.3 / 5)
+    assert np.abs(kernel5 - kernel).max() < 1e-3 * np.abs(kernel).max()
+    assert np.abs(bias5 - bias).max() < 1e-2
+
+
+def test_auto_keeps_views_that_are_more_of_the_class_and_drops_views_that_are_not():
+    """Decided on folds split by image and scored on held-out originals: views drawn from each image's own class
+    (what a label-preserving augmentation gives) help; views drawn from another class do not."""
+    from tltf.strategies.probe_views import views_help
+
+    rng = np.random.default_rng(0)
+    centres = rng.normal(0, 1, (4, 20))
+    y = np.repeat(np.arange(4), 6)
+    x = centres[y] + rng.normal(0, 2.0, (len(y), 20))
+    same = np.stack([centres[y] + rng.normal(0, 2.0, x.shape) for _ in range(6)])
+    other = np.stack([centres[(y + 1) % 4] + rng.normal(0, 2.0, x.shape) for _ in range(6)])
+    helps, report = views_help(x, y, same, c=1.0, folds=5, seed=0)
+    assert helps and report["folds"] == 5 and report["with"]["log_loss"] < report["without"]["log_loss"]
+    hurts, report = views_help(x, y, other, c=1.0, folds=5, seed=0)
+    assert not hurts and report["with"]["accuracy"] < report["without"]["accuracy"]
+    assert views_help(x, y, same, c=1.0, folds=5, seed=0) == views_help(x, y, same, c=1.0, folds=5, seed=0)
+
+
+def test_fit_records_the_views_the_lp_head_saw(tmp_path):
+    from tltf.strategies.probe_views import view_features
+
+    path, start = _data_and_start(tmp_path, 60, seed=7)
+    run = fit(_config(path, tmp_path / "v", weights=str(start), stage="feature", refit="off", augment="crop",
+                      lp_views="3"), verbose=0)
+    assert run["lp_init"]["views"] == {"used": 3, "why": "--lp-views 3"}
+    auto = fit(_config(path, tmp_path / "a", weights=str(start), stage="feature", refit="off", augment="crop"),
+               verbose=0)
+    views = auto["lp_init"]["views"]
+    assert views["why"].startswith("auto: 8 views") and views["used"] in (0, 8) and views["folds"]["folds"] == 5
+    off = fit(_config(path, tmp_path / "o", weights=str(start), stage="feature", refit="off"), verbose=0)
+    assert off["lp_init"]["views"] == {"used": 0, "why": "--augment none: no views to make"}
+    # the views themselves: one per image and view, in the split's order, the same for the same seed
+    from tltf.data import load_data
+    from tltf.data.augment import Augment
+    from tltf.models.loading import load_model
+
+    model, split = load_model(start), load_data(str(path), 0.2, 0).train
+    a = view_features(model, split, Augment.parse("crop"), 2, batch_size=16, seed=1)
+    b = view_features(model, split, Augment.parse("crop"), 2, batch_size=16, seed=1)
+    assert a.shape[:2] == (2, len(split)) and np.array_equal(a, b) and not np.allclose(a[0], a[1])

@@ -71,6 +71,9 @@ from tltf.cli import options
 @click.option("--lp-init", type=click.Choice(["on", "off", "auto"]),
               help="LP-FT: set the head by logistic regression on the frozen features before the plan [default: auto, on "
                    "for pretrained weights when the first stage trains the head only].")
+@click.option("--lp-views", help="LP head: random augmentations of each training image also fed to the logistic "
+              "regression: auto (below 50 images per class, kept only if cross-validation says they help), off, or a "
+              "number [default: auto].")
 @click.option("--attributes", type=click.Path(dir_okay=False),
               help="Zero-shot: a CSV with a 'class' column and one numeric column per attribute, for every class "
                    "including those without images; the model outputs the table's classes.")

@@ -23,6 +23,7 @@ import numpy as np
 from tltf.errors import TltfError
 from tltf.models.classifier import head_of
 from tltf.staging import StagePlan
+from tltf.strategies.probe_views import stack
 from tltf.training.methods import Method
 
 C_GRID = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0)
@@ -55,6 +56,10 @@ def choose_c(x: np.ndarray, y: np.ndarray, seed: int = 0, grid=C_GRID) -> tuple[
     return min(scores, key=scores.get), scores
 
 
+def standardised(x: np.ndarray) -> np.ndarray:
+    return (x - x.mean(axis=0)) / (x.std(axis=0) + 1e-6)
+
+
 def fit_probe(features: np.ndarray, labels: np.ndarray, num_classes: int, seed: int = 0, c: float | None = None):
     """``(kernel (D, K'), bias (K',), report)`` of the logistic regression on raw ``features`` (K' = 1 for two
     classes: a sigmoid unit's logit; else K softmax logits)."""
@@ -64,7 +69,7 @@ def fit_probe(features: np.ndarray, labels: np.ndarray, num_classes: int, seed: 
     if len(present) < 2:
         raise TltfError("--lp-init: the training split has a single class")
     mean, std = features.mean(axis=0), features.std(axis=0) + 1e-6
-    x = (features - mean) / std
+    x = (features - mean) / std  # as standardised() computes it; mean and std un-standardise the solution
     scores = {}
     if c is None:
         c, scores = choose_c(x, labels, seed)
@@ -130,7 +135,11 @@ class LinearProbeInit(Method):
         start = time.perf_counter()
         feats = split_features(run.model, run.data.train, run.config.batch_size, True)
         head = head_of(run.model)
-        kernel, bias, report = fit_probe(feats.x, feats.y, len(head.class_names), run.config.seed)
+        c, scores = choose_c(standardised(feats.x), feats.y, run.config.seed)
+        views, views_report = self._views(run, feats, c)
+        x, y = stack(feats.x, feats.y, views)
+        kernel, bias, report = fit_probe(x, y, len(head.class_names), run.config.seed, c=c * len(feats.y) / len(y))
+        report.update(C=float(c), cv_log_loss=scores, views=views_report)
         head.dense.kernel.assign(kernel)
         head.dense.bias.assign(bias)
         if run.data.val is not None:
@@ -144,6 +153,30 @@ class LinearProbeInit(Method):
             print(f"lp-init: head set by logistic regression on {len(feats.y)} images' features (C={report['C']:g}"
                   f"{shown}) in {report['seconds']:.1f}s; replaces stage(s) {', '.join(self.dropped) or '-'}",
                   flush=True)
+
+    def _views(self, run, feats, c: float):
+        """The augmented views' features when ``--lp-views`` asks for them (``auto``: small data, and only if they
+        help on held-out folds), else None; and what was decided, for metrics.json."""
+        from tltf.strategies.probe_views import AUTO_BELOW, VIEWS, parse_views, view_features, views_help
+
+        asked = parse_views(run.config.lp_views)
+        if asked == 0:
+            return None, {"used": 0, "why": "--lp-views off"}
+        if not run.augment.enabled:
+            return None, {"used": 0, "why": "--augment none: no views to make"}
+        smallest = int(np.bincount(feats.y)[np.unique(feats.y)].min())
+        if asked == "auto" and smallest >= AUTO_BELOW:
+            return None, {"used": 0, "why": f"auto: {smallest} images in the smallest class (>= {AUTO_BELOW})"}
+        count = VIEWS if asked == "auto" else asked
+        views = view_features(run.model, run.data.train, run.augment, count, run.config.batch_size, run.config.seed)
+        if asked != "auto":
+            return views, {"used": count, "why": f"--lp-views {count}"}
+        helps, folds = views_help(feats.x, feats.y, views, c, MAX_FOLDS, run.config.seed)
+        verdict = "lower" if helps else "no lower"
+        why = (f"auto: {count} views of each image ({run.augment_text}) give a {verdict} held-out log-loss "
+               f"({folds.get('with', {}).get('log_loss', float('nan')):.3f} vs "
+               f"{folds.get('without', {}).get('log_loss', float('nan')):.3f})")
+        return (views if helps else None), {"used": count if helps else 0, "why": why, "folds": folds}
 
     def report(self, run) -> dict:
         return {"lp_init": self.report_}

@@ -108,6 +108,12 @@ def refit(value, config):
     return via(parse_refit, "refit")(value, config)
 
 
+def lp_views(value, config):
+    from tltf.strategies.probe_views import parse_views
+
+    return via(parse_views, "lp_views")(value, config)
+
+
 def select_instances(value, config):
     if value is None:
         return None
