@@ -40,10 +40,16 @@ from tltf.data import offline  # noqa: E402
 
 ARMS = {  # arm -> FitConfig overrides (sklearn and sklearn_multilevel are not tltf runs)
     "default": {},
-    "no_views": {"lp_views": "off"},  # the default without the LP's augmented views (tltf before --lp-views)
+    "lp_views_auto": {"lp_views": "auto"},  # the LP head also fed augmented views when folds say they help
     "feature": {"stage": "feature"},
     "finetune": {"stage": "finetune"},
     "prototypes": {"stage": "prototypes"},
+    # the Adam-trained path (no LP head, no refit) under each augmentation and dropout: what those defaults do
+    # where they reach the result
+    "adam_aug_drop": {"lp_init": "off", "refit": "off"},
+    "adam_noaug_drop": {"lp_init": "off", "refit": "off", "augment": "none"},
+    "adam_aug_nodrop": {"lp_init": "off", "refit": "off", "dropout": 0.0},
+    "adam_noaug_nodrop": {"lp_init": "off", "refit": "off", "augment": "none", "dropout": 0.0},
 }
 
 

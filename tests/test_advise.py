@@ -26,6 +26,8 @@ def test_recommendation_follows_the_seeds_table(n, probe, chance, pad, strategy,
     text = " ".join(advice["reasons"])
     assert f"{n} labelled training images" in text and f"accuracy {probe:.3f}" in text and f"{pad:.2f} of 2" in text
     assert ("compare" in text) == (strategy != "scratch")  # transfer advice always points at the baseline
+    # small data: the measured reason the LP head is advised over fine-tuning, augmentation and dropout
+    assert ("with or without augmentation and dropout" in text) == (n < 100)
 
 
 def test_thresholds_and_bands():

@@ -139,12 +139,15 @@ def test_fit_records_the_views_the_lp_head_saw(tmp_path):
     run = fit(_config(path, tmp_path / "v", weights=str(start), stage="feature", refit="off", augment="crop",
                       lp_views="3"), verbose=0)
     assert run["lp_init"]["views"] == {"used": 3, "why": "--lp-views 3"}
-    auto = fit(_config(path, tmp_path / "a", weights=str(start), stage="feature", refit="off", augment="crop"),
-               verbose=0)
+    auto = fit(_config(path, tmp_path / "a", weights=str(start), stage="feature", refit="off", augment="crop",
+                       lp_views="auto"), verbose=0)
     views = auto["lp_init"]["views"]
     assert views["why"].startswith("auto: 8 views") and views["used"] in (0, 8) and views["folds"]["folds"] == 5
     off = fit(_config(path, tmp_path / "o", weights=str(start), stage="feature", refit="off"), verbose=0)
-    assert off["lp_init"]["views"] == {"used": 0, "why": "--augment none: no views to make"}
+    assert off["lp_init"]["views"] == {"used": 0, "why": "--lp-views off"}  # the default
+    bare = fit(_config(path, tmp_path / "n", weights=str(start), stage="feature", refit="off", lp_views="auto"),
+               verbose=0)
+    assert bare["lp_init"]["views"] == {"used": 0, "why": "--augment none: no views to make"}
     # the views themselves: one per image and view, in the split's order, the same for the same seed
     from tltf.data import load_data
     from tltf.data.augment import Augment
@@ -154,3 +157,15 @@ def test_fit_records_the_views_the_lp_head_saw(tmp_path):
     a = view_features(model, split, Augment.parse("crop"), 2, batch_size=16, seed=1)
     b = view_features(model, split, Augment.parse("crop"), 2, batch_size=16, seed=1)
     assert a.shape[:2] == (2, len(split)) and np.array_equal(a, b) and not np.allclose(a[0], a[1])
+
+
+def test_dry_run_says_why_the_lp_takes_no_views():
+    import json
+
+    from conftest import cli
+
+    args = ("fit", "--data", "builtin:shapes", "--weights", "torchvision:mobilenet_v2", "--dry-run")
+    shown = json.loads(cli(*args).stdout)
+    assert shown["defaults"]["lp_views"].startswith("off: on the small-data suite")
+    assert "lp_views" not in json.loads(cli(*args, "--lp-views", "4").stdout)["defaults"]
+    assert "--lp-views 99: choose auto, off or a number" in cli(*args, "--lp-views", "99").stderr

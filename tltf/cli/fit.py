@@ -72,8 +72,8 @@ from tltf.cli import options
               help="LP-FT: set the head by logistic regression on the frozen features before the plan [default: auto, on "
                    "for pretrained weights when the first stage trains the head only].")
 @click.option("--lp-views", help="LP head: random augmentations of each training image also fed to the logistic "
-              "regression: auto (below 50 images per class, kept only if cross-validation says they help), off, or a "
-              "number [default: auto].")
+              "regression: off, auto (below 50 images per class, kept only if cross-validation says they help), or a "
+              "number [default: off; on the small-data suite they did not help on average].")
 @click.option("--attributes", type=click.Path(dir_okay=False),
               help="Zero-shot: a CSV with a 'class' column and one numeric column per attribute, for every class "
                    "including those without images; the model outputs the table's classes.")

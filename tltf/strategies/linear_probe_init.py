@@ -118,8 +118,14 @@ class LinearProbeInit(Method):
         return self.config.weights != "none" and bool(plan.stages) and plan.stages[0].unfreeze == 0
 
     def note(self) -> dict:
-        return {"lp_init": "on: the head is first set by logistic regression on the frozen features; it replaces "
-                           "the plan's leading head-only stage(s)"}
+        from tltf.strategies.probe_views import VIEWS_WHY
+        from tltf.training.settings import FitConfig
+
+        why = {"lp_init": "on: the head is first set by logistic regression on the frozen features; it replaces "
+                          "the plan's leading head-only stage(s)"}
+        if self.config.lp_views == FitConfig.lp_views:
+            why["lp_views"] = VIEWS_WHY
+        return why
 
     def start(self, run) -> None:
         self.report_ = None

@@ -119,9 +119,9 @@ class FitConfig:
     lp_init: bool | str = _setting("auto", "method", help="LP-FT: head set by logistic regression first (auto: "
                                                           "pretrained weights, head-only first stage)",
                                   check=checks.on_off_auto)
-    lp_views: str = _setting("auto", "method", help="augmented views per training image for the LP head: auto "
-                                                   "(small data, kept if cross-validation says they help), off or N",
-                             check=checks.lp_views, before="off")
+    lp_views: str = _setting("off", "method", help="augmented views per training image for the LP head: off, "
+                                                  "auto (small data, kept if cross-validation says they help) or N",
+                             check=checks.lp_views)
     # instance-based transfer: auto, knee or a fraction; drop the training images that hurt, train again
     select_instances: str | None = _setting(None, "method", check=checks.select_instances)
     # positions in the training set (before the validation hold-out) left out of training (--select-instances)
