@@ -169,3 +169,46 @@ def test_dry_run_says_why_the_lp_takes_no_views():
     assert shown["defaults"]["lp_views"].startswith("off: on the small-data suite")
     assert "lp_views" not in json.loads(cli(*args, "--lp-views", "4").stdout)["defaults"]
     assert "--lp-views 99: choose auto, off or a number" in cli(*args, "--lp-views", "99").stderr
+
+
+def test_fine_tuning_that_does_not_beat_the_lp_head_on_validation_is_undone(tmp_path):
+    """At a rate that wrecks the backbone, the last epoch's validation accuracy falls below the LP head's: the
+    model saved is the LP head on the untouched starting backbone (what --stage feature gives)."""
+    from tltf.models.classifier import backbone_of
+    from tltf.models.loading import load_model
+
+    path, start = _data_and_start(tmp_path, 90, seed=8)
+    lp = fit(_config(path, tmp_path / "lp", weights=str(start), stage="feature", refit="off"), verbose=0)
+    wrecked = fit(_config(path, tmp_path / "ft", weights=str(start), stage="finetune", epochs=3, refit="off",
+                          learning_rate=3.0), verbose=0)
+    report = wrecked["lp_init"]
+    assert report["fine_tuning_kept"] is False and report["fine_tuning_val_accuracy"] < report["val_accuracy"]
+    assert wrecked["val_accuracy"] == report["val_accuracy"] == lp["val_accuracy"]
+    saved, first = load_model(tmp_path / "ft" / "model.keras"), load_model(start)
+    for a, b in zip(backbone_of(saved).get_weights(), backbone_of(first).get_weights()):
+        np.testing.assert_array_equal(a, b)
+    x = np.random.default_rng(0).uniform(0, 255, (8, 24, 24, 3)).astype("float32")
+    np.testing.assert_allclose(saved.predict(x, verbose=0),
+                               load_model(tmp_path / "lp" / "model.keras").predict(x, verbose=0), atol=1e-5)
+
+
+def test_fine_tuning_is_kept_only_when_it_beats_the_lp_head_by_one_standard_error(tmp_path):
+    """The LP head at 0.80 on 100 validation images: a last epoch at 0.95 wins by more than one standard error
+    (0.022) and stays; one at 0.82 (within 0.038) goes back to the LP head's weights."""
+    from types import SimpleNamespace
+
+    from tltf.strategies.linear_probe_init import LinearProbeInit
+
+    method = LinearProbeInit(None)
+    for last, kept in ((0.95, True), (0.82, False)):
+        (tmp_path / "history.csv").write_text(f"epoch,val_accuracy\n0,0.99\n1,{last}\n")
+        restored = []
+        run = SimpleNamespace(folder=SimpleNamespace(path=tmp_path), data=SimpleNamespace(val=[0] * 100),
+                              model=SimpleNamespace(set_weights=restored.append), verbose=0)
+        method.report_, method.start_weights = {"val_accuracy": 0.8, "val_loss": 0.5}, ["lp weights"]
+        method.trained(run)
+        assert method.report_["fine_tuning_kept"] is kept and method.report_["fine_tuning_val_accuracy"] == last
+        assert restored == ([] if kept else [["lp weights"]])  # the last epoch decides, not the best (0.99)
+        metrics = {"val_accuracy": last}
+        method.finish(run, metrics)
+        assert metrics["val_accuracy"] == (last if kept else 0.8)

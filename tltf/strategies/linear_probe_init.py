@@ -148,9 +148,12 @@ class LinearProbeInit(Method):
         report.update(C=float(c), cv_log_loss=scores, views=views_report)
         head.dense.kernel.assign(kernel)
         head.dense.bias.assign(bias)
+        self.start_weights = None
         if run.data.val is not None:
             val = split_features(run.model, run.data.val, run.config.batch_size, True)
             report["val_accuracy"], report["val_loss"] = head_scores(val.x, val.y, kernel, bias)
+            if run.plan.epochs and run.target is None:  # what trained() may come back to
+                self.start_weights = [np.array(w) for w in run.model.get_weights()]
         report.update(seconds=round(time.perf_counter() - start, 2), features_cached=feats.cached,
                       num_train=int(len(feats.y)), replaced_stages=self.dropped)
         self.report_ = report
@@ -184,8 +187,37 @@ class LinearProbeInit(Method):
                f"{folds.get('without', {}).get('log_loss', float('nan')):.3f})")
         return (views if helps else None), {"used": count if helps else 0, "why": why, "folds": folds}
 
+    def trained(self, run) -> None:
+        """Fine-tuning is kept only if its last epoch beats the LP head on the validation split by more than one
+        standard error (the refit's rule, :func:`tltf.training.refit.chosen_epochs`); otherwise the model goes back
+        to the LP head on the untouched backbone. Not with domain adaptation (the source validation split does not
+        measure what it is for)."""
+        if getattr(self, "start_weights", None) is None:
+            return
+        from tltf.reporting import read_history
+        from tltf.training.refit import chosen_epochs
+
+        rows = [row for row in read_history(run.folder.path / "history.csv") if row.get("val_accuracy") is not None]
+        if not rows:
+            return
+        last, num_val = rows[-1], len(run.data.val)
+        keep = chosen_epochs([last], (self.report_["val_accuracy"], self.report_["val_loss"]), num_val) > 0
+        self.report_["fine_tuning_kept"] = keep
+        self.report_["fine_tuning_val_accuracy"] = last.get("val_accuracy")
+        if not keep:
+            run.model.set_weights(self.start_weights)
+            if run.verbose:
+                print(f"lp-init: fine-tuning's validation accuracy {last['val_accuracy']:.3f} does not beat the LP "
+                      f"head's {self.report_['val_accuracy']:.3f} by one standard error of {num_val} images: the "
+                      "model is the LP head", flush=True)
+        self.start_weights = None
+
     def report(self, run) -> dict:
         return {"lp_init": self.report_}
+
+    def finish(self, run, metrics: dict) -> None:
+        if self.report_ and self.report_.get("fine_tuning_kept") is False:  # the run's figures are the LP head's
+            metrics["val_accuracy"] = self.report_["val_accuracy"]
 
     def start_head(self, run) -> dict | None:
         return self.report_
