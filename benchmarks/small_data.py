@@ -17,6 +17,10 @@ Every arm sees the same labelled images: tltf holds out ``--val-split`` of them 
 backbone tltf starts from (``build_classifier(..., weights)``, frozen, inference mode), standardised,
 ``LogisticRegression(C=1, max_iter=5000)``.
 
+Arms: ``default``, ``feature``, ``finetune``, ``prototypes``, ``lp_views_auto`` (the LP head also fed augmented
+views), ``adam_{aug,noaug}_{drop,nodrop}`` (no LP head, no refit: what augmentation and dropout do where Adam
+trains), ``sklearn`` and ``sklearn_multilevel``.
+
 Usage: ``python benchmarks/small_data.py [--tasks mnist_10,uci_10,lfw,shapes_10] [--arms default,feature,finetune,sklearn]
 [--seeds 3] [--epochs 12] [--image-size 96] [--json benchmarks/small_data.json]``. Each tltf run goes to
 ``--work/TASK/ARM/seedK`` and a finished one is read back, so an interrupted benchmark continues where it stopped.
