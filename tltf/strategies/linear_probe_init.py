@@ -153,7 +153,7 @@ class LinearProbeInit(Method):
             val = split_features(run.model, run.data.val, run.config.batch_size, True)
             report["val_accuracy"], report["val_loss"] = head_scores(val.x, val.y, kernel, bias)
             if run.plan.epochs and run.target is None:  # what trained() may come back to
-                self.start_weights = [np.array(w) for w in run.model.get_weights()]
+                self.start_weights = run.model.get_weights()  # numpy copies
         report.update(seconds=round(time.perf_counter() - start, 2), features_cached=feats.cached,
                       num_train=int(len(feats.y)), replaced_stages=self.dropped)
         self.report_ = report
