@@ -45,6 +45,7 @@ from tltf.data import offline  # noqa: E402
 ARMS = {  # arm -> FitConfig overrides (sklearn and sklearn_multilevel are not tltf runs)
     "default": {},
     "lp_views_auto": {"lp_views": "auto"},  # the LP head also fed augmented views when folds say they help
+    "feature_lp_views_auto": {"stage": "feature", "lp_views": "auto"},  # ... and no fine-tuning after it
     "feature": {"stage": "feature"},
     "finetune": {"stage": "finetune"},
     "prototypes": {"stage": "prototypes"},
