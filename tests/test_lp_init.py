@@ -172,8 +172,9 @@ def test_dry_run_says_why_the_lp_takes_no_views():
 
 
 def test_fine_tuning_that_does_not_beat_the_lp_head_on_validation_is_undone(tmp_path):
-    """At a rate that wrecks the backbone, the last epoch's validation accuracy falls below the LP head's: the
-    model saved is the LP head on the untouched starting backbone (what --stage feature gives)."""
+    """The LP head scores 1.0 on the 18 validation images (seeds 0-4), so fine-tuning cannot beat it; at a rate
+    that wrecks the backbone it mostly falls below (0.33-0.67 on 3 of 5 seeds, a tie on the others). The model
+    saved is the LP head on the untouched starting backbone (what --stage feature gives)."""
     from tltf.models.classifier import backbone_of
     from tltf.models.loading import load_model
 
@@ -182,7 +183,7 @@ def test_fine_tuning_that_does_not_beat_the_lp_head_on_validation_is_undone(tmp_
     wrecked = fit(_config(path, tmp_path / "ft", weights=str(start), stage="finetune", epochs=3, refit="off",
                           learning_rate=3.0), verbose=0)
     report = wrecked["lp_init"]
-    assert report["fine_tuning_kept"] is False and report["fine_tuning_val_accuracy"] < report["val_accuracy"]
+    assert report["fine_tuning_kept"] is False and report["fine_tuning_val_accuracy"] <= report["val_accuracy"]
     assert wrecked["val_accuracy"] == report["val_accuracy"] == lp["val_accuracy"]
     saved, first = load_model(tmp_path / "ft" / "model.keras"), load_model(start)
     for a, b in zip(backbone_of(saved).get_weights(), backbone_of(first).get_weights()):
