@@ -203,23 +203,23 @@ def test_lwf_loss_is_zero_at_the_start_and_positive_once_the_backbone_moves(star
     assert not layer.weights  # the teacher is not tracked: never trained, never saved
 
 
-def test_lwf_keeps_the_source_outputs_closer_and_saves_a_plain_classifier(tmp_path, start, target):
-    """The source head (start.keras's 3-way head) on the fine-tuned backbone: closer to its start with --lwf."""
+def _source_shift(start, target, model_path) -> float:
+    """Mean |change| of the source model's outputs (start.keras's 3-way head) on the target's validation images when
+    its head reads the backbone of ``model_path`` instead of its own."""
     from tltf.data import load_data
 
-    _, _ = _run(tmp_path, start, target, "nolwf", epochs=3)
-    _, with_lwf = _run(tmp_path, start, target, "lwf", epochs=3, lwf=20.0)
     source = load_model(start)
     images = np.stack([x for x, _ in load_data(str(target)).val.dataset()]).astype("float32")
+    feats = backbone_of(load_model(model_path))(source.get_layer("preprocess")(images), training=False)
+    return float(np.abs(np.asarray(source.get_layer("head")(feats)) - np.asarray(source(images))).mean())
 
-    def source_outputs(model_path):  # source head on the backbone of model_path
-        net = backbone_of(load_model(model_path))
-        feats = net(source.get_layer("preprocess")(images), training=False)
-        return np.asarray(source.get_layer("head")(feats))
 
-    before = np.asarray(source(images))
-    shift_plain = np.abs(source_outputs(tmp_path / "nolwf" / "model.keras") - before).mean()
-    shift_lwf = np.abs(source_outputs(tmp_path / "lwf" / "model.keras") - before).mean()
+def test_lwf_keeps_the_source_outputs_closer_and_saves_a_plain_classifier(tmp_path, start, target):
+    """The source head (start.keras's 3-way head) on the fine-tuned backbone: closer to its start with --lwf."""
+    _, _ = _run(tmp_path, start, target, "nolwf", epochs=3)
+    _, with_lwf = _run(tmp_path, start, target, "lwf", epochs=3, lwf=20.0)
+    shift_plain = _source_shift(start, target, tmp_path / "nolwf" / "model.keras")
+    shift_lwf = _source_shift(start, target, tmp_path / "lwf" / "model.keras")
     assert shift_lwf < 0.7 * shift_plain, (shift_lwf, shift_plain)
     saved = load_model(tmp_path / "lwf" / "model.keras")
     assert "lwf" not in [layer.name for layer in saved.layers]
@@ -231,23 +231,15 @@ def test_lwf_joins_the_adaptation_loss(tmp_path, start, target, adapt):
     """--lwf with --target-data: the trainer's graph is built over LwF's wrapper, so the distillation term is in
     its loss (for DANN's joint pass and the source-only baseline's source pass alike): the source outputs move less
     than without it, and the saved model is the plain classifier."""
-    from tltf.data import load_data
-
     x, y = stripes(240, seed=3, by="width")
     domain = tmp_path / "shifted.npz"  # the target: the same task in inverted colours (its labels go unread)
     np.savez(domain, x=(255 - x).astype(np.uint8), y=y, class_names=np.array(["narrow", "medium", "wide"]))
     common = {"epochs": 3, "target_data": str(domain), "adapt": adapt}
     _run(tmp_path, start, target, "plain", **common)
     _, with_lwf = _run(tmp_path, start, target, "lwf", lwf=20.0, **common)
-    source = load_model(start)
-    images = np.stack([x for x, _ in load_data(str(target)).val.dataset()]).astype("float32")
-
-    def shift(model_path):
-        net = backbone_of(load_model(model_path))
-        feats = net(source.get_layer("preprocess")(images), training=False)
-        return np.abs(np.asarray(source.get_layer("head")(feats)) - np.asarray(source(images))).mean()
-
-    assert shift(tmp_path / "lwf" / "model.keras") < 0.7 * shift(tmp_path / "plain" / "model.keras")
+    shift_lwf = _source_shift(start, target, tmp_path / "lwf" / "model.keras")
+    shift_plain = _source_shift(start, target, tmp_path / "plain" / "model.keras")
+    assert shift_lwf < 0.7 * shift_plain, (shift_lwf, shift_plain)
     assert "lwf" in with_lwf["methods"]
     assert "lwf" not in [layer.name for layer in load_model(tmp_path / "lwf" / "model.keras").layers]
 

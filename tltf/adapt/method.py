@@ -117,9 +117,6 @@ class DANNMethod(Method):
                                  align_weight=config.align_weight, target_entropy=config.target_entropy,
                                  domain_eval=make_pipeline(run.target, size, batch, cache=False))
 
-    def classifier(self, run):
-        return run.model  # the label path: the DANN graph shares its layers
-
     def report(self, run) -> dict:
         config = self.config
         found = {k: self.result.metrics[k] for k in FINAL_KEYS if k in self.result.metrics}

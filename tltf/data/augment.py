@@ -46,7 +46,7 @@ class Augment:
         tensor for reproducible draws (tf's stateless ops; the same seed, the same augmentation), else tf's
         stateful random ops."""
         size = tf.shape(image)[:2]
-        seeds = tf.random.experimental.stateless_split(seed, 5) if seed is not None else [None] * 5
+        seeds = tf.random.experimental.stateless_split(seed, 5) if seed is not None else None
 
         def draw(stateful, stateless, *args, step: int, **kwargs):
             if seed is None:

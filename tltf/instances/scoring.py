@@ -120,9 +120,11 @@ def score_features(x: np.ndarray, y: np.ndarray, x_val: np.ndarray, y_val: np.nd
         raise TltfError(f"--l2 {l2:g}: must be above 0 (the head's objective must be strictly convex)")
     if val_loss not in VAL_LOSSES:
         raise TltfError(f"--val-loss {val_loss}: choose {' or '.join(VAL_LOSSES)}")
+    from tltf.strategies.features import feature_scale
+
     x = np.asarray(x, np.float64)
     x_val = np.asarray(x_val, np.float64)
-    mean, std = x.mean(axis=0), x.std(axis=0) + 1e-6
+    mean, std = feature_scale(x)
     xs, xs_val = (x - mean) / std, (x_val - mean) / std
     start = time.perf_counter()
     scoring_head = head.standardised(mean, std)

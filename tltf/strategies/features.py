@@ -252,6 +252,12 @@ def extract_features(data, backbone: str = "mobilenet_v2", weights: str = "image
     return Features(list(source.class_names), x, y, spec.name, str(weights), tuple(model.input_shape[1:3]), info)
 
 
+def feature_scale(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-feature ``(mean, std)`` of ``x`` for standardising features (``std`` + 1e-6: a constant feature stays
+    finite)."""
+    return x.mean(axis=0), x.std(axis=0) + 1e-6
+
+
 # --- the linear probe --------------------------------------------------------------------------------------------
 
 def linear_probe(features: Features | str | Path, l2: float = 1e-3, epochs: int = 100, batch_size: int = 64,
@@ -272,7 +278,7 @@ def linear_probe(features: Features | str | Path, l2: float = 1e-3, epochs: int 
     start = time.perf_counter()
     keras.utils.set_random_seed(seed)
     x_train = feats.x["train"]
-    mean, std = x_train.mean(axis=0), x_train.std(axis=0) + 1e-6
+    mean, std = feature_scale(x_train)
 
     def scaled(a):
         return ((a - mean) / std).astype(np.float32)

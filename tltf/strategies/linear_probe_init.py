@@ -23,6 +23,7 @@ import numpy as np
 from tltf.errors import TltfError
 from tltf.models.classifier import head_of
 from tltf.staging import StagePlan
+from tltf.strategies.features import feature_scale
 from tltf.strategies.probe_views import stack
 from tltf.training.methods import Method
 
@@ -56,10 +57,6 @@ def choose_c(x: np.ndarray, y: np.ndarray, seed: int = 0, grid=C_GRID) -> tuple[
     return min(scores, key=scores.get), scores
 
 
-def standardised(x: np.ndarray) -> np.ndarray:
-    return (x - x.mean(axis=0)) / (x.std(axis=0) + 1e-6)
-
-
 def fit_probe(features: np.ndarray, labels: np.ndarray, num_classes: int, seed: int = 0, c: float | None = None):
     """``(kernel (D, K'), bias (K',), report)`` of the logistic regression on raw ``features`` (K' = 1 for two
     classes: a sigmoid unit's logit; else K softmax logits)."""
@@ -68,8 +65,8 @@ def fit_probe(features: np.ndarray, labels: np.ndarray, num_classes: int, seed: 
     present = np.unique(labels)
     if len(present) < 2:
         raise TltfError("--lp-init: the training split has a single class")
-    mean, std = features.mean(axis=0), features.std(axis=0) + 1e-6
-    x = (features - mean) / std  # as standardised() computes it; mean and std un-standardise the solution
+    mean, std = feature_scale(features)
+    x = (features - mean) / std  # mean and std also un-standardise the solution
     scores = {}
     if c is None:
         c, scores = choose_c(x, labels, seed)
@@ -129,6 +126,7 @@ class LinearProbeInit(Method):
 
     def start(self, run) -> None:
         self.report_ = None
+        self.start_weights = None  # the LP model's weights, while trained() may come back to them
         lead = 0
         while lead < len(run.plan.stages) and run.plan.stages[lead].unfreeze == 0:
             lead += 1
@@ -141,18 +139,18 @@ class LinearProbeInit(Method):
         start = time.perf_counter()
         feats = split_features(run.model, run.data.train, run.config.batch_size, True)
         head = head_of(run.model)
-        c, scores = choose_c(standardised(feats.x), feats.y, run.config.seed)
+        mean, std = feature_scale(feats.x)
+        c, scores = choose_c((feats.x - mean) / std, feats.y, run.config.seed)
         views, views_report = self._views(run, feats, c)
         x, y = stack(feats.x, feats.y, views)
         kernel, bias, report = fit_probe(x, y, len(head.class_names), run.config.seed, c=c * len(feats.y) / len(y))
         report.update(C=float(c), cv_log_loss=scores, views=views_report)
         head.dense.kernel.assign(kernel)
         head.dense.bias.assign(bias)
-        self.start_weights = None
         if run.data.val is not None:
             val = split_features(run.model, run.data.val, run.config.batch_size, True)
             report["val_accuracy"], report["val_loss"] = head_scores(val.x, val.y, kernel, bias)
-            if run.plan.epochs and run.target is None:  # what trained() may come back to
+            if run.plan.epochs and run.target is None:
                 self.start_weights = run.model.get_weights()  # numpy copies
         report.update(seconds=round(time.perf_counter() - start, 2), features_cached=feats.cached,
                       num_train=int(len(feats.y)), replaced_stages=self.dropped)
@@ -167,13 +165,14 @@ class LinearProbeInit(Method):
         """The augmented views' features when ``--lp-views`` asks for them (``auto``: small data, and only if they
         help on held-out folds), else None; and what was decided, for metrics.json."""
         from tltf.strategies.probe_views import AUTO_BELOW, VIEWS, parse_views, view_features, views_help
+        from tltf.training.refit import smallest_class
 
         asked = parse_views(run.config.lp_views)
         if asked == 0:
             return None, {"used": 0, "why": "--lp-views off"}
         if not run.augment.enabled:
             return None, {"used": 0, "why": "--augment none: no views to make"}
-        smallest = int(np.bincount(feats.y)[np.unique(feats.y)].min())
+        smallest = smallest_class(feats.y)
         if asked == "auto" and smallest >= AUTO_BELOW:
             return None, {"used": 0, "why": f"auto: {smallest} images in the smallest class (>= {AUTO_BELOW})"}
         count = VIEWS if asked == "auto" else asked
@@ -192,7 +191,7 @@ class LinearProbeInit(Method):
         standard error (the refit's rule, :func:`tltf.training.refit.chosen_epochs`); otherwise the model goes back
         to the LP head on the untouched backbone. Not with domain adaptation (the source validation split does not
         measure what it is for)."""
-        if getattr(self, "start_weights", None) is None:
+        if self.start_weights is None:
             return
         from tltf.reporting import read_history
         from tltf.training.refit import chosen_epochs

@@ -92,15 +92,17 @@ def views_help(x: np.ndarray, y: np.ndarray, views: np.ndarray, c: float, folds:
     from sklearn.metrics import log_loss
     from sklearn.model_selection import StratifiedKFold
 
-    counts = np.bincount(y)
-    folds = int(min(folds, counts[counts > 0].min()))
+    from tltf.strategies.features import feature_scale
+    from tltf.training.refit import smallest_class
+
+    folds = min(folds, smallest_class(y))
     if folds < 2:
         return False, {"reason": "fewer than 2 images in a class: no folds to decide on"}
     scores = {"without": [], "with": []}
     for train, held in StratifiedKFold(folds, shuffle=True, random_state=seed).split(x, y):
         for arm in scores:
             fx, fy = stack(x[train], y[train], views[:, train] if arm == "with" else None)
-            mean, std = fx.mean(axis=0), fx.std(axis=0) + 1e-6
+            mean, std = feature_scale(fx)
             effective = c / (len(fx) / len(train))
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
