@@ -63,7 +63,7 @@ def shapes_data(work: Path, seed: int) -> Path:
 
 def latency_ms(paths: list[Path], size: int, repeats: int = 200) -> float:
     """Median batch-1 milliseconds to run every file in ``paths`` on one image."""
-    from tltf.export.runtime import OnnxModel
+    from tltf.runtime.onnx_model import OnnxModel
 
     models = [OnnxModel(p) for p in paths]
     image = np.random.default_rng(0).uniform(0, 255, (1, size, size, 3)).astype(np.float32)

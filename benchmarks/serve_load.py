@@ -60,7 +60,7 @@ def summarise(latencies_s: list[float], seconds: float, rows: int | None = None)
 
 def in_process(path: Path, x: np.ndarray, concurrency: int, max_requests: int, max_seconds: float) -> dict:
     """``concurrency`` threads calling one tuned session with one image each, until the budget is spent."""
-    from tltf.export.runtime import make_session
+    from tltf.runtime.onnx_model import make_session
 
     session = make_session(path, spinning=False)
     feed = {session.get_inputs()[0].name: x[:1]}
@@ -91,7 +91,7 @@ def in_process(path: Path, x: np.ndarray, concurrency: int, max_requests: int, m
 
 def in_process_batched(path: Path, x: np.ndarray, batch: int, max_requests: int, max_seconds: float) -> dict:
     """One thread running batches of ``batch`` images: throughput counts images, latency is per call."""
-    from tltf.export.runtime import make_session
+    from tltf.runtime.onnx_model import make_session
 
     session = make_session(path, spinning=False)
     feed = {session.get_inputs()[0].name: np.repeat(x[:1], batch, axis=0)}
@@ -200,7 +200,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--json", default=str(Path(__file__).with_suffix(".json")))
     args = parser.parse_args(argv)
 
-    from tltf.export.runtime import cpu_threads
+    from tltf.runtime.onnx_model import cpu_threads
 
     started = time.perf_counter()
     load_before = os.getloadavg()

@@ -125,7 +125,7 @@ def test_gpu_provider_options_are_tuned(monkeypatch, tmp_path):
     """CUDA/TensorRT cannot run here: check the options handed to onnxruntime instead."""
     import onnxruntime as ort
 
-    from tltf.export.runtime import provider_list
+    from tltf.runtime.onnx_model import provider_list
 
     monkeypatch.setattr(ort, "get_available_providers", lambda: [
         "TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"])
@@ -144,7 +144,7 @@ def test_gpu_provider_options_are_tuned(monkeypatch, tmp_path):
 def test_cpu_session_options():
     import onnxruntime as ort
 
-    from tltf.export.runtime import cpu_threads, session_options
+    from tltf.runtime.onnx_model import cpu_threads, session_options
 
     so = session_options("cpu")
     assert so.graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_ALL

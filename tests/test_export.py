@@ -18,7 +18,7 @@ from tltf.errors import TltfError
 from tltf.export import parity
 from tltf.export.onnx import convert, export_onnx, inference_model, read_metadata
 from tltf.export.parity import spread_random_model, synthetic_images
-from tltf.export.runtime import OnnxModel
+from tltf.runtime.onnx_model import OnnxModel
 
 SIX = ["mobilenet_v2", "mobilenet_v3_small", "efficientnet_b0", "resnet50", "densenet121", "convnext_tiny"]
 HEAVY = {"resnet50", "densenet121", "convnext_tiny"}  # big weights: converted at 32 px

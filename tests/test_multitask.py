@@ -123,7 +123,7 @@ def test_mnist_tasks_export_one_onnx_output_each_matching_keras(parity_run, pari
     import onnx
 
     from tltf.export.onnx import export_onnx
-    from tltf.export.runtime import OnnxModel
+    from tltf.runtime.onnx_model import OnnxModel
     from tltf.models.loading import load_model
 
     out, _ = parity_run

@@ -32,7 +32,7 @@ START_TIMEOUT_S = 120
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     """``tiny.onnx``: a small image classifier with tltf's contract (NHWC ``pixels`` in [0, 255], ``probabilities``,
-    class names and input size in the metadata, as :func:`tltf.export.runtime.read_contract` reads them), built
+    class names and input size in the metadata, as :func:`tltf.runtime.onnx_model.read_contract` reads them), built
     with onnx.helper so that the servers can start without waiting for an export; ``affine.onnx``: ``y = x * k``
     (x FP32 [-1, 4], k INT64 [-1, 1]), no image contract -- any ONNX file is served over v2."""
     import onnx

@@ -231,7 +231,7 @@ def test_predict_table_and_errors(imported, photos, tmp_path):
 
 
 def test_predict_onnx_matches_keras(tmp_path, photos):
-    pytest.importorskip("tltf.export.runtime", reason="tltf.export.runtime (ONNX runtime wrapper) not written yet")
+    pytest.importorskip("tltf.runtime.onnx_model", reason="tltf.runtime.onnx_model (ONNX runtime wrapper) not written yet")
     model = build_classifier("mobilenet_v2", ["cat", "dog", "bird"], 32, weights="none")
     model(np.zeros((1, 32, 32, 3), np.float32))  # Keras exports only a model that has been called
     model.save(tmp_path / "small.keras")

@@ -1,23 +1,19 @@
-"""tltf: transfer learning for Keras 3 / TensorFlow.
+"""tltf: transfer learning for Keras 3 / TensorFlow, from a pretrained backbone to an ONNX file.
 
-Importing ``tltf`` registers its serialisable Keras objects, so ``keras.models.load_model("run/model.keras")``
-works after ``import tltf``, and registers the named weight sets (``--weights torchvision:mobilenet_v2``) that
-:func:`tltf.models.classifier.build_classifier` accepts.
+``import tltf`` is light: it loads neither TensorFlow nor Keras, so the inference runtime (``tltf predict``,
+``serve``, ``bench`` and ``drift`` on an ``.onnx``; :mod:`tltf.runtime`) runs in an install without the training
+stack. To load a saved tltf model, use :func:`tltf.load_model` (``tltf.load_model("run/model.keras")``), or
+``import tltf.keras_objects`` first to make plain ``keras.models.load_model`` know tltf's layers and optimizers.
 """
 
 __version__ = "0.1.0"
 
-import os  # noqa: E402
+__all__ = ["__version__", "load_model"]
 
-# TensorFlow reads its C++ log level once, when it is imported: INFO lines (Grappler's "Starting new session" twice
-# per ONNX export) are noise to tltf's users; warnings and errors still show. A value the user set is kept.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
 
-from tltf.quiet import quiet_imports  # noqa: E402
+def __getattr__(name):  # PEP 562: the Keras side loads on first use
+    if name == "load_model":
+        from tltf.models.loading import load_model
 
-with quiet_imports():  # TensorFlow's start-up chatter (tltf.quiet)
-    from tltf import models as _models  # noqa: F401  (registers custom Keras objects)
-    from tltf.multitask import head as _multitask_head  # noqa: F401  (heads of plug-ins: a saved model loads
-    from tltf.zeroshot import head as _zeroshot_head  # noqa: F401   in a process that never trained one)
-    from tltf.staging import optimizers as _optimizers  # noqa: F401  (tltf>Adam etc., saved with compiled models)
-    from tltf.weights import pretrained as _pretrained  # noqa: F401  (--weights torchvision:mobilenet_v2)
+        return load_model
+    raise AttributeError(f"module 'tltf' has no attribute {name!r}")

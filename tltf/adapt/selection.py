@@ -95,7 +95,7 @@ def _outputs(model, dataset, limit: int) -> tuple[np.ndarray, np.ndarray, np.nda
     import tensorflow as tf
 
     from tltf.models.classifier import backbone_layer
-    from tltf.models.head import class_probabilities
+    from tltf.runtime.outputs import class_probabilities
 
     both = keras.Model(model.inputs, [backbone_layer(model).output, model.output])
     forward = tf.function(lambda x: both(x, training=False))

@@ -5,7 +5,7 @@ Each (runtime, batch size) pair gets a warm-up, then timed forward passes on a f
 or ``max_iters`` are done. Each pass is timed alone (``time.perf_counter``), so p50/p90/p99 are per-call
 latencies; ``images_per_s`` is ``batch_size x passes / total time``.
 
-- onnxruntime: a tuned session (:mod:`tltf.export.runtime`). On CPU, unless ``threads`` is given, all cores with
+- onnxruntime: a tuned session (:mod:`tltf.runtime.onnx_model`). On CPU, unless ``threads`` is given, all cores with
   and without spin-waiting and one thread race on a short probe and the fastest is timed (``threads``/``spinning``
   in the result): on a busy machine one thread often wins. On CUDA/TensorRT the input is copied to the device
   once and bound with IO binding, outputs stay on the device, so the timing is the model, not PCIe copies.
@@ -73,7 +73,7 @@ class OnnxRunner:
     runtime = "onnxruntime"
 
     def __init__(self, path: str | Path, provider: str = "cpu", threads: int | None = None, max_batch: int = 32):
-        from tltf.export.runtime import OnnxModel, cpu_threads
+        from tltf.runtime.onnx_model import OnnxModel, cpu_threads
 
         self.provider = provider
         self.label = provider
@@ -125,7 +125,7 @@ class OnnxRunner:
 
     def checked(self, step: Callable[[], object], batch: int) -> Callable[[], object]:
         """``step`` after one trial call: a graph onnxruntime cannot run is a one-line error, not a traceback."""
-        from tltf.export.runtime import run_failure
+        from tltf.runtime.onnx_model import run_failure
 
         try:
             step()
@@ -143,6 +143,9 @@ class KerasRunner:
     runtime = "keras"
 
     def __init__(self, model, xla: str | bool = "auto"):
+        from tltf.extras import training_stack
+
+        training_stack("bench --keras")
         import tensorflow as tf
 
         from tltf.export.onnx import inference_model, load_keras, model_info
@@ -275,19 +278,19 @@ def fastest(results: list[dict]) -> list[dict]:
 
 
 def environment(provider: str = "cpu", threads: int | None = None) -> dict:
+    """The machine and library versions of a benchmark; TensorFlow's only where it is already loaded (a Keras
+    runner ran): recording a version is no reason to load it."""
+    import sys
+
     import onnxruntime as ort
 
-    from tltf.export.runtime import cpu_threads
+    from tltf.runtime.onnx_model import cpu_threads
 
     env = {"machine": platform.machine(), "processor": platform.processor() or platform.machine(),
            "python": platform.python_version(), "onnxruntime": ort.__version__, "provider": provider,
            "threads": int(threads or cpu_threads())}
-    try:
-        import tensorflow as tf
-
-        env["tensorflow"] = tf.__version__
-    except ImportError:  # pragma: no cover
-        pass
+    if "tensorflow" in sys.modules:
+        env["tensorflow"] = sys.modules["tensorflow"].__version__
     return env
 
 

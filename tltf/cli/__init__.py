@@ -1,12 +1,18 @@
 """The ``tltf`` command line: a thin click layer over :mod:`tltf.api`.
 
 Each subcommand lives in its own module ``tltf/cli/<name>.py`` exposing a click command called ``command``; it is
-imported only when used, so ``tltf --help`` starts without loading TensorFlow. :class:`TltfError` from the library
-becomes a one-line ``error: ...`` on stderr and exit status 2, never a traceback.
+imported only when used, and no command module imports TensorFlow at import time, so ``tltf --help`` and any
+``tltf CMD --help`` start without it (a test runs them with TensorFlow unimportable). The runtime commands
+(:data:`RUNTIME_COMMANDS`: predict, serve, bench, drift) load it only for a ``.keras`` model or a training-side
+option; the others load it (quietly, with tltf's Keras objects registered: :mod:`tltf.keras_objects`) just before
+they run. Without the training stack installed, they stop with a one-line error that says how to add it.
+:class:`TltfError` from the library becomes a one-line ``error: ...`` on stderr and exit status 2, never a
+traceback.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
 import os
 import sys
@@ -33,6 +39,27 @@ COMMANDS = {
     "serve": ("serve", "Serve ONNX models over the Open Inference Protocol (KServe v2) with dynamic batching."),
 }
 
+#: commands that run on the inference runtime alone (onnxruntime, numpy, Pillow) when given an .onnx model
+RUNTIME_COMMANDS = {"predict", "serve", "bench", "drift"}
+
+
+def _with_training_stack(name: str, command: click.Command) -> click.Command:
+    """``command`` whose callback first loads the training stack (not at ``--help``)."""
+    if getattr(command, "_tltf_training", False):
+        return command
+    callback = command.callback
+
+    @functools.wraps(callback)
+    def run(*args, **kwargs):
+        from tltf.extras import training_stack
+
+        training_stack(f"tltf {name}")
+        return callback(*args, **kwargs)
+
+    command.callback = run
+    command._tltf_training = True
+    return command
+
 
 class LazyGroup(click.Group):
     def list_commands(self, ctx):
@@ -41,7 +68,8 @@ class LazyGroup(click.Group):
     def get_command(self, ctx, name):
         if name not in COMMANDS or not _module_exists(COMMANDS[name][0]):
             return None
-        return importlib.import_module(f"tltf.cli.{COMMANDS[name][0]}").command
+        command = importlib.import_module(f"tltf.cli.{COMMANDS[name][0]}").command
+        return command if name in RUNTIME_COMMANDS else _with_training_stack(name, command)
 
     def format_commands(self, ctx, formatter):
         rows = [(name, COMMANDS[name][1]) for name in self.list_commands(ctx)]

@@ -47,16 +47,14 @@ def command(model, images, top, as_json):
 def folder_images(path) -> list[str]:
     """The images directly in ``path``; where there are none, those of its class folders exactly as ``--data``
     reads them (a train/ val/ test/ layout split by split; unreadable or oversized images skipped with a
-    warning)."""
+    warning). No TensorFlow: :mod:`tltf.data.folders`."""
     from pathlib import Path
 
-    from tltf.data import load_source
-    from tltf.data.images import is_image_file
+    from tltf.data.folders import labelled_files
+    from tltf.runtime.images import is_image_file
 
     path = Path(path)
     flat = sorted(str(p) for p in path.iterdir() if is_image_file(p))
     if flat:
         return flat
-    source = load_source(str(path), option="predict")
-    return [str(f) for split in (source.train, source.val, source.test) if split is not None
-            for f in split.files]
+    return labelled_files(path, option="predict")[1]

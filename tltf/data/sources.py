@@ -4,9 +4,9 @@ Every source becomes a :class:`Split` per subset (train / val / test): integer l
 validation splits can be stratified) and a way to produce a ``tf.data.Dataset`` of ``(uint8 image (H, W, 3),
 int32 label)`` for any subset of indices. Decoding runs in parallel inside tf.data.
 
-An image folder is scanned before anything is decoded: a file Pillow cannot read is skipped, and so is an image
-over :data:`tltf.predict.MAX_IMAGE_PIXELS` (its size read from the header, the image never decoded: a 10,000 x
-10,000 PNG of a few KB would take 300 MB per decode in the pipeline), each with a warning that names a file.
+An image folder is scanned before anything is decoded (:mod:`tltf.data.folders`, which needs no TensorFlow): a
+file Pillow cannot read is skipped, and so is an image over :data:`tltf.runtime.images.MAX_IMAGE_PIXELS`, each
+with a warning that names a file.
 """
 
 from __future__ import annotations
@@ -21,12 +21,11 @@ from typing import Callable
 import numpy as np
 import tensorflow as tf
 
-from tltf.data.images import decode, is_image_file
+from tltf.data.folders import image_files, readable, scan, split_dirs  # noqa: F401  (readable: as before)
+from tltf.data.images import decode
 from tltf.errors import TltfError
-from tltf.predict import MAX_IMAGE_PIXELS
 
 AUTOTUNE = tf.data.AUTOTUNE
-SPLIT_DIRS = {"train": ("train", "training"), "val": ("val", "valid", "validation"), "test": ("test", "testing")}
 
 
 @dataclass
@@ -71,76 +70,6 @@ class Source:
 
 # --- image folders --------------------------------------------------------------------------------------------
 
-def _problem(path: Path) -> str | None:
-    """Why the scan skips ``path`` (None: it is kept): ``"unreadable"``, or the size of an image over
-    :data:`MAX_IMAGE_PIXELS`, read from its header (Pillow's ``verify`` checks the file without decoding it)."""
-    from PIL import Image
-
-    try:
-        with Image.open(path) as im:
-            width, height = im.size
-            if width * height > MAX_IMAGE_PIXELS:
-                return f"{width}x{height}, {width * height:,} pixels"
-            im.verify()
-    except Image.DecompressionBombError as e:  # over Pillow's own limit: only the pixel count is known
-        found = re.search(r"\((\d+) pixels\)", str(e))
-        return f"{int(found.group(1)):,} pixels" if found else "too many pixels"
-    except Exception:
-        return "unreadable"
-    return None
-
-
-def readable(files: list[str], root) -> list[int]:
-    """The indices of ``files`` to train on; the others skipped with a warning per kind (unreadable, too large)
-    that counts them and names one."""
-    from PIL import Image
-
-    with warnings.catch_warnings():  # here, not in the threads: the filters are the process's, not a thread's
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # said below, with the file's name
-        with concurrent.futures.ThreadPoolExecutor(8) as pool:
-            problems = list(pool.map(lambda p: _problem(Path(p)), files))
-    unreadable = [f for f, why in zip(files, problems) if why == "unreadable"]
-    large = [(f, why) for f, why in zip(files, problems) if why not in (None, "unreadable")]
-    if unreadable:
-        _warn(f"{root}: skipped {len(unreadable)} unreadable image(s), e.g. {unreadable[0]}")
-    if large:
-        _warn(f"{root}: skipped {len(large)} image(s) over the {MAX_IMAGE_PIXELS:,} pixels tltf decodes, e.g. "
-              f"{large[0][0]} ({large[0][1]})")
-    return [i for i, why in enumerate(problems) if why is None]
-
-
-def _warn(message: str) -> None:
-    warnings.warn(message, stacklevel=3)
-    print(f"warning: {message}", flush=True)
-
-
-def _class_dirs(root: Path) -> list[Path]:
-    return sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
-
-
-def _scan(root: Path, class_names: list[str] | None, option: str) -> tuple[list[str], list[str], np.ndarray]:
-    dirs = _class_dirs(root)
-    names = class_names or [d.name for d in dirs if any(is_image_file(f) for f in d.rglob("*"))]
-    files, labels = [], []
-    for d in dirs:
-        if d.name not in names:
-            if class_names is not None and any(is_image_file(f) for f in d.rglob("*")):
-                raise TltfError(f"{option} {d}: class {d.name!r} is not among the training classes")
-            continue
-        for f in sorted(d.rglob("*")):
-            if f.is_file() and is_image_file(f):
-                files.append(str(f))
-                labels.append(names.index(d.name))
-    if not files:
-        raise TltfError(f"{option} {root}: no images found (expected class_name/*.jpg|png folders)")
-    keep = readable(files, root)
-    if len(keep) < len(files):
-        files, labels = [files[i] for i in keep], [labels[i] for i in keep]
-        if not files:
-            raise TltfError(f"{option} {root}: no readable images")
-    return names, files, np.asarray(labels, dtype=np.int32)
-
-
 def file_split(files: list[str], labels: np.ndarray) -> Split:
     """A split of image files (decoded in parallel when read) and their labels."""
     paths = np.asarray(files)
@@ -158,18 +87,17 @@ def folder_source(path: str | Path, option: str = "--data") -> Source:
     root = Path(path)
     if not root.is_dir():
         raise TltfError(f"{option} {root}: no such folder")
-    subdirs = {d.name.lower(): d for d in _class_dirs(root)}
-    split_dirs = {k: next((subdirs[n] for n in names if n in subdirs), None) for k, names in SPLIT_DIRS.items()}
-    if split_dirs["train"] is not None:
-        names, files, labels = _scan(split_dirs["train"], None, option)
+    dirs = split_dirs(root)
+    if dirs["train"] is not None:
+        names, files, labels = scan(dirs["train"], None, option)
         splits = {}
         for key in ("val", "test"):
-            if split_dirs[key] is not None:
-                _, f, y = _scan(split_dirs[key], names, option)
+            if dirs[key] is not None:
+                _, f, y = scan(dirs[key], names, option)
                 splits[key] = file_split(f, y)
         source = Source(root.name, names, file_split(files, labels), splits.get("val"), splits.get("test"))
     else:
-        names, files, labels = _scan(root, None, option)
+        names, files, labels = scan(root, None, option)
         source = Source(root.name, names, file_split(files, labels))
     check_classes(source, option, root)
     return source
@@ -180,8 +108,7 @@ def unlabelled_folder(path: str | Path, option: str = "--target-data") -> Split:
     root = Path(path)
     if not root.is_dir():
         raise TltfError(f"{option} {root}: no such folder")
-    files = [str(f) for f in sorted(root.rglob("*")) if f.is_file() and is_image_file(f)]
-    files = [files[i] for i in readable(files, root)]
+    files = image_files(root)
     if not files:
         raise TltfError(f"{option} {root}: no images found")
     return file_split(files, np.full(len(files), -1, np.int32))

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from tltf.runtime.outputs import task_segments  # noqa: F401  (tltf.data.tasks.task_segments as before)
+
 SEPARATOR = "|"
 
 
@@ -39,20 +41,6 @@ class TaskLabels:
 
     def as_dict(self) -> dict[str, list[str]]:
         return {name: list(classes) for name, classes in zip(self.names, self.classes)}
-
-
-def task_segments(tasks) -> list[tuple[str, int, int, list[str]]]:
-    """``(task, first column, column after the last, classes)`` of each task of ``tasks`` (``[(name, classes)]``)
-    in an output that holds the tasks' probabilities side by side, task after task.
-
-    >>> task_segments([("digit", list("0123456789")), ("parity", ["even", "odd"])])[1][:3]
-    ('parity', 10, 12)
-    """
-    out, start = [], 0
-    for name, classes in tasks:
-        out.append((name, start, start + len(classes), list(classes)))
-        start += len(classes)
-    return out
 
 
 def joint_labels(names: list[str], values: list[tuple[str, ...]], train: list[bool]) -> tuple[TaskLabels, np.ndarray]:

@@ -42,7 +42,7 @@ class FeatureSource:
     def probabilities(self, features: np.ndarray) -> np.ndarray:
         """The classifier's class probabilities ``(N, K)`` from its pooled features (its head's dense layer)."""
         from tltf.models.classifier import head_of
-        from tltf.models.head import class_probabilities
+        from tltf.runtime.outputs import class_probabilities
 
         if self.class_names is None:
             raise TltfError("class probabilities need a trained --model")

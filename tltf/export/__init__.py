@@ -4,7 +4,7 @@
 - :mod:`tltf.export.graph`: the graph clean-up that keeps Transpose nodes to one.
 - :mod:`tltf.export.parity`: the gate that compares onnxruntime with Keras.
 - :mod:`tltf.export.quantize`: float16 and int8 (QDQ) variants.
-- :class:`OnnxModel` (:mod:`tltf.export.runtime`): ``predict(pixels) -> (N, num_classes)`` probabilities.
+- :class:`OnnxModel` (:mod:`tltf.runtime.onnx_model`): ``predict(pixels) -> (N, num_classes)`` probabilities.
 
 Heavy dependencies (TensorFlow, tf2onnx) load only when a function that needs them runs.
 """
@@ -20,7 +20,7 @@ def __getattr__(name):
 
         return getattr(_onnx, name)
     if name == "OnnxModel":
-        from tltf.export.runtime import OnnxModel
+        from tltf.runtime.onnx_model import OnnxModel
 
         return OnnxModel
     raise AttributeError(name)

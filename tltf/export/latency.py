@@ -47,7 +47,7 @@ def compare_latency(paths, batch_size: int = 1, rounds: int = 3, seconds: float 
     (so a burst of load hits all alike; the median of the rounds' p50 counts). For quick verdicts such as
     "is the int8 file faster than the fp32 one here"; ``tltf.bench.runner.run_bench`` is the full
     benchmark."""
-    from tltf.export.runtime import OnnxModel
+    from tltf.runtime.onnx_model import OnnxModel
 
     models = [OnnxModel(p) for p in paths]
     h, w = models[0].image_size

@@ -75,7 +75,7 @@ def synthetic_images(n: int, size: tuple[int, int], seed: int = 0) -> np.ndarray
 
 def keras_probabilities(model, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
     """``(N, num_classes)`` probabilities of a Keras classifier, in inference mode."""
-    from tltf.models.head import class_probabilities
+    from tltf.runtime.outputs import class_probabilities
 
     parts = [np.asarray(model(images[i:i + batch_size], training=False))
              for i in range(0, len(images), batch_size)]
@@ -86,7 +86,7 @@ def compare(onnx_path: str | Path, keras_probs: np.ndarray, images: np.ndarray, 
             batch_size: int = 32, threshold: float | None = None, segments=()) -> dict:
     """Run ``onnx_path`` in onnxruntime (CPU) on ``images`` and compare with ``keras_probs`` (``segments``: the
     columns of each task of a multitask model, see :func:`measure`)."""
-    from tltf.export.runtime import OnnxModel
+    from tltf.runtime.onnx_model import OnnxModel
 
     try:
         model = OnnxModel(onnx_path, provider="cpu")

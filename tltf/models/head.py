@@ -13,7 +13,8 @@ L2-normalised before the ``Dense`` layer: the form of a prototype classifier (:m
 from __future__ import annotations
 
 import keras
-import numpy as np
+
+from tltf.runtime.outputs import class_probabilities  # noqa: F401  (tltf.models.head.* as before)
 
 
 @keras.saving.register_keras_serializable(package="tltf")
@@ -71,10 +72,3 @@ def loss_and_metrics(binary: bool) -> dict:
     return {"loss": keras.losses.SparseCategoricalCrossentropy(),
             "metrics": [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]}
 
-
-def class_probabilities(outputs) -> np.ndarray:
-    """Model outputs as ``(N, num_classes)`` probabilities (a binary head's single sigmoid becomes two columns)."""
-    out = np.asarray(outputs, dtype=np.float32)
-    if out.ndim == 2 and out.shape[1] == 1:
-        return np.concatenate([1.0 - out, out], axis=1)
-    return out

@@ -1,8 +1,9 @@
 """The one loader of tltf ``.keras`` files: custom objects registered, safe mode on, one-line errors.
 
-``import tltf`` registers the serialisable objects (``tltf/__init__`` imports :mod:`tltf.models` and
-:mod:`tltf.staging.optimizers`); this module imports nothing else of tltf, so every layer above ``models``
-(weights, export, predict, the API) can load models through it without an import cycle.
+:mod:`tltf.keras_objects` registers the serialisable objects (of :mod:`tltf.models`, the plug-ins' heads and
+:mod:`tltf.staging.optimizers`); this module imports it by name when it loads a file and imports nothing else of
+tltf, so every layer above ``models`` (weights, export, predict, the API) can load models through it without an
+import cycle.
 """
 
 from __future__ import annotations
@@ -20,7 +21,9 @@ def load_model(path: str | Path, option: str | None = None) -> keras.Model:
     ``option`` (e.g. ``"--weights"``) prefixes the error when the path came from that command-line option:
     ``"--weights FILE: not a loadable Keras model (...)"``.
     """
-    import tltf  # noqa: F401  (registers tltf's serialisable Keras objects)
+    import importlib
+
+    importlib.import_module("tltf.keras_objects")  # registers the objects of the layers above this one
 
     path = Path(path)
     named = f"{option} {path}" if option else str(path)

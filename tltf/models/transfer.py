@@ -42,6 +42,9 @@ from tltf.models.preprocess import Preprocess
 
 #: ``--weights`` prefix (before the colon) -> a function from the full name to the local ``.keras`` file.
 NAMED_WEIGHTS: dict[str, Callable[[str], Path]] = {}
+#: tltf's own named sets: the module that registers each prefix, imported by name on first use (it builds
+#: classifiers, so it sits above this layer)
+BUILTIN_NAMED_WEIGHTS = {"torchvision": "tltf.weights.pretrained"}
 
 
 def register_named_weights(prefix: str, resolve: Callable[[str], Path]) -> None:
@@ -53,6 +56,10 @@ def build_backbone(spec: backbones.BackboneSpec, image_size=None, weights: str |
     """The headless network of ``spec`` for ``image_size`` with ``weights`` (``imagenet``, ``none``, a path, or a
     registered name such as ``torchvision:mobilenet_v2``, fetched and imported once, cached)."""
     prefix = str(weights).split(":", 1)[0] if weights and ":" in str(weights) else None
+    if prefix in BUILTIN_NAMED_WEIGHTS and prefix not in NAMED_WEIGHTS:
+        import importlib
+
+        importlib.import_module(BUILTIN_NAMED_WEIGHTS[prefix])  # registers itself
     if prefix in NAMED_WEIGHTS:
         weights = str(NAMED_WEIGHTS[prefix](str(weights)))
     model = spec.build(image_size, weights="imagenet" if weights == "imagenet" else "none")

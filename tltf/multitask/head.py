@@ -47,7 +47,7 @@ class MultitaskHead(keras.layers.Layer):
 
     def segments(self) -> list[tuple[str, int, int, list[str]]]:
         """``(task, first column, column after the last, class names)`` for each task."""
-        from tltf.data.tasks import task_segments
+        from tltf.runtime.outputs import task_segments
 
         return task_segments(self.tasks.items())
 

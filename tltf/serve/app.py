@@ -31,7 +31,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from tltf.predict import top_k
+from tltf.runtime.outputs import top_k
 from tltf.serve.batcher import Batcher
 from tltf.serve.errors import ApiError, one_line
 from tltf.serve.limits import BodyLimitMiddleware, inflate
@@ -131,7 +131,7 @@ def build_app(models: dict[str, ServedModel], max_batch: int = 32, max_delay_ms:
         return Response(content, headers=headers)
 
     async def predict(request: Request) -> Response:
-        from tltf.models.head import class_probabilities
+        from tltf.runtime.outputs import class_probabilities
         from tltf.serve.images import decode_uploads
 
         model = model_of(request)

@@ -2,11 +2,11 @@
 
 Any ONNX file onnxruntime can load is served over the v2 protocol (its inputs and outputs, with their v2
 datatypes and shapes, ``-1`` for a dynamic dimension, are its metadata). A file that carries tltf's contract
-(:func:`tltf.export.runtime.read_contract`: an NHWC RGB image input, class names and input size in the metadata)
+(:func:`tltf.runtime.onnx_model.read_contract`: an NHWC RGB image input, class names and input size in the metadata)
 is also an image classifier for ``/v1/models/{name}/predict``; for any other the reason is kept and becomes that
 endpoint's 400 message.
 
-Sessions come from :func:`tltf.export.runtime.make_session` (the tuned options of ``tltf bench``) with one
+Sessions come from :func:`tltf.runtime.onnx_model.make_session` (the tuned options of ``tltf bench``) with one
 exception: intra-op threads never spin-wait, because the event loop that parses requests shares the cores
 (spinning workers would take them from it between batches). A model runs once at load time (zeros, batch 1)
 when its shapes are known, so a graph that loads but cannot run fails the command, not the first request.
@@ -45,7 +45,7 @@ class ServedModel:
     """One ONNX file behind the protocol: its session, input/output specs and (maybe) its image contract."""
 
     def __init__(self, path: str | Path, provider: str = "cpu", threads: int | None = None, max_batch: int = 32):
-        from tltf.export.runtime import make_session, read_contract
+        from tltf.runtime.onnx_model import make_session, read_contract
 
         self.path = Path(path)
         self.name = self.path.stem
@@ -60,11 +60,11 @@ class ServedModel:
                             "cannot be sent over the v2 protocol here (numeric and BOOL inputs only)")
         #: all inputs and outputs have a dynamic first dimension: requests can be concatenated into one run
         self.batchable = all(s.shape and s.shape[0] == -1 for s in self.inputs + self.outputs)
-        from tltf.export.runtime import read_tasks
+        from tltf.runtime.onnx_model import read_tasks
 
         self.tasks = None  # a multitask file: [(task = output name, classes)]
         try:
-            metadata, self.image_size, self.class_names = read_contract(self.path)
+            metadata, self.image_size, self.class_names = read_contract(self.session, self.path)
             self.tasks = read_tasks(metadata, self.output_names, self.path)
             self.not_images = None
         except TltfError as e:  # served over v2 all the same
@@ -75,7 +75,7 @@ class ServedModel:
         self._warm_up()
 
     def _warm_up(self) -> None:
-        from tltf.export.runtime import run_failure
+        from tltf.runtime.onnx_model import run_failure
 
         if not all(d > 0 for s in self.inputs for d in s.shape[1:]):
             return  # an open dimension besides the batch: no shape to run it with
@@ -125,7 +125,7 @@ class ServedModel:
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """One onnxruntime call: every output by name. Failures are a 500 :class:`ApiError` in one line."""
-        from tltf.export.runtime import run_failure
+        from tltf.runtime.onnx_model import run_failure
 
         try:
             values = self.session.run(None, feeds)

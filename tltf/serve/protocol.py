@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tltf.predict import top_k
+from tltf.runtime.outputs import top_k
 from tltf.serve.errors import ApiError
 
 #: v2 datatype -> numpy dtype (BYTES and BF16 inputs are not supported: no tltf model takes them)

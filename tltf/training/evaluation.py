@@ -6,7 +6,7 @@ import keras
 import numpy as np
 
 from tltf.errors import TltfError
-from tltf.models.head import class_probabilities
+from tltf.runtime.outputs import class_probabilities
 from tltf.reporting import confusion_matrix
 
 

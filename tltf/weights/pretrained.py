@@ -7,7 +7,8 @@ and converted by ``tltf weights import``, and the resulting classifier is cached
 ``~/.cache/tltf/weights/torchvision_<arch>.keras``; later runs reuse it.
 
 Importing this module registers the ``torchvision`` prefix with :func:`tltf.models.transfer.register_named_weights`
-(``tltf/__init__`` imports it), so ``build_classifier(..., weights="torchvision:mobilenet_v2")`` resolves it.
+(:data:`tltf.models.transfer.BUILTIN_NAMED_WEIGHTS` imports it on first use), so
+``build_classifier(..., weights="torchvision:mobilenet_v2")`` resolves it.
 """
 
 from __future__ import annotations

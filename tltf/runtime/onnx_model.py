@@ -129,10 +129,18 @@ def provider_list(provider: str, image_size=(224, 224), max_batch: int = 32, inp
 
 def make_session(path: str | Path, provider: str = "cpu", threads: int | None = None, image_size=None,
                  max_batch: int = 32, spinning: bool | None = None):
-    """A tuned ``onnxruntime.InferenceSession`` for ``path``."""
+    """A tuned ``onnxruntime.InferenceSession`` for ``path``; a file onnxruntime cannot load (empty, garbage,
+    truncated, not ONNX) is a one-line :class:`TltfError` naming it."""
     import onnxruntime as ort
 
-    providers = provider_list(provider, image_size or _image_size_of(path), max_batch)
+    path = Path(path)
+    if not path.is_file():
+        raise TltfError(f"{path}: no such model file")
+    if path.stat().st_size == 0:
+        raise TltfError(f"{path}: not an ONNX model (empty file)")
+    if provider == "tensorrt" and image_size is None:
+        image_size = _image_size_of(path)
+    providers = provider_list(provider, image_size or (224, 224), max_batch)
     try:
         session = ort.InferenceSession(str(path), sess_options=session_options(provider, threads, spinning),
                                        providers=providers)
@@ -154,44 +162,44 @@ def run_failure(e: Exception) -> str:
 
 
 def _image_size_of(path) -> tuple[int, int]:
-    """The input size for TensorRT's profile; 224x224 for a file without a tltf contract (onnxruntime then says
-    what is wrong with it, if anything)."""
+    """The input size for TensorRT's optimisation profile, which must be known before its session is made: read
+    from a plain CPU session without graph optimisations (the one case where a file is opened twice); 224x224 for
+    a file without a tltf contract (onnxruntime then says what is wrong with it, if anything)."""
+    import onnxruntime as ort
+
     try:
-        return read_contract(path)[1]
-    except TltfError:
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        so.log_severity_level = 4
+        return read_contract(ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"]), path)[1]
+    except Exception:  # noqa: BLE001  (TltfError or onnxruntime's own: the real session reports it)
         return (224, 224)
 
 
-def read_contract(path: str | Path) -> tuple[dict[str, str], tuple[int, int], list[str] | None]:
-    """``(metadata, image_size, class_names)`` of an ONNX classifier file, checked: anything that is not a model
-    with an NHWC RGB image input and an output (an empty, garbage or truncated file, malformed metadata, an input
-    side above :data:`MAX_INPUT_SIDE`) is a one-line :class:`TltfError` naming the file."""
-    import onnx
+def model_metadata(session) -> dict[str, str]:
+    """The file's metadata properties (``metadata_props``: tltf's contract), as onnxruntime read them."""
+    return dict(session.get_modelmeta().custom_metadata_map)
 
-    path = Path(path)
-    if not path.is_file():
-        raise TltfError(f"{path}: no such model file")
-    if path.stat().st_size == 0:
-        raise TltfError(f"{path}: not an ONNX model (empty file)")
-    try:
-        proto = onnx.load(str(path), load_external_data=False)
-    except Exception as e:
-        raise TltfError(f"{path}: not an ONNX file ({type(e).__name__})") from None
-    graph = proto.graph
-    if not graph.input or not graph.output or not graph.node:
-        raise TltfError(f"{path}: not an ONNX model (no graph with inputs, outputs and nodes; empty, truncated "
-                        "or not ONNX?)")
-    graph_in = graph.input[0]
-    if graph_in.type.WhichOneof("value") != "tensor_type":
+
+def read_contract(session, path: str | Path) -> tuple[dict[str, str], tuple[int, int], list[str] | None]:
+    """``(metadata, image_size, class_names)`` of the ONNX classifier ``session`` has loaded from ``path``,
+    checked: a graph without an NHWC RGB image input, malformed metadata or an input side above
+    :data:`MAX_INPUT_SIDE` is a one-line :class:`TltfError` naming the file. Read from onnxruntime's own view of
+    the model, so a file is parsed once (no ``onnx.load``)."""
+    inputs, outputs = session.get_inputs(), session.get_outputs()
+    if not inputs or not outputs:
+        raise TltfError(f"{path}: the graph has no {'input' if not inputs else 'output'} to run")
+    graph_in = inputs[0]
+    if not str(graph_in.type).startswith("tensor("):
         raise TltfError(f"{path}: expected an NHWC RGB image input, got a non-tensor input {graph_in.name!r}")
-    dims = graph_in.type.tensor_type.shape.dim
-    if len(dims) != 4 or dims[3].dim_value not in (0, 3):
+    dims = list(graph_in.shape or [])
+    if len(dims) != 4 or (isinstance(dims[3], int) and dims[3] not in (0, 3)):
         raise TltfError(f"{path}: expected an NHWC RGB image input, got {len(dims)} dims")
-    metadata = {p.key: p.value for p in proto.metadata_props}
-    del proto
+    metadata = model_metadata(session)
     size = metadata.get("image_size")
+    side = lambda d: d if isinstance(d, int) and d > 0 else 224  # noqa: E731
     try:
-        image_size = tuple(json.loads(size)) if size else (dims[1].dim_value or 224, dims[2].dim_value or 224)
+        image_size = tuple(json.loads(size)) if size else (side(dims[1]), side(dims[2]))
         if len(image_size) != 2 or not all(type(v) is int and v > 0 for v in image_size):
             raise ValueError
     except (ValueError, TypeError, RecursionError):
@@ -235,14 +243,12 @@ class OnnxModel:
     def __init__(self, path: str | Path, provider: str = "cpu", threads: int | None = None, max_batch: int = 32,
                  spinning: bool | None = None):
         self.path = Path(path)
-        self.metadata, self.image_size, self.class_names = read_contract(self.path)
         self.provider = provider
         self.threads = int(threads or cpu_threads()) if provider == "cpu" else int(threads or 1)
         self.spinning = bool(machine_is_idle() if spinning is None else spinning) and provider == "cpu"
-        self.session = make_session(self.path, provider, self.threads, self.image_size, max_batch, self.spinning)
+        self.session = make_session(self.path, provider, self.threads, None, max_batch, self.spinning)
+        self.metadata, self.image_size, self.class_names = read_contract(self.session, self.path)
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
-        if not inputs or not outputs:
-            raise TltfError(f"{self.path}: the graph has no {'input' if not inputs else 'output'} to run")
         self.input_name = inputs[0].name
         self.output_name = outputs[0].name
         self.tasks = read_tasks(self.metadata, [o.name for o in outputs], self.path)  # [(name, classes)] or None
@@ -256,7 +262,7 @@ class OnnxModel:
     @property
     def segments(self) -> list[tuple[str, int, int, list[str]]] | None:
         """A multitask file's ``(task, first column, column after the last, classes)`` in :meth:`predict`'s output."""
-        from tltf.data.tasks import task_segments
+        from tltf.runtime.outputs import task_segments
 
         return task_segments(self.tasks) if self.tasks else None
 
@@ -272,7 +278,7 @@ class OnnxModel:
 
     def predict(self, pixels: np.ndarray, batch_size: int = 32) -> np.ndarray:
         """``(N, num_classes)`` float32 probabilities for float32 RGB ``[0, 255]`` pixels ``(N, H, W, 3)``."""
-        from tltf.models.head import class_probabilities
+        from tltf.runtime.outputs import class_probabilities
 
         x = np.asarray(pixels)
         if x.ndim == 3:
