@@ -38,7 +38,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-import tltf  # noqa: E402,F401
+import tltf.keras_objects  # noqa: E402,F401
 from tltf.data import offline  # noqa: E402
 from tltf.models.classifier import backbone_of, build_classifier  # noqa: E402
 from tltf.staging.batchnorm import recompute_batchnorm  # noqa: E402

@@ -39,7 +39,7 @@ def test_fit_writes_a_complete_run_folder_and_evaluate_reads_it(image_folder, tm
     assert (out / "curves.png").stat().st_size > 5000 and any((out / "logs").rglob("*tfevents*"))
     assert not (out / "backup").exists()
 
-    import tltf  # noqa: F401  (registers the custom objects; nothing else needed)
+    import tltf.keras_objects  # noqa: F401  (registers the custom objects; nothing else needed)
 
     model = keras.models.load_model(out / "model.keras")
     probs = model.predict(np.full((2, 32, 32, 3), 128.0, "float32"), verbose=0)
@@ -98,8 +98,9 @@ def test_killed_fit_resumes_from_the_last_finished_epoch(image_folder, tmp_path)
 
 
 def test_tensorflow_startup_chatter_is_filtered_and_real_errors_pass(capfd):
-    """``import tltf`` drops TensorFlow's absl start-up lines from fd 2 (C++ writes there, not to sys.stderr) and
-    passes every other line on; the CLI's stderr stays clean."""
+    """``import tltf.keras_objects`` (what training commands load first) drops TensorFlow's absl start-up lines
+    from fd 2 (C++ writes there, not to sys.stderr) and passes every other line on; the CLI's stderr stays
+    clean."""
     import os
     import subprocess
     import sys
@@ -124,7 +125,7 @@ def test_tensorflow_startup_chatter_is_filtered_and_real_errors_pass(capfd):
 
 
 def test_no_cuda_lines_without_a_gpu(capfd):
-    """Without a GPU, the CUDA probe's "failed call to cuInit" (and CUDA diagnostics) are dropped at ``import tltf``
+    """Without a GPU, the CUDA probe's "failed call to cuInit" (and CUDA diagnostics) are dropped at ``import tltf.keras_objects``
     and never reach the user later; with a GPU a failing cuInit stays visible; ``TF_CPP_MIN_LOG_LEVEL=0`` keeps
     everything."""
     import os
@@ -145,7 +146,7 @@ def test_no_cuda_lines_without_a_gpu(capfd):
         os.write(2, cuinit)
     assert capfd.readouterr().err.encode() == cuinit
 
-    code = ("import tltf, tensorflow as tf; tf.config.list_physical_devices('GPU'); import keras; "
+    code = ("import tltf.keras_objects, tensorflow as tf; tf.config.list_physical_devices('GPU'); import keras; "
             "keras.layers.Dense(2)(tf.zeros((1, 3)))")
     env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
     quiet = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)

@@ -2,7 +2,7 @@
 
 Importing TensorFlow 2.21 writes eight lines to the process's stderr from C++ (absl) before ``TF_CPP_MIN_LOG_LEVEL``
 can take effect: "All log messages before absl::InitializeLog()", oneDNN, "Could not find cuda drivers", CPU
-features. ``import tltf`` imports Keras and TensorFlow inside :func:`filtered_stderr`, which catches file
+features. :mod:`tltf.keras_objects` imports Keras and TensorFlow inside :func:`filtered_stderr`, which catches file
 descriptor 2 meanwhile and passes on every line that is not one of those, so a real error during the import still
 reaches the user. ``TF_CPP_MIN_LOG_LEVEL=0`` keeps TensorFlow's output untouched.
 
