@@ -14,11 +14,15 @@ tuned rather than left at defaults by accident:
 - TensorRT: FP16 kernels, engine and timing caches on disk (``~/.cache/tltf/trt``), an optimisation profile that
   covers batch 1 to ``max_batch``; CUDA, then CPU, as fallbacks for nodes TensorRT does not take.
 
+Nothing here imports TensorFlow or the ``onnx`` package: a file is parsed once, by onnxruntime, and the contract
+is read from the session (its inputs and ``custom_metadata_map``; :func:`read_contract`). Only a TensorRT session
+opens a file twice, since its optimisation profile needs the input size before the session exists.
+
 A provider that the installed onnxruntime does not have is a one-line :class:`TltfError` (install
-``onnxruntime-gpu`` for ``cuda``/``tensorrt``). So is a file that is not a usable model (:func:`read_contract`):
-an empty, garbage or truncated file, a graph without an image input or output, metadata that is not the JSON
-tltf writes, or an input larger than :data:`MAX_INPUT_SIDE` pixels a side (``tltf predict`` and ``tltf bench``
-allocate batches of that size).
+``onnxruntime-gpu`` for ``cuda``/``tensorrt``). So is a file that is not a usable model: an empty, garbage or
+truncated file (:func:`make_session`), a graph without an image input or output, metadata that is not the JSON
+tltf writes, or an input larger than :data:`MAX_INPUT_SIDE` pixels a side (:func:`read_contract`; ``tltf predict``
+and ``tltf bench`` allocate batches of that size).
 
 >>> model = OnnxModel("exported/flowers.onnx")                       # doctest: +SKIP
 >>> model.predict(pixels).shape, model.class_names[:2], model.image_size   # doctest: +SKIP
@@ -291,6 +295,50 @@ class OnnxModel:
             return np.zeros((0, self.num_classes or 0), np.float32)
         parts = [self.run(x[i:i + batch_size]) for i in range(0, len(x), max(1, batch_size))]
         return class_probabilities(np.concatenate(parts, axis=0).astype(np.float32))
+
+    @property
+    def features_output(self) -> str | None:
+        """The graph output holding the penultimate-layer features (metadata ``features_output``, written by
+        ``tltf export --onnx --features``), or None for a file without one."""
+        name = self.metadata.get("features_output") or None
+        if name is not None and name not in [o.name for o in self.session.get_outputs()]:
+            raise TltfError(f"{self.path}: metadata names a features output {name!r} that is not an output of the "
+                            "graph")
+        return name
+
+    def features(self, pixels: np.ndarray, batch_size: int = 32) -> np.ndarray:
+        """``(N, D)`` float32 penultimate-layer features (the pooled features the classifier's dense layer reads)
+        for float32 RGB ``[0, 255]`` pixels ``(N, H, W, 3)``; a file exported without them is a one-line
+        :class:`TltfError` saying how to re-export it."""
+        return self.features_and_probabilities(pixels, batch_size)[0]
+
+    def features_and_probabilities(self, pixels: np.ndarray, batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`features` and :meth:`predict`'s probabilities from one pass of the graph per batch."""
+        from tltf.runtime.outputs import class_probabilities
+
+        name = self.features_output
+        if name is None:
+            raise TltfError(f"{self.path}: the file has no features output; re-export it with "
+                            "tltf export MODEL.keras --onnx --features")
+        x = np.asarray(pixels)
+        x = x[None] if x.ndim == 3 else x
+        h, w = self.image_size
+        if x.ndim != 4 or x.shape[1:] != (h, w, 3):
+            raise TltfError(f"{self.path}: expects pixels of shape (N, {h}, {w}, 3), got {x.shape}")
+        x = np.ascontiguousarray(x, dtype=self.input_dtype)
+        if len(x) == 0:
+            width = next(o.shape[-1] for o in self.session.get_outputs() if o.name == name)
+            return (np.zeros((0, width if isinstance(width, int) else 0), np.float32),
+                    np.zeros((0, self.num_classes or 0), np.float32))
+        features, probabilities = [], []
+        for i in range(0, len(x), max(1, batch_size)):
+            try:
+                *probs, feats = self.session.run(self.output_names + [name], {self.input_name: x[i:i + batch_size]})
+            except Exception as e:  # onnxruntime's Fail, InvalidArgument, RuntimeException, ...
+                raise TltfError(f"{self.path}: onnxruntime failed to run it ({run_failure(e)})") from None
+            features.append(np.asarray(feats, np.float32))
+            probabilities.append(class_probabilities(np.concatenate(probs, axis=1)))
+        return np.concatenate(features), np.concatenate(probabilities)
 
     def __repr__(self) -> str:
         return (f"OnnxModel({str(self.path)!r}, provider={self.provider!r}, image_size={self.image_size}, "
