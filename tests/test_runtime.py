@@ -288,3 +288,30 @@ def test_real_photos_pixels_and_top1_match_the_tensorflow_path(torchvision_weigh
     assert sum(r["top"][0]["index"] == label for r, (_, label) in zip(runtime, photos)) >= 17
     scores = np.array([r["top"][0]["score"] for r in runtime])
     assert np.abs(scores - old.max(axis=1)).max() < 0.05
+
+
+def test_bad_onnx_files_are_one_line_errors_without_the_training_stack(exported, tmp_path):
+    """Empty, garbage, truncated files and lying metadata, refused by onnxruntime and the contract alone."""
+    import onnx
+
+    data = exported["onnx"].read_bytes()
+    bad = {"empty": (b"", "not an ONNX model (empty file)"),
+           "garbage": (bytes(range(256)) * 8, "onnxruntime cannot load it"),
+           "truncated": (data[: len(data) // 2], "onnxruntime cannot load it")}
+    for name, (content, _) in bad.items():
+        (tmp_path / f"{name}.onnx").write_bytes(content)
+    for key, value in (("image_size", "[100000, 100000]"), ("class_names", "[1, 2]"), ("tasks", "{oops")):
+        proto = onnx.load(str(exported["onnx"]))
+        entry = next((p for p in proto.metadata_props if p.key == key), None) or proto.metadata_props.add(key=key)
+        entry.value = value
+        onnx.save(proto, str(tmp_path / f"{key}.onnx"))
+        bad[key] = (None, {"image_size": "larger than the 4096x4096", "class_names": "class_names is not a JSON list",
+                           "tasks": "tasks is not a JSON list"}[key])
+    image = exported["images"] / "photo.png"
+    for name, (_, said) in bad.items():
+        for args in (["predict", tmp_path / f"{name}.onnx", image],
+                     ["bench", tmp_path / f"{name}.onnx", "--batch-sizes", "1", "--iterations", "1"]):
+            proc = run_blocked(tmp_path, "-m", "tltf", *args)
+            lines = proc.stderr.strip().splitlines()
+            assert proc.returncode == 2 and len(lines) == 1, (args, proc.stderr[-2000:])
+            assert lines[0].startswith(f"error: {tmp_path / name}.onnx: ") and said in lines[0], lines[0]
