@@ -1,5 +1,6 @@
-# tltf GPU image: TensorFlow's official GPU base (CUDA + cuDNN), tltf with the `gpu` extra
-# (onnxruntime-gpu replaces the CPU onnxruntime), running as a non-root user.
+# tltf GPU image: TensorFlow's official GPU base (CUDA + cuDNN), tltf with the `gpu` extra (the training stack of
+# the `train` extra, TensorFlow's CUDA libraries; onnxruntime-gpu replaces the CPU onnxruntime), running as a
+# non-root user. To serve .onnx models without TensorFlow: Dockerfile.serve.
 #   docker build -t tltf .
 #   docker run --gpus all -v $PWD/data:/data -v $PWD/exported:/work/exported tltf fit --data /data/photos ...
 FROM tensorflow/tensorflow:2.21.0-gpu
