@@ -257,6 +257,12 @@ def test_runtime_bench(venv, model, tmp_path):
     results = json.loads(out.read_text())["results"]
     assert [(r["runtime"], r["batch_size"]) for r in results] == [("onnxruntime", 1)]
     assert results[0]["p50_ms"] > 0
+    assert "plot: skipped (matplotlib is not installed" in result.stdout and not out.with_suffix(".png").exists()
+    asked = _run([venv / "bin" / "tltf", "bench", model, "--iterations", "1", "--plot", tmp_path / "p.png"], venv,
+                 cwd=tmp_path)
+    assert asked.returncode == 2 and asked.stderr.strip().splitlines() == [
+        f"error: --plot {tmp_path / 'p.png'}: the plot needs matplotlib, which is not installed here "
+        "(pip install matplotlib)"], asked.stderr
 
 
 @pytest.mark.network

@@ -13,7 +13,8 @@ import click
               help="onnxruntime execution provider (cuda/tensorrt need onnxruntime-gpu).")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Write the results as JSON here.")
 @click.option("--plot", "plot_out", type=click.Path(dir_okay=False),
-              help="PNG plot [default: the --json path with .png, else MODEL.bench.png of the first MODEL].")
+              help="PNG plot [default: the --json path with .png, else MODEL.bench.png of the first MODEL; "
+                   "skipped, with a note, where matplotlib is not installed].")
 @click.option("--warmup", type=int, default=10, show_default=True, help="Untimed passes per batch size.")
 @click.option("--iterations", type=int, default=None, help="Timed passes per batch size [default: 10 or more, "
               "until 3 s have passed, at most 300].")
@@ -43,6 +44,12 @@ def command(models, keras_model, batch_sizes, provider, json_out, plot_out, warm
         raise TltfError(f"{', '.join(models)}: give files with different names (results are labelled by name)")
     if warmup < 0 or (iterations is not None and iterations < 1) or seconds < 0:
         raise TltfError("--warmup, --iterations and --seconds must be positive")
+    import importlib.util
+
+    can_plot = importlib.util.find_spec("matplotlib") is not None  # not in the runtime-only install
+    if plot_out and not can_plot:
+        raise TltfError(f"--plot {plot_out}: the plot needs matplotlib, which is not installed here "
+                        "(pip install matplotlib)")
     sizes = parse_batch_sizes(batch_sizes)
     timing = Timing(warmup=warmup, min_iters=iterations or 10, max_iters=iterations or 300,
                     min_time_s=0.0 if iterations else seconds)
@@ -52,6 +59,7 @@ def command(models, keras_model, batch_sizes, provider, json_out, plot_out, warm
     console.print(table(bench))
     png = plot_out or (str(Path(json_out).with_suffix(".png")) if json_out else str(Path(models[0]).with_suffix(
         ".bench.png")))
+    png = png if can_plot else None
     write(bench, json_out, png)
     for s in bench["speedups"]:
         who = s["model"] if len(models) > 1 else "onnxruntime"
@@ -61,4 +69,5 @@ def command(models, keras_model, batch_sizes, provider, json_out, plot_out, warm
             others = ", ".join(f"{name} {ms:.2f} ms" for name, ms in f["others"].items())
             console.print(f"batch {f['batch_size']}: fastest here is {f['model']} ({f['p50_ms']:.2f} ms p50; "
                           f"{others})")
-    console.print(f"plot: {png}" + (f", json: {json_out}" if json_out else ""))
+    plotted = f"plot: {png}" if png else "plot: skipped (matplotlib is not installed: pip install matplotlib)"
+    console.print(plotted + (f", json: {json_out}" if json_out else ""))
