@@ -315,3 +315,21 @@ def test_bad_onnx_files_are_one_line_errors_without_the_training_stack(exported,
             lines = proc.stderr.strip().splitlines()
             assert proc.returncode == 2 and len(lines) == 1, (args, proc.stderr[-2000:])
             assert lines[0].startswith(f"error: {tmp_path / name}.onnx: ") and said in lines[0], lines[0]
+
+
+def test_import_tltf_is_light_and_load_model_registers_what_it_needs(exported, tmp_path):
+    """``import tltf`` loads no TensorFlow; ``tltf.load_model`` (and plain Keras after ``import tltf.keras_objects``)
+    loads a saved tltf model in a fresh process, its custom layers registered."""
+    code = ("import sys, numpy as np, tltf\n"
+            "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules\n"
+            f"model = tltf.load_model({str(exported['keras'])!r})\n"
+            "print(model.predict(np.full((1, 48, 48, 3), 99.0, 'float32'), verbose=0).round(6).tolist())\n")
+    first = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-2000:]
+    code = ("import keras, numpy as np, tltf.keras_objects\n"
+            f"model = keras.models.load_model({str(exported['keras'])!r})\n"
+            "print(model.predict(np.full((1, 48, 48, 3), 99.0, 'float32'), verbose=0).round(6).tolist())\n")
+    second = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert second.returncode == 0, second.stderr[-2000:]
+    probs = json.loads(first.stdout.strip().splitlines()[-1])
+    assert probs == json.loads(second.stdout.strip().splitlines()[-1]) and abs(sum(probs[0]) - 1) < 1e-5
