@@ -1,7 +1,8 @@
 """``tltf drift``: does new data still look like the reference data? MMD and classifier tests, label shift.
 
 Exit status: 0 no drift, 1 drift (MMD p-value below ``--alpha``), 2 bad input; so a scheduler or CI job can act on
-it without parsing the output.
+it without parsing the output. With ``--model FILE.onnx`` (exported with ``--features``) and image folders it runs
+on the inference runtime, without TensorFlow (:mod:`tltf.drift.detect`).
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from tltf.cli import options
 @click.option("--reference", required=True, help="The data the model was trained on (or any baseline): "
               + options.DATA_HELP[0].lower() + options.DATA_HELP[1:])
 @click.option("--data", required=True, help="The new data: the same kinds of spec, or a folder of unlabelled images.")
-@click.option("--model", type=click.Path(dir_okay=False), help="A tltf .keras classifier: features from its "
+@click.option("--model", type=click.Path(dir_okay=False), help="A tltf .keras classifier, or its .onnx export made "
+              "with tltf export --onnx --features (runs without TensorFlow on image folders): features from its "
               "penultimate layer, and label shift (BBSE; needs a labelled --reference).")
 @options.backbone
 @options.weights(help="Without --model: " + options.WEIGHTS_HELP)

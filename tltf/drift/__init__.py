@@ -7,7 +7,8 @@
   :class:`DriftReport` (:mod:`tltf.drift.report`).
 
 The statistics take plain ``(N, D)`` numpy features and import nothing heavy; TensorFlow loads only when
-:func:`detect_drift` reads images.
+:func:`detect_drift` reads images for a ``.keras`` model or a backbone. With an ``.onnx`` model exported with a
+features output it never loads for image folders: onnxruntime, Pillow, numpy, scikit-learn and scipy do it all.
 """
 
 from tltf.drift.classifier_test import ClassifierTestResult, classifier_test

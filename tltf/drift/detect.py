@@ -10,6 +10,12 @@ The steps, each in its own module:
    (:mod:`tltf.drift.classifier_test`), drawn as a contact sheet (:mod:`tltf.contact_sheet`);
 5. with a trained classifier and a labelled reference, the new class prior by BBSE (:mod:`tltf.drift.label_shift`).
 
+The trained classifier may be a ``.keras`` model or its ``.onnx`` export with a features output (``tltf export
+--onnx --features``). The ``.onnx`` path is TensorFlow-free -- folders scanned by :mod:`tltf.data.folders`, images
+decoded by Pillow (:mod:`tltf.runtime.images`), features and probabilities from onnxruntime -- and gives the same
+verdicts: the same images are drawn, the pixels match the training pipeline's, and the features match Keras' to
+~1e-6 of their range, so the p-values agree to within a permutation or two (``tests/test_drift_onnx.py``).
+
 >>> report = detect_drift("builtin:mnist", "builtin:uci_digits", backbone="mobilenet_v2",
 ...                       weights="torchvision:mobilenet_v2", image_size=96, max_samples=300)   # doctest: +SKIP
 >>> report.drift, report.mmd.p_value                                                          # doctest: +SKIP
@@ -43,6 +49,35 @@ def check_settings(alpha: float, max_samples: int | None, permutations: int) -> 
         raise TltfError(f"--permutations {permutations}: must be at least 1")
 
 
+#: modules a drift check needs beyond the inference runtime: the domain classifier's, and the contact sheet's
+NEEDED = {"sklearn": "scikit-learn", "scipy": "scipy"}
+NEEDED_FOR_OUT = {"matplotlib": "matplotlib"}
+
+
+def check_installed(writes_sheet: bool) -> None:
+    """A one-line error, before any image is read, where scikit-learn or scipy (the domain classifier) or, for
+    ``--out``, matplotlib (the contact sheet) is missing: an inference-runtime install (``pip install tltf``) has
+    none of them, the training stack all three."""
+    import importlib.util
+
+    def installed(module: str) -> bool:
+        try:
+            return importlib.util.find_spec(module) is not None
+        except (ImportError, ValueError):
+            return False
+
+    wanted = NEEDED | (NEEDED_FOR_OUT if writes_sheet else {})
+    missing = [package for module, package in wanted.items() if not installed(module)]
+    if missing:
+        raise TltfError(f"tltf drift needs {' and '.join(missing)} (not installed here): pip install "
+                        f"{' '.join(missing)}")
+
+
+def on_runtime(model: str | None) -> bool:
+    """Whether a drift check runs on the inference runtime alone (no TensorFlow): with an ``.onnx`` ``--model``."""
+    return model is not None and Path(str(model)).suffix.lower() == ".onnx"
+
+
 def detect_drift(reference: str, data: str, model: str | None = None, backbone: str = "mobilenet_v2",
                  weights: str = "imagenet", image_size: int | None = None, max_samples: int | None = 1000,
                  seed: int = 0, alpha: float = 0.05, permutations: int = 1000, batch_size: int = 32,
@@ -50,27 +85,37 @@ def detect_drift(reference: str, data: str, model: str | None = None, backbone: 
                  log: Callable[[str], None] | None = None) -> DriftReport:
     """Compare the images of ``data`` with those of ``reference`` (``--data``-style specs; ``data`` may be a folder
     of unlabelled images); see the module docstring. ``out``: a folder for ``drift.json`` and
-    ``most_different.png``."""
+    ``most_different.png``. With an ``.onnx`` ``model`` (exported with ``--features``) nothing on the way imports
+    TensorFlow unless a spec other than an image folder needs the training pipeline."""
     from tltf.drift import features as feature_sources
     from tltf.drift.images import load_images, subsample
 
     check_settings(alpha, max_samples, permutations)
+    check_installed(out is not None)
+    runtime = on_runtime(model)
+    if not runtime:  # TensorFlow loads quietly, or a one-line error says how to install it
+        from tltf.extras import training_stack
+
+        training_stack(f"--model {model}" if model else "tltf drift without --model FILE.onnx")
     if out is not None:
         from tltf.atomic import make_folder
 
         out = make_folder(out, "--out")
     start = time.perf_counter()
     say = log or (lambda message: None)
-    ref_all = load_images(reference, "--reference", data_dir, labelled=model is not None)
-    new_all = load_images(data, "--data", data_dir, labelled=False)
+    # an .onnx file is opened first: one without a features output fails before any image is read
+    source = feature_sources.from_onnx(model, image_size, cache) if runtime else None
+    ref_all = load_images(reference, "--reference", data_dir, labelled=model is not None, runtime=runtime)
+    new_all = load_images(data, "--data", data_dir, labelled=False, runtime=runtime)
     ref, _ = subsample(ref_all, max_samples, np.random.default_rng([seed, 1]))
     new, new_index = subsample(new_all, max_samples, np.random.default_rng([seed, 2]))
     if len(ref.split) < 2 or len(new.split) < 2:
         which = "--reference" if len(ref.split) < 2 else "--data"
         raise TltfError(f"{which}: needs at least 2 images")
 
-    source = (feature_sources.from_model(model, image_size, cache) if model
-              else feature_sources.from_backbone(backbone, weights, image_size, cache, seed))
+    if source is None:
+        source = (feature_sources.from_model(model, image_size, cache) if model
+                  else feature_sources.from_backbone(backbone, weights, image_size, cache, seed))
     mapping = _class_mapping(source.class_names, ref) if model else None  # before the slow part: fail fast
     x_ref, y_ref = source.features(ref, batch_size, cache)
     x_new, _ = source.features(new, batch_size, cache)

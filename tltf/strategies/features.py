@@ -12,6 +12,9 @@ computed once in inference mode and cached under ``$TLTF_CACHE/features`` (defau
   costs a small fraction of the backbone pass it can save). Two specs naming the same images share an entry; a
   changed image, a different validation split or seed, or a different ``--image-size`` gets a new one.
 
+Keras loads only in the functions that need it: the cache itself (:func:`cached_features`) runs without
+TensorFlow, for ``tltf drift`` on an ``.onnx`` file.
+
 >>> feats = extract_features("builtin:shapes", backbone="mobilenet_v2", weights="torchvision:mobilenet_v2",
 ...                          image_size=64)                                  # doctest: +SKIP
 >>> feats.x["train"].shape, feats.class_names                              # doctest: +SKIP
@@ -28,11 +31,14 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Iterable
 
-import keras
 import numpy as np
 
 from tltf.errors import TltfError
+
+if TYPE_CHECKING:
+    import keras
 
 FORMAT = 1  # bump when the meaning of a cached file changes
 SPLITS = ("train", "val", "test")
@@ -50,6 +56,8 @@ def cache_root() -> Path:
 
 def feature_extractor(model: keras.Model) -> keras.Model:
     """``pixels -> preprocess -> backbone -> global average pool`` of a tltf classifier, sharing its layers."""
+    import keras
+
     from tltf.models.classifier import PREPROCESS_NAME, backbone_layer
 
     inputs = keras.Input(model.input_shape[1:], name="pixels")
@@ -61,6 +69,8 @@ def feature_extractor(model: keras.Model) -> keras.Model:
 
 def fingerprint(model: keras.Model) -> str:
     """SHA-256 of what the extractor of a tltf classifier computes: layer classes, configs and weight values."""
+    import keras
+
     from tltf.models.classifier import PREPROCESS_NAME, backbone_layer
 
     wrapper = backbone_layer(model)
@@ -104,20 +114,35 @@ def split_features(model: keras.Model, split, batch_size: int = 32, cache: bool 
     start = time.perf_counter()
     size = tuple(model.input_shape[1:3])
     pipeline = make_pipeline(split, size, batch_size, cache=False)
+    key = (model_key or fingerprint(model)) if cache else None
+
+    def extract():  # the extractor is built only when the cache misses
+        net = extractor or feature_extractor(model)
+        return (lambda x: net.predict_on_batch(x)), int(net.output_shape[-1])
+
+    return cached_features(pipeline, key, extract, start)
+
+
+def cached_features(batches: Iterable, key: str | None, extract: Callable[[], tuple[Callable, int]],
+                    start: float | None = None) -> SplitFeatures:
+    """The features of ``batches`` (re-iterable ``(pixels, labels)`` batches: float32 pixels that are whole numbers
+    in [0, 255]) through the extractor that ``extract()`` returns as ``(function of a batch of pixels, width)``,
+    read from the cache entry of ``key`` (what the extractor computes) and the pixels and labels, or computed and
+    written there; ``key=None``: no cache. Needs no TensorFlow itself: ``tltf drift`` on an ``.onnx`` file keys
+    its onnxruntime features by the file's SHA-256 here."""
+    start = time.perf_counter() if start is None else start
     path, kept = None, None
-    if cache:
-        model_key = model_key or fingerprint(model)
-        data_key, kept = _hash_split(pipeline)
-        path = cache_root() / f"{hashlib.sha256((model_key + data_key).encode()).hexdigest()[:40]}.npz"
+    if key is not None:
+        data_key, kept = _hash_split(batches)
+        path = cache_root() / f"{hashlib.sha256((key + data_key).encode()).hexdigest()[:40]}.npz"
         hit = _read(path)
         if hit is not None:
             return SplitFeatures(hit[0], hit[1], True, time.perf_counter() - start, path)
-    extractor = extractor or feature_extractor(model)
+    function, width = extract()
     xs, ys = [], []
-    for x, y in (kept if kept is not None else pipeline):
-        xs.append(np.asarray(extractor.predict_on_batch(x), np.float32))
+    for x, y in (kept if kept is not None else batches):
+        xs.append(np.asarray(function(x), np.float32))
         ys.append(np.asarray(y, np.int64))
-    width = int(extractor.output_shape[-1])
     x = np.concatenate(xs) if xs else np.zeros((0, width), np.float32)
     y = np.concatenate(ys) if ys else np.zeros((0,), np.int64)
     if path is not None:
@@ -275,6 +300,8 @@ def linear_probe(features: Features | str | Path, l2: float = 1e-3, epochs: int 
         raise TltfError("linear probe: the features have no training split")
     if l2 < 0 or epochs < 1 or batch_size < 1:
         raise TltfError(f"linear probe: l2 >= 0, epochs >= 1 and batch_size >= 1 (got {l2}, {epochs}, {batch_size})")
+    import keras
+
     start = time.perf_counter()
     keras.utils.set_random_seed(seed)
     x_train = feats.x["train"]
