@@ -35,12 +35,13 @@ sys.meta_path.insert(0, _Block())
 '''
 
 
-def blocked_tf_env(folder: str | Path, base: dict | None = None) -> dict:
-    """An environment (``base``, default this process's) for ``subprocess.run`` in which the training stack cannot
-    be imported; ``folder`` receives the ``sitecustomize.py`` that blocks it."""
+def blocked_tf_env(folder: str | Path, base: dict | None = None, also: tuple[str, ...] = ()) -> dict:
+    """An environment (``base``, default this process's) for ``subprocess.run`` in which the training stack (and
+    the top-level packages ``also`` names) cannot be imported; ``folder`` receives the ``sitecustomize.py`` that
+    blocks them."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "sitecustomize.py").write_text(SITECUSTOMIZE.format(blocked=set(BLOCKED)))
+    (folder / "sitecustomize.py").write_text(SITECUSTOMIZE.format(blocked=set(BLOCKED) | set(also)))
     env = dict(os.environ if base is None else base)
     env["PYTHONPATH"] = os.pathsep.join([str(folder), *filter(None, [env.get("PYTHONPATH")])])
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")

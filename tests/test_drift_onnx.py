@@ -225,3 +225,14 @@ def test_what_needs_the_training_stack_or_a_features_output_is_one_line(exported
     assert result.returncode == 2, result.stderr
     assert result.stderr.count("\n") == 1 and message in result.stderr and "Traceback" not in result.stderr
     assert result.stdout == ""
+
+
+def test_without_the_drift_extra_it_says_which_extra_in_one_line(exported, tmp_path):
+    """An inference-runtime install has no scikit-learn or scipy: one line naming ``tltf[drift]``, before any image
+    is read."""
+    env = blocked_tf_env(tmp_path / "blocked", also=("sklearn", "scipy"))
+    result = _drift_blocked(exported, "--reference", exported["reference"], "--data", exported["same"], "--model",
+                            exported["onnx"], env=env)
+    assert result.returncode == 2 and result.stdout == "", result.stderr
+    assert result.stderr == ("error: tltf drift needs scikit-learn and scipy (not installed here): pip install "
+                             "'tltf[drift]'\n")

@@ -1,7 +1,7 @@
 """The TensorFlow-free runtime: what runs without the training stack, and that it gives what the TF path gives.
 
 - every runtime module imports, and ``tltf --help`` / ``tltf CMD --help`` answer, in a process where TensorFlow,
-  Keras, tf2onnx and onnx cannot be imported (a ``sitecustomize`` that refuses them, :func:`blocked_env`);
+  Keras, tf2onnx and onnx cannot be imported (``blocked_tf.blocked_tf_env``);
 - ``predict`` (files and a class-folder tree), ``bench``, and ``serve`` (v2 infer and v1 image upload) run in such a
   process and answer exactly what the full install answers;
 - Pillow decoding and resizing (:mod:`tltf.runtime.images`) against TensorFlow's (:mod:`tltf.data.images`) on
@@ -23,34 +23,25 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from blocked_tf import BLOCKED, blocked_tf_env
 from conftest import cli
 
 REPO = Path(__file__).resolve().parent.parent
-BLOCKED = ("tensorflow", "keras", "tf2onnx", "onnx", "tensorboard", "tensorflow_datasets", "tf_keras")
 #: |Pillow - TensorFlow| on the same decoded pixels (measured: at most 0.0056 of 255 on the foolbox photos at
 #: 224x224, 96x96 and 500x300), and the JPEG decoders agree exactly since the pipeline asks for the accurate DCT
 RESIZE_ATOL = 0.01
 
 
-def blocked_env(folder: Path) -> dict:
-    """An environment whose Python cannot import the training stack: a ``sitecustomize`` on ``PYTHONPATH`` that
-    refuses :data:`BLOCKED` (what a runtime-only install lacks)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "sitecustomize.py").write_text(
-        "import sys\n"
-        f"BLOCKED = {set(BLOCKED)!r}\n"
-        "class _Block:\n"
-        "    def find_spec(self, name, path=None, target=None):\n"
-        "        if name.split('.')[0] in BLOCKED:\n"
-        "            raise ImportError(f'{name} is blocked: this process must run without the training stack')\n"
-        "sys.meta_path.insert(0, _Block())\n")
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    return env | {"PYTHONPATH": f"{folder}{os.pathsep}{REPO}"}
-
-
 def run_blocked(tmp_path: Path, *args, timeout: int = 120) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, *map(str, args)], capture_output=True, text=True, timeout=timeout,
-                          env=blocked_env(tmp_path / "blocked"), cwd=tmp_path)
+                          env=_env(tmp_path), cwd=tmp_path)
+
+
+def _env(tmp_path: Path) -> dict:
+    """Without the training stack, importing this checkout's tltf whatever the working folder."""
+    env = blocked_tf_env(tmp_path / "blocked")
+    env["PYTHONPATH"] += os.pathsep + str(REPO)
+    return env
 
 
 @pytest.fixture(scope="module")
@@ -174,7 +165,7 @@ def test_serve_without_the_training_stack_answers_v2_and_v1(exported, tmp_path):
     with log.open("w") as sink:
         proc = subprocess.Popen([sys.executable, "-m", "tltf", "serve", exported["onnx"], "--port", "0",
                                  "--threads", "1"], stdout=sink, stderr=subprocess.STDOUT,
-                                env=blocked_env(tmp_path / "blocked"), cwd=tmp_path)
+                                env=_env(tmp_path), cwd=tmp_path)
     try:
         url = None
         deadline = time.monotonic() + 60

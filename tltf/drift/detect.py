@@ -73,7 +73,7 @@ def check_installed(writes_sheet: bool) -> None:
     missing = [package for module, package in wanted.items() if not installed(module)]
     if missing:
         raise TltfError(f"tltf drift needs {' and '.join(missing)} (not installed here): pip install "
-                        f"{' '.join(missing)}")
+                        "'tltf[drift]'")
 
 
 def on_runtime(model: str | None) -> bool:
