@@ -70,7 +70,27 @@ def test_cli_bench_writes_json_schema_and_png(tiny, tmp_path):
     _check_rows(data["results"], ["onnxruntime", "keras"], [1, 2])
     assert [r["batch_size"] for r in data["results"]] == [1, 1, 2, 2]  # sorted batch sizes
     assert (tmp_path / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "onnxruntime" in result.stdout and "faster than Keras" in result.stdout
+    ratio = next(s["p50_ratio"] for s in data["speedups"] if s["batch_size"] == 1)
+    words = f"{ratio:.2f}x faster" if ratio >= 1 else f"{1 / ratio:.2f}x slower"
+    assert f"batch 1: onnxruntime is {words} than Keras (p50)" in " ".join(result.stdout.split())
+
+
+def test_cli_bench_says_slower_below_1x_and_faster_above(tiny, tmp_path, monkeypatch):
+    """The verdict line follows the measured ratio: below 1x it is the inverse ratio, "slower" (it used to print
+    "0.80x faster")."""
+    import tltf.bench.runner as runner
+
+    real = runner.run_bench(tiny["onnx"], keras_model=tiny["keras"], batch_sizes=[1, 2], timing=FAST, xla=False)
+    for s in real["speedups"]:
+        s["p50_ratio"] = {1: 0.8, 2: 2.5}[s["batch_size"]]
+    monkeypatch.setattr(runner, "run_bench", lambda *args, **kwargs: real)
+    result = cli("bench", tiny["onnx"], "--keras", tiny["keras"], "--batch-sizes", "1,2", "--json",
+                 tmp_path / "b.json")
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.stdout.split())
+    assert "batch 1: onnxruntime is 1.25x slower than Keras (p50)" in text
+    assert "batch 2: onnxruntime is 2.50x faster than Keras (p50)" in text
+    assert "0.80x faster" not in text
 
 
 def test_cli_bench_times_several_onnx_files_side_by_side(tiny, tmp_path):

@@ -4,6 +4,11 @@
 import click
 
 
+def speed_words(ratio: float) -> str:
+    """``ratio`` (Keras time / this runtime's time) in words: ``"2.50x faster"``, or below 1x ``"1.25x slower"``."""
+    return f"{ratio:.2f}x faster" if ratio >= 1.0 else f"{1.0 / ratio:.2f}x slower"
+
+
 @click.command("bench")
 @click.argument("models", nargs=-1, required=True, type=click.Path(dir_okay=False))
 @click.option("--keras", "keras_model", type=click.Path(dir_okay=False),
@@ -63,7 +68,7 @@ def command(models, keras_model, batch_sizes, provider, json_out, plot_out, warm
     write(bench, json_out, png)
     for s in bench["speedups"]:
         who = s["model"] if len(models) > 1 else "onnxruntime"
-        console.print(f"batch {s['batch_size']}: {who} is {s['p50_ratio']:.2f}x faster than Keras (p50)")
+        console.print(f"batch {s['batch_size']}: {who} is {speed_words(s['p50_ratio'])} than Keras (p50)")
     if len(models) > 1:
         for f in fastest(bench["results"]):
             others = ", ".join(f"{name} {ms:.2f} ms" for name, ms in f["others"].items())
