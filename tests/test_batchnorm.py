@@ -7,8 +7,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tests.conftest import cli
-from tests.test_distribute import _toy_npz
+from conftest import cli
+from test_distribute import _toy_npz
 from tltf import backbones
 from tltf.models.classifier import backbone_layer, build_classifier
 from tltf.staging.batchnorm import recompute_batchnorm

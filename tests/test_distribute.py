@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from tests.conftest import cli
+from conftest import cli
 from tltf.distribution import Distribution, is_chief, setup
 from tltf.errors import TltfError
 from tltf.staging import preset

@@ -49,7 +49,7 @@ def test_fit_on_cached_features_matches_the_uncached_run_and_saves_a_full_model(
     The data (a bright square whose position is the class) is separable even through random conv features, so
     both runs are far from chance and the comparison means something (shapes through a random CNN sat at chance,
     where two equivalent runs differ by the noise of 150 test images)."""
-    from tests.test_distribute import _toy_npz
+    from test_distribute import _toy_npz
 
     train, test = _toy_npz(tmp_path / "train.npz", n=240, size=28), _toy_npz(tmp_path / "test.npz", n=90, size=28,
                                                                           seed=1)

@@ -5,8 +5,8 @@ import json
 import keras
 import numpy as np
 
-from tests.conftest import cli
-from tests.test_distribute import _toy_npz
+from conftest import cli
+from test_distribute import _toy_npz
 from tltf.api import load_model
 
 
