@@ -432,11 +432,18 @@ def test_sigterm_answers_the_request_in_flight_then_exits_0(servers, reference):
     with socket.create_connection((server.host, server.port), timeout=30) as sock:
         sock.sendall(b"POST /v2/models/tiny/infer HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(body))
         sock.sendall(body[:1000])
-        time.sleep(0.5)  # the server is reading this request
+        deadline = time.monotonic() + 30
+        while metric(metric_samples(server), "tltf_serve_requests_in_progress") < 2:  # this one and /metrics
+            assert time.monotonic() < deadline, "the server never began reading the request"
+            time.sleep(0.02)
         server.terminate()
-        time.sleep(0.5)
-        with pytest.raises(OSError):  # no new connections once it is shutting down
-            socket.create_connection((server.host, server.port), timeout=5).close()
+        while True:  # no new connections once it is shutting down
+            try:
+                socket.create_connection((server.host, server.port), timeout=5).close()
+            except OSError:
+                break
+            assert time.monotonic() < deadline, "the server still accepts connections after SIGTERM"
+            time.sleep(0.02)
         assert server.proc.poll() is None  # still answering the request in flight
         sock.sendall(body[1000:])
         data = b""

@@ -17,9 +17,27 @@ import click
 @click.option("--threads", default=None, type=int, help="onnxruntime threads per model [default: the CPU cores].")
 @click.option("--max-body-mb", default=64.0, show_default=True, type=float, help="Largest request body accepted.")
 @click.option("--provider", default="cpu", show_default=True, help="onnxruntime provider: cpu, cuda or tensorrt.")
+@click.option("--max-queue", default=None, type=int,
+              help="Most requests a model holds (waiting or running); beyond it a 503 with Retry-After at once "
+                   "[default: measured per model at start-up, about 1 s of work: the rows/s of one --max-batch run, "
+                   "at least 2 batches, at most 4096 (256 if the shapes are open); printed at start-up].")
+@click.option("--max-queue-mb", default=None, type=float,
+              help="Most input megabytes a model holds; beyond it a 503 [default: 256, or 4 x --max-body-mb if "
+                   "larger].")
+@click.option("--request-timeout-ms", default=0.0, show_default=True, type=float,
+              help="Deadline of a request that brings none (Triton's 'timeout' request parameter, in microseconds, "
+                   "overrides it); past it the request is not run and gets a 504 (0: no deadline).")
+@click.option("--header-timeout-s", default=10.0, show_default=True, type=float,
+              help="A connection must send a whole request head within this, or gets a 408 and is closed (a "
+                   "client that sends nothing, or a byte at a time). Real heads arrive in well under 1 ms on "
+                   "localhost.")
+@click.option("--body-timeout-s", default=30.0, show_default=True, type=float,
+              help="A request body must arrive within this, or gets a 408 and the connection is closed (slowloris); "
+                   "30 s carries a 64 MB body at 2.2 MB/s.")
 @click.option("--log-level", default="info", show_default=True, help="uvicorn's log level (warning: quieter).")
 @click.option("--access-log", is_flag=True, help="Log every request (uvicorn's access log).")
-def command(models, host, port, max_batch, max_delay_ms, threads, max_body_mb, provider, log_level, access_log):
+def command(models, host, port, max_batch, max_delay_ms, threads, max_body_mb, max_queue, max_queue_mb,
+            request_timeout_ms, header_timeout_s, body_timeout_s, provider, log_level, access_log):
     """Serve ONNX MODELS (each named by its file stem) until SIGTERM or Ctrl-C.
 
     \b
@@ -28,11 +46,15 @@ def command(models, host, port, max_batch, max_delay_ms, threads, max_body_mb, p
     Prometheus:      GET /metrics
 
     Concurrent requests are batched into one onnxruntime call (up to --max-batch rows, waiting at most
-    --max-delay-ms). Bad requests get a 4xx with {"error": "..."}; the server stays up.
+    --max-delay-ms). Bad requests get a 4xx with {"error": "..."}; the server stays up. Under load a model
+    holds at most --max-queue requests (503 beyond); a request past its deadline gets a 504 and is not run;
+    clients too slow to send their request are cut off (408). The routes: GET /v2/openapi.json.
     """
     from tltf.serve import serve
 
     if max_delay_ms is None:
         max_delay_ms = 0.0 if provider == "cpu" else 5.0
     serve(models, host=host, port=port, max_batch=max_batch, max_delay_ms=max_delay_ms, threads=threads,
-          max_body_mb=max_body_mb, provider=provider, log_level=log_level, access_log=access_log)
+          max_body_mb=max_body_mb, provider=provider, log_level=log_level, access_log=access_log,
+          max_queue=max_queue, max_queue_mb=max_queue_mb, request_timeout_ms=request_timeout_ms,
+          header_timeout_s=header_timeout_s, body_timeout_s=body_timeout_s)

@@ -8,19 +8,25 @@
 ``POST /v2/models/{name}[/versions/1]/infer``               inference: JSON tensors, binary data, classification
 ``POST /v1/models/{name}/predict[?top=5]``                  multipart image files -> ``tltf predict --json``'s list
 ``GET /metrics``                                            Prometheus text format (:mod:`tltf.serve.metrics`)
+``GET /v2/openapi.json``                                    these routes, OpenAPI 3.0 (:mod:`tltf.serve.openapi`)
 ==========================================================  =========================================================
 
-Every refusal is ``{"error": "<one line>"}`` with a 4xx status (5xx only for the server's own failures): unknown
-model or route 404, wrong method 405, a malformed or mismatched request 400, an oversized body 413, an
-unsupported ``Content-Encoding`` 415. Inference goes through each model's :class:`tltf.serve.batcher.Batcher`;
-parsing a large JSON body, decoding images and encoding large outputs run in worker threads, so the event loop
-stays free to read other requests.
+Every refusal is ``{"error": "<one line>"}`` with a 4xx status (5xx only for the server's own failures and the
+refusals under load): unknown model or route 404, wrong method 405, a malformed or mismatched request 400, a body
+too slow to arrive 408, an oversized body 413, an unsupported ``Content-Encoding`` 415, a model holding all it
+admits 503 with ``Retry-After`` (:mod:`tltf.serve.admission`), a deadline passed before the request ran 504.
+Inference goes through each model's :class:`tltf.serve.batcher.Batcher`; parsing a large JSON body, decoding
+images and encoding large outputs run in worker threads, so the event loop stays free to read other requests.
+While a request waits for its batch, its connection is watched: a client that goes away takes its request out
+of the queue (it is never run; metrics count it as 499, nginx's "client closed request").
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
+import time
 
 import numpy as np
 from starlette.applications import Starlette
@@ -32,11 +38,13 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from tltf.runtime.outputs import top_k
+from tltf.serve.admission import Admission, default_max_bytes, default_max_requests, timeout_of
 from tltf.serve.batcher import Batcher
 from tltf.serve.errors import ApiError, one_line
 from tltf.serve.limits import BodyLimitMiddleware, inflate
 from tltf.serve.metrics import MetricsMiddleware, ServeMetrics
 from tltf.serve.models import ServedModel
+from tltf.serve.openapi import openapi_document
 from tltf.serve.protocol import DATATYPES, HEADER_LENGTH, RequestedOutput, classification, \
     encode_infer_response, parse_infer_request
 
@@ -46,6 +54,8 @@ THREAD_OUTPUT_ELEMENTS = 1 << 16
 #: at most this many files in one /v1 predict request
 MAX_FILES = 256
 EXTENSIONS = ["binary_tensor_data", "classification"]
+#: the status a request whose client went away is counted with (nobody reads it)
+CLIENT_GONE = 499
 
 
 def error_response(status: int, message: str, headers: dict | None = None) -> JSONResponse:
@@ -53,14 +63,31 @@ def error_response(status: int, message: str, headers: dict | None = None) -> JS
     return JSONResponse({"error": one_line(message)}, status, headers=headers)
 
 
+def admissions(models: dict[str, ServedModel], max_batch: int, max_queue: int | None, max_queue_bytes: int | None,
+               max_body_bytes: int) -> dict[str, Admission]:
+    """Each model's bounds: ``max_queue`` requests (``None``: measured per model, :mod:`tltf.serve.admission`)
+    and ``max_queue_bytes`` (``None``: the default for ``max_body_bytes``)."""
+    return {name: Admission(name, max_queue or default_max_requests(model.rows_per_s, max_batch),
+                            max_queue_bytes or default_max_bytes(max_body_bytes), model.rows_per_s)
+            for name, model in models.items()}
+
+
 def build_app(models: dict[str, ServedModel], max_batch: int = 32, max_delay_ms: float = 5.0,
-              max_body_bytes: int = 64 << 20, on_ready=None) -> Starlette:
+              max_body_bytes: int = 64 << 20, on_ready=None, max_queue: int | None = None,
+              max_queue_bytes: int | None = None, request_timeout_s: float | None = None,
+              body_timeout_s: float | None = None) -> Starlette:
     """The app serving ``models`` (``{name: ServedModel}``), with its own metrics registry (``app.state.metrics``)
-    and one batcher per model (``app.state.batchers``), started and stopped by the app's lifespan."""
+    and one batcher per model (``app.state.batchers``, bounded by ``app.state.admissions``), started and stopped
+    by the app's lifespan. ``request_timeout_s`` is the deadline of a request that brings none (``None``: none);
+    ``body_timeout_s`` bounds the time a body may take to arrive (``None``: unbounded)."""
     metrics = ServeMetrics()
+    bounds = admissions(models, max_batch, max_queue, max_queue_bytes, max_body_bytes)
     batchers = {name: Batcher(model.run, max_batch, max_delay_ms / 1000.0, model.batchable,
-                              metrics.batch_observer(name), name) for name, model in models.items()}
+                              metrics.batch_observer(name), name, bounds[name]) for name, model in models.items()}
+    for name, batcher in batchers.items():
+        metrics.watch_queue(name, batcher)
     serving = {"ready": False}
+    document = {}
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
@@ -103,6 +130,13 @@ def build_app(models: dict[str, ServedModel], max_batch: int = 32, max_delay_ms:
     async def model_metadata(request: Request) -> Response:
         return JSONResponse(model_of(request).metadata())
 
+    async def openapi(request: Request) -> Response:
+        if not document:
+            from tltf import __version__
+
+            document.update(openapi_document(list(models), __version__))
+        return JSONResponse(document)
+
     async def model_ready(request: Request) -> Response:
         model = model_of(request)
         if not serving["ready"] or not batchers[model.name].running:
@@ -112,6 +146,7 @@ def build_app(models: dict[str, ServedModel], max_batch: int = 32, max_delay_ms:
     # --- inference -------------------------------------------------------------------------------------------------
 
     async def infer(request: Request) -> Response:
+        arrived = time.monotonic()  # the head is in: a deadline counts from here
         model = model_of(request)
         body = inflate(await request.body(), request.headers.get("content-encoding"), max_body_bytes)
         header_length = request.headers.get(HEADER_LENGTH)
@@ -122,7 +157,9 @@ def build_app(models: dict[str, ServedModel], max_batch: int = 32, max_delay_ms:
         del body
         rows = model.check_inputs(parsed.inputs)
         wanted = requested_outputs(model, parsed.outputs, parsed.binary_output)
-        values = await batchers[model.name].submit(parsed.inputs, rows)
+        timeout = timeout_of(parsed.parameters, request_timeout_s)
+        values = await unless_gone(request, batchers[model.name].submit(
+            parsed.inputs, rows, None if timeout is None else arrived + timeout, timeout))
         outputs = [(o.name, output_value(model, o, values[o.name]), bool(o.binary)) for o in wanted]
         if sum(v.size for _, v, binary in outputs if not binary) > THREAD_OUTPUT_ELEMENTS:
             content, headers = await run_in_threadpool(encode_infer_response, model.name, parsed.id, outputs)
@@ -134,6 +171,7 @@ def build_app(models: dict[str, ServedModel], max_batch: int = 32, max_delay_ms:
         from tltf.runtime.outputs import class_probabilities
         from tltf.serve.images import decode_uploads
 
+        arrived = time.monotonic()
         model = model_of(request)
         if model.image_size is None:
             raise ApiError(400, f"model {model.name!r} is not a tltf image classifier ({model.not_images})")
@@ -150,7 +188,9 @@ def build_app(models: dict[str, ServedModel], max_batch: int = 32, max_delay_ms:
         pixels = await run_in_threadpool(decode_uploads, uploads, model.image_size)
         spec = model.inputs[0]
         feeds = {spec.name: pixels.astype(DATATYPES[spec.datatype], copy=False)}
-        values = await batchers[model.name].submit(feeds, model.check_inputs(feeds))
+        deadline = None if request_timeout_s is None else arrived + request_timeout_s
+        values = await unless_gone(request, batchers[model.name].submit(feeds, model.check_inputs(feeds), deadline,
+                                                                         request_timeout_s))
         best = {}
         for output in [name for name, _ in model.tasks] if model.tasks else model.output_names[:1]:
             probs = class_probabilities(values[output])
@@ -173,9 +213,14 @@ def build_app(models: dict[str, ServedModel], max_batch: int = 32, max_delay_ms:
 
     # --- errors --------------------------------------------------------------------------------------------------
 
+    def count_rejected(request: Request, reason: str) -> None:
+        name = request.path_params.get("name", "")
+        metrics.rejected.labels(name if name in models else "", reason).inc()
+
     async def api_error(request: Request, exc: ApiError) -> Response:
-        headers = {"Connection": "close"} if exc.status == 413 else None
-        return error_response(exc.status, exc.message, headers)
+        if exc.reason:
+            count_rejected(request, exc.reason)
+        return error_response(exc.status, exc.message, exc.headers or None)
 
     async def http_error(request: Request, exc: HTTPException) -> Response:
         if exc.status_code == 404:
@@ -187,7 +232,8 @@ def build_app(models: dict[str, ServedModel], max_batch: int = 32, max_delay_ms:
         return error_response(exc.status_code, message, getattr(exc, "headers", None))
 
     async def disconnected(request: Request, exc: ClientDisconnect) -> Response:  # nobody reads it; no traceback
-        return error_response(400, "the client disconnected before sending the whole request")
+        count_rejected(request, "disconnected")
+        return error_response(CLIENT_GONE, "the client disconnected before its answer")
 
     async def internal_error(request: Request, exc: Exception) -> Response:
         return error_response(500, f"internal error ({type(exc).__name__})")
@@ -206,16 +252,45 @@ def build_app(models: dict[str, ServedModel], max_batch: int = 32, max_delay_ms:
         Route(f"{versioned}/infer", infer, methods=["POST"]),
         Route("/v1/models/{name}/predict", predict, methods=["POST"]),
         Route("/metrics", metrics_endpoint, methods=["GET"]),
+        Route("/v2/openapi.json", openapi, methods=["GET"]),
     ]
     app = Starlette(routes=routes, lifespan=lifespan,
                     middleware=[Middleware(MetricsMiddleware, metrics=metrics, models=models),
-                                Middleware(BodyLimitMiddleware, max_bytes=max_body_bytes)],
+                                Middleware(BodyLimitMiddleware, max_bytes=max_body_bytes,
+                                           body_timeout=body_timeout_s)],
                     exception_handlers={ApiError: api_error, HTTPException: http_error, ClientDisconnect: disconnected,
                                         Exception: internal_error})
     app.state.metrics = metrics
     app.state.batchers = batchers
     app.state.models = models
+    app.state.admissions = bounds
     return app
+
+
+async def unless_gone(request: Request, waiting):
+    """The result of ``waiting`` (a batcher's ``submit``), unless the client disconnects first: then ``waiting``
+    is cancelled (its request leaves the queue, never runs) and :class:`ClientDisconnect` is raised. Once the body
+    has been read, the next ASGI message can only be ``http.disconnect``."""
+    answer = asyncio.ensure_future(waiting)
+    gone = asyncio.ensure_future(_disconnect(request))
+    try:
+        await asyncio.wait({answer, gone}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        if not answer.done():  # the client left, or this handler was cancelled: the request must not stay queued
+            answer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await answer
+        gone.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await gone
+    if answer.cancelled():
+        raise ClientDisconnect()
+    return answer.result()
+
+
+async def _disconnect(request: Request) -> None:
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 def requested_outputs(model: ServedModel, outputs: list[RequestedOutput] | None, binary_default: bool

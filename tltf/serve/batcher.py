@@ -13,6 +13,12 @@ form under load); ``max_batch=1`` turns batching off. A request larger than ``ma
 Only requests whose inputs agree in everything but the batch dimension (shape and dtype) share a run; others
 wait for the next. If a batch fails (onnxruntime refuses it), its requests are re-run one by one, so one bad
 request cannot fail the others.
+
+What a batcher holds is bounded (:class:`tltf.serve.admission.Admission`: requests and bytes, waiting or running;
+beyond it a 503 at once). A caller that stops waiting -- its deadline passed (504), its client went away (the app
+cancels it) -- leaves at once: it is taken out of the queue (or out of the batch being gathered), its slot is
+free, and it is never run; if its batch is already running, its rows are dropped when it ends. Each caller gets
+its own future, so rows only ever go back to the caller who sent them.
 """
 
 from __future__ import annotations
@@ -27,17 +33,22 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from tltf.serve.admission import Admission, DeadlineExceeded
 from tltf.serve.errors import ApiError
 
 Arrays = dict[str, np.ndarray]
 
 
-@dataclass
+@dataclass(eq=False)  # compared by identity: the queue removes this very request
 class _Pending:
     inputs: Arrays
     rows: int
     future: asyncio.Future
     arrived: float = field(default_factory=time.monotonic)
+    deadline: float | None = None  # time.monotonic() past which it must not run
+    timeout: float = 0.0  # the seconds it was given (for the message)
+    nbytes: int = 0
+    running: bool = False  # handed to the worker thread: its inputs stay until the run ends
 
     @property
     def key(self) -> tuple:
@@ -49,13 +60,20 @@ class Batcher:
     """Gathers requests for ``run`` (inputs -> outputs, each with a leading batch dimension) into batches.
 
     ``on_batch(rows, requests, seconds)`` is called after each run (for metrics); ``batchable=False`` (a graph
-    with a fixed batch dimension) runs each request alone.
+    with a fixed batch dimension) runs each request alone; ``admission`` bounds what it holds (none: unbounded).
     """
 
     def __init__(self, run: Callable[[Arrays], Arrays], max_batch: int = 32, max_delay: float = 0.005,
                  batchable: bool = True, on_batch: Callable[[int, int, float], None] | None = None,
-                 name: str = "model"):
+                 name: str = "model", admission: Admission | None = None):
         self.run = run
+        self.admission = admission
+        #: requests (and their rows and input bytes) admitted and not yet answered: waiting or running
+        self.held_requests = 0
+        self.held_rows = 0
+        self.held_bytes = 0
+        #: requests in the batch running now
+        self.running_requests = 0
         self.max_batch = max(1, int(max_batch)) if batchable else 1
         self.max_delay = max(0.0, float(max_delay))
         self.on_batch = on_batch
@@ -92,14 +110,44 @@ class Batcher:
 
     # --- callers -----------------------------------------------------------------------------------------------
 
-    async def submit(self, inputs: Arrays, rows: int) -> Arrays:
-        """Queue one request (``rows`` = its batch dimension) and wait for its own rows of every output."""
+    async def submit(self, inputs: Arrays, rows: int, deadline: float | None = None, timeout: float | None = None
+                     ) -> Arrays:
+        """Queue one request (``rows`` = its batch dimension) and wait for its own rows of every output.
+
+        A 503 :class:`tltf.serve.admission.QueueFull` at once if the model holds all it admits; a 504
+        :class:`DeadlineExceeded` once ``deadline`` (``time.monotonic()``; ``timeout`` seconds is only for the
+        message) passes before the request ran. Cancelling the caller takes the request out as well."""
         if not self.running:
             raise ApiError(503, f"model {self.name!r} is not ready")
-        item = _Pending(inputs, int(rows), asyncio.get_running_loop().create_future())
+        nbytes = sum(int(a.nbytes) for a in inputs.values())
+        if self.admission is not None:
+            self.admission.check(self.held_requests, self.held_bytes, self.held_rows, nbytes)
+        if deadline is not None and deadline <= time.monotonic():
+            raise DeadlineExceeded(self.name, timeout or 0.0)
+        item = _Pending(inputs, int(rows), asyncio.get_running_loop().create_future(), deadline=deadline,
+                        timeout=timeout or 0.0, nbytes=nbytes)
+        self.held_requests += 1
+        self.held_rows += item.rows
+        self.held_bytes += nbytes
         self._queue.append(item)
         self._wake_up()
-        return await item.future
+        try:
+            if deadline is None:
+                return await item.future
+            try:
+                return await asyncio.wait_for(item.future, deadline - time.monotonic())
+            except asyncio.TimeoutError:
+                raise DeadlineExceeded(self.name, timeout or 0.0) from None
+        finally:  # answered, timed out or cancelled: the slot is free and a queued request leaves the queue
+            self.held_requests -= 1
+            self.held_rows -= item.rows
+            self.held_bytes -= nbytes
+            if not item.future.done():
+                item.future.cancel()
+            with contextlib.suppress(ValueError):
+                self._queue.remove(item)
+            if not item.running:
+                item.inputs = {}  # a batch being gathered may still list it: let the arrays go now
 
     def _wake_up(self) -> None:
         if self._wake is not None:
@@ -110,11 +158,18 @@ class Batcher:
     async def _gather_forever(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            batch = await self._next_batch()
+            batch = self._still_wanted(await self._next_batch())
+            if not batch:
+                continue
+            for item in batch:
+                item.running = True
+            self.running_requests = len(batch)
             try:
                 results = await loop.run_in_executor(self._executor, self._run_batch, batch)
             except Exception as e:  # not expected: _run_batch returns exceptions; never let the loop die
                 results = [ApiError(500, f"model {self.name!r}: batch failed ({type(e).__name__}: {e})")] * len(batch)
+            finally:
+                self.running_requests = 0
             for item, result in zip(batch, results):
                 if item.future.done():  # the caller went away
                     continue
@@ -123,13 +178,30 @@ class Batcher:
                 else:
                     item.future.set_result(result)
 
+    def _still_wanted(self, batch: list[_Pending]) -> list[_Pending]:
+        """The requests of a gathered batch whose callers still wait and whose deadlines have not passed (those
+        are answered 504 here: they must not run)."""
+        now = time.monotonic()
+        wanted = []
+        for item in batch:
+            if item.future.done():
+                continue
+            if item.deadline is not None and item.deadline <= now:
+                item.future.set_exception(DeadlineExceeded(self.name, item.timeout))
+                continue
+            wanted.append(item)
+        return wanted
+
     async def _next_batch(self) -> list[_Pending]:
         """The oldest request and those that can join it: up to ``max_batch`` rows, waiting at most until the
         oldest has waited ``max_delay``."""
-        while not self._queue:
-            self._wake.clear()
-            await self._wake.wait()
-        first = self._queue.popleft()
+        while True:
+            while not self._queue:
+                self._wake.clear()
+                await self._wake.wait()
+            first = self._queue.popleft()
+            if not first.future.done():
+                break
         batch, rows = [first], first.rows
         if rows >= self.max_batch:
             return batch
@@ -138,6 +210,8 @@ class Batcher:
         while rows < self.max_batch:
             if self._queue:
                 item = self._queue.popleft()
+                if item.future.done():
+                    continue
                 if item.key != key:
                     skipped.append(item)
                     continue

@@ -10,12 +10,18 @@ from __future__ import annotations
 
 
 class ApiError(Exception):
-    """A request the server refuses: ``status`` (4xx for the client's mistakes, 5xx for ours) and one line."""
+    """A request the server refuses: ``status`` (4xx for the client's mistakes, 5xx for ours) and one line.
 
-    def __init__(self, status: int, message: str):
+    ``headers`` go out with the answer (``Retry-After`` of a 503); ``reason`` (``queue_full``, ``deadline``, ...)
+    marks a refusal the server chose under load, counted in ``tltf_serve_rejected_total``."""
+
+    reason: str | None = None
+
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None):
         super().__init__(message)
         self.status = int(status)
         self.message = one_line(message)
+        self.headers = dict(headers or {})
 
 
 def one_line(message: str, limit: int = 300) -> str:

@@ -1,13 +1,21 @@
-"""Request bodies, bounded: no client makes the server hold more than ``max_body`` bytes of one request.
+"""Request bodies, bounded in size and in time: no client makes the server hold more than ``max_body`` bytes of one
+request, or hold a request open longer than ``body_timeout`` seconds while it trickles its body in.
 
-The limit is checked twice: from ``Content-Length`` before anything is read (a 413 goes back at once, and the
+The size limit is checked twice: from ``Content-Length`` before anything is read (a 413 goes back at once, and the
 connection is closed rather than drained), and while the body streams in (a chunked upload without a length is
 cut off as soon as it passes the limit). A compressed infer request (``Content-Encoding: gzip`` or ``deflate``,
 which ``tritonclient`` can send) is inflated under the same limit, so a small zip bomb is refused too.
+
+The time limit runs from the moment the request's head has arrived: a body not complete ``body_timeout`` seconds
+later (a client sending a byte a second, or stopping half-way) is answered ``408 Request Timeout`` and the
+connection is closed. Nothing of such a request reaches a batcher: inference starts only once the whole body is
+in. (A client that sends nothing, or its head a byte at a time, is :mod:`tltf.serve.connections`' business.)
 """
 
 from __future__ import annotations
 
+import asyncio
+import time
 import zlib
 
 from tltf.serve.errors import ApiError
@@ -15,16 +23,29 @@ from tltf.serve.errors import ApiError
 
 class BodyTooLarge(ApiError):
     def __init__(self, limit: int, what: str = "the request body"):
-        super().__init__(413, f"{what} is larger than the {limit:,}-byte limit (--max-body-mb)")
+        super().__init__(413, f"{what} is larger than the {limit:,}-byte limit (--max-body-mb)",
+                         {"Connection": "close"})
+
+
+class BodyTimeout(ApiError):
+    """408: the body did not arrive in time; the connection is closed (the rest of it is not waited for)."""
+
+    reason = "body_timeout"
+
+    def __init__(self, seconds: float, received: int):
+        super().__init__(408, f"the request body did not arrive within {seconds:g} s ({received:,} bytes came; "
+                              "--body-timeout-s)", {"Connection": "close"})
 
 
 class BodyLimitMiddleware:
     """ASGI middleware: a 413 for a declared ``Content-Length`` over ``max_bytes``; :class:`BodyTooLarge` from
-    ``receive`` once a streamed body passes it (the app answers that like any :class:`ApiError`)."""
+    ``receive`` once a streamed body passes it, :class:`BodyTimeout` once ``body_timeout`` seconds (``None``: no
+    limit) have passed without the whole body (the app answers both like any :class:`ApiError`)."""
 
-    def __init__(self, app, max_bytes: int):
+    def __init__(self, app, max_bytes: int, body_timeout: float | None = None):
         self.app = app
         self.max_bytes = int(max_bytes)
+        self.body_timeout = body_timeout or None
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -38,15 +59,23 @@ class BodyLimitMiddleware:
             response = JSONResponse({"error": error.message}, error.status, headers={"Connection": "close"})
             await response(scope, receive, send)
             return
-        received = 0
+        received, complete = 0, False
+        deadline = None if self.body_timeout is None else time.monotonic() + self.body_timeout
 
         async def limited_receive():
-            nonlocal received
-            message = await receive()
+            nonlocal received, complete
+            if complete or deadline is None:  # after the body: waiting for a disconnect takes as long as it takes
+                message = await receive()
+            else:
+                try:
+                    message = await asyncio.wait_for(receive(), deadline - time.monotonic())
+                except asyncio.TimeoutError:
+                    raise BodyTimeout(self.body_timeout, received) from None
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_bytes:
                     raise BodyTooLarge(self.max_bytes)
+                complete = not message.get("more_body", False)
             return message
 
         await self.app(scope, limited_receive, send)

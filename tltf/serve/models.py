@@ -9,7 +9,9 @@ endpoint's 400 message.
 Sessions come from :func:`tltf.runtime.onnx_model.make_session` (the tuned options of ``tltf bench``) with one
 exception: intra-op threads never spin-wait, because the event loop that parses requests shares the cores
 (spinning workers would take them from it between batches). A model runs once at load time (zeros, batch 1)
-when its shapes are known, so a graph that loads but cannot run fails the command, not the first request.
+when its shapes are known, so a graph that loads but cannot run fails the command, not the first request; then
+it runs once more with ``max_batch`` rows, timed: :attr:`ServedModel.rows_per_s`, from which the default bound on
+queued requests is set (:mod:`tltf.serve.admission`) and a 503's ``Retry-After`` estimated.
 """
 
 from __future__ import annotations
@@ -72,16 +74,31 @@ class ServedModel:
         #: the class names of each output that has them (a multitask file: every task's)
         self.output_classes = (dict(self.tasks) if self.tasks else
                                {self.output_names[0]: self.class_names} if self.class_names else {})
-        self._warm_up()
+        #: rows per second of one ``max_batch``-row run, timed at load (None: the shapes are not all known)
+        self.rows_per_s: float | None = None
+        self._warm_up(max_batch)
 
-    def _warm_up(self) -> None:
+    def _warm_up(self, max_batch: int) -> None:
+        import time
+
         from tltf.runtime.onnx_model import run_failure
 
         if not all(d > 0 for s in self.inputs for d in s.shape[1:]):
             return  # an open dimension besides the batch: no shape to run it with
-        feeds = {s.name: np.zeros((1, *s.shape[1:]) if s.shape else (), DATATYPES[s.datatype]) for s in self.inputs}
+        rows = max(1, int(max_batch)) if self.batchable else 1
+
+        def feeds(n):
+            return {s.name: np.zeros((n, *s.shape[1:]) if s.shape else (), DATATYPES[s.datatype])
+                    for s in self.inputs}
+
         try:
-            self.session.run(None, feeds)
+            self.session.run(None, feeds(1))
+            batch, seconds = feeds(rows), []
+            for _ in range(2):  # the first run of a new shape also allocates: the faster one is the rate
+                start = time.perf_counter()
+                self.session.run(None, batch)
+                seconds.append(time.perf_counter() - start)
+            self.rows_per_s = rows / max(min(seconds), 1e-6)
         except Exception as e:  # onnxruntime's Fail, InvalidArgument, ...
             raise TltfError(f"{self.path}: onnxruntime failed to run it ({run_failure(e)})") from None
 

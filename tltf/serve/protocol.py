@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import math
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -39,6 +39,9 @@ ORT_TO_V2 = {"tensor(bool)": "BOOL", "tensor(uint8)": "UINT8", "tensor(uint16)":
              "tensor(int16)": "INT16", "tensor(int32)": "INT32", "tensor(int64)": "INT64",
              "tensor(float16)": "FP16", "tensor(float)": "FP32", "tensor(double)": "FP64",
              "tensor(string)": "BYTES", "tensor(bfloat16)": "BF16"}
+#: no tensor's shape may describe more bytes than this (with its zero dimensions left out: numpy cannot make
+#: an array of shape [0, 2**40, 2**40] either), whatever its data
+MAX_TENSOR_BYTES = 1 << 40
 #: the header that says how many bytes of the body are JSON (binary tensor data extension)
 HEADER_LENGTH = "Inference-Header-Content-Length"
 
@@ -61,6 +64,7 @@ class InferRequest:
     id: str | None = None
     outputs: list[RequestedOutput] | None = None
     binary_output: bool = False
+    parameters: dict = field(default_factory=dict)  # the request's own (``timeout``, ``binary_data_output``, ...)
 
 
 def parse_infer_request(body: bytes, header_length: str | None = None) -> InferRequest:
@@ -98,7 +102,7 @@ def parse_infer_request(body: bytes, header_length: str | None = None) -> InferR
     if request_id is not None and not isinstance(request_id, str):
         raise ApiError(400, "'id' must be a string")
     return InferRequest(arrays, request_id, _parse_outputs(message.get("outputs")),
-                        bool(parameters.get("binary_data_output", False)))
+                        bool(parameters.get("binary_data_output", False)), parameters)
 
 
 def _load_json(data: bytes):
@@ -135,6 +139,8 @@ def _parse_input(i: int, tensor, binary: memoryview, offset: int) -> tuple[str, 
                             f"{json.dumps(shape)[:60]}")
     count = math.prod(shape)
     dtype = DATATYPES[datatype]
+    if math.prod(d for d in shape if d) * dtype.itemsize > MAX_TENSOR_BYTES:  # numpy refuses such a shape even
+        raise ApiError(400, f"input {name!r}: shape {json.dumps(shape)[:60]} is too large")  # with a zero in it
     parameters = tensor.get("parameters") or {}
     if not isinstance(parameters, dict):
         raise ApiError(400, f"input {name!r}: 'parameters' must be a JSON object")

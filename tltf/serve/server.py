@@ -9,6 +9,12 @@ SIGTERM or Ctrl-C stop it gracefully (uvicorn's shutdown): new connections are r
 answered (their batches still run), then the batchers stop and the command exits with status 0. uvicorn re-raises
 the stopping signal once it is done; a no-op handler installed around it keeps that from killing the process
 with the signal's status. A drain that takes longer than :data:`GRACEFUL_SHUTDOWN_S` is cut short.
+
+Hostile clients meet bounds on every side: a connection must send its request head within ``header_timeout_s``
+(:mod:`tltf.serve.connections`), its body within ``body_timeout_s`` (:mod:`tltf.serve.limits`), an idle
+keep-alive connection is closed after :data:`KEEP_ALIVE_S`; each model holds at most ``max_queue`` requests and
+``max_queue_mb`` of input (:mod:`tltf.serve.admission`: 503 beyond), and a request waits for its batch at most
+its deadline (``request_timeout_ms`` or its own ``timeout`` parameter: 504 past it).
 """
 
 from __future__ import annotations
@@ -24,12 +30,19 @@ from tltf.errors import TltfError
 
 #: seconds uvicorn waits for in-flight requests after SIGTERM before cancelling them
 GRACEFUL_SHUTDOWN_S = 30
+#: seconds an idle keep-alive connection stays open (uvicorn's default)
+KEEP_ALIVE_S = 5
+#: defaults of the client timeouts (see the CLI's help for the measurements behind them)
+HEADER_TIMEOUT_S = 10.0
+BODY_TIMEOUT_S = 30.0
 BACKLOG = 2048
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 
 
 def check_options(port: int, max_batch: int, max_delay_ms: float, threads: int | None, max_body_mb: float,
-                  log_level: str) -> None:
+                  log_level: str, max_queue: int | None = None, max_queue_mb: float | None = None,
+                  request_timeout_ms: float = 0.0, header_timeout_s: float = HEADER_TIMEOUT_S,
+                  body_timeout_s: float = BODY_TIMEOUT_S) -> None:
     """One-line :class:`TltfError` for an option out of range."""
     if not 0 <= port <= 65535:
         raise TltfError(f"--port {port}: must be between 0 (any free port) and 65535")
@@ -43,6 +56,15 @@ def check_options(port: int, max_batch: int, max_delay_ms: float, threads: int |
         raise TltfError(f"--max-body-mb {max_body_mb:g}: must be above 0 and at most 4096")
     if log_level not in LOG_LEVELS:
         raise TltfError(f"--log-level {log_level}: choose from {', '.join(LOG_LEVELS)}")
+    if max_queue is not None and max_queue < 1:
+        raise TltfError(f"--max-queue {max_queue}: must be at least 1")
+    if max_queue_mb is not None and not 0 < max_queue_mb <= 1 << 20:
+        raise TltfError(f"--max-queue-mb {max_queue_mb:g}: must be above 0 and at most {1 << 20}")
+    if not 0 <= request_timeout_ms <= 3_600_000:
+        raise TltfError(f"--request-timeout-ms {request_timeout_ms:g}: must be between 0 (none) and 3600000")
+    for option, value in (("--header-timeout-s", header_timeout_s), ("--body-timeout-s", body_timeout_s)):
+        if not 0 < value <= 3600:
+            raise TltfError(f"{option} {value:g}: must be above 0 and at most 3600")
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -76,14 +98,20 @@ def url_of(sock: socket.socket) -> str:
 
 def serve(models, host: str = "127.0.0.1", port: int = 8000, max_batch: int = 32, max_delay_ms: float = 5.0,
           threads: int | None = None, max_body_mb: float = 64.0, provider: str = "cpu", log_level: str = "info",
-          access_log: bool = False) -> None:
-    """Serve ONNX ``models`` (paths; each named by its file stem) until SIGTERM or Ctrl-C; see the module doc."""
-    check_options(port, max_batch, max_delay_ms, threads, max_body_mb, log_level)
+          access_log: bool = False, max_queue: int | None = None, max_queue_mb: float | None = None,
+          request_timeout_ms: float = 0.0, header_timeout_s: float = HEADER_TIMEOUT_S,
+          body_timeout_s: float = BODY_TIMEOUT_S) -> None:
+    """Serve ONNX ``models`` (paths; each named by its file stem) until SIGTERM or Ctrl-C; see the module doc.
+    ``max_queue=None`` measures each model's bound; ``max_queue_mb=None`` takes the default for ``max_body_mb``;
+    ``request_timeout_ms=0``: no deadline unless a request brings its own."""
+    check_options(port, max_batch, max_delay_ms, threads, max_body_mb, log_level, max_queue, max_queue_mb,
+                  request_timeout_ms, header_timeout_s, body_timeout_s)
     sock = bind(host, port)
     try:
         import uvicorn
 
         from tltf.serve.app import build_app
+        from tltf.serve.connections import guarded_h11
         from tltf.serve.models import load_models
 
         loaded = load_models(models, provider, threads, max_batch)
@@ -92,15 +120,32 @@ def serve(models, host: str = "127.0.0.1", port: int = 8000, max_batch: int = 32
         def announce() -> None:
             names = ", ".join(f"{name} ({'v2, v1 images' if m.image_size else 'v2'})" for name, m in loaded.items())
             print(f"tltf serve: {url}  models: {names}  max batch {max_batch}, max delay {max_delay_ms:g} ms, "
-                  f"body limit {max_body_mb:g} MB", file=sys.stderr, flush=True)
+                  f"body limit {max_body_mb:g} MB; {describe_bounds(app.state.admissions, max_queue)}; request "
+                  f"timeout {f'{request_timeout_ms:g} ms' if request_timeout_ms else 'none'}; client timeouts: head "
+                  f"{header_timeout_s:g} s, body {body_timeout_s:g} s, keep-alive {KEEP_ALIVE_S} s",
+                  file=sys.stderr, flush=True)
 
-        app = build_app(loaded, max_batch, max_delay_ms, int(max_body_mb * (1 << 20)), on_ready=announce)
+        app = build_app(loaded, max_batch, max_delay_ms, int(max_body_mb * (1 << 20)), on_ready=announce,
+                        max_queue=max_queue, max_queue_bytes=None if max_queue_mb is None else int(
+                            max_queue_mb * (1 << 20)), request_timeout_s=request_timeout_ms / 1000 or None,
+                        body_timeout_s=body_timeout_s)
+        rejected = app.state.metrics.rejected.labels("", "head_timeout")
         config = uvicorn.Config(app, log_level=log_level, access_log=access_log, lifespan="on",
-                                timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S, backlog=BACKLOG)
+                                timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S, backlog=BACKLOG,
+                                http=guarded_h11(header_timeout_s, rejected.inc), timeout_keep_alive=KEEP_ALIVE_S)
         with _exit_cleanly_on_signals():
             uvicorn.Server(config).run(sockets=[sock])
     finally:
         sock.close()
+
+
+def describe_bounds(bounds, max_queue: int | None) -> str:
+    """The start-up line's account of each model's queue bound (and, when measured, the rate it came from)."""
+    parts = []
+    for name, b in bounds.items():
+        rate = f", measured {b.rows_per_s:,.0f} rows/s" if max_queue is None and b.rows_per_s else ""
+        parts.append(f"{name} {b.max_requests} requests / {b.max_bytes / (1 << 20):g} MB{rate}")
+    return "queue per model: " + ", ".join(parts)
 
 
 @contextlib.contextmanager
