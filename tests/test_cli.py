@@ -48,7 +48,11 @@ def test_fit_writes_a_complete_run_folder_and_evaluate_reads_it(image_folder, tm
     result = cli("evaluate", out / "model.keras", "--data", image_folder, "--json")
     report = json.loads(result.stdout)
     assert report["n"] == 36 and set(report["per_class"]) == {"circle", "square", "triangle"}
-    assert 0.0 <= report["accuracy"] <= 1.0 and np.array(report["confusion"]).sum() == 36
+    confusion = np.array(report["confusion"])  # rows: the true class, columns: the prediction
+    assert confusion.sum() == 36 and confusion.sum(axis=1).tolist() == [12, 12, 12]
+    assert report["accuracy"] == pytest.approx(np.trace(confusion) / 36, abs=1e-12)
+    assert [report["per_class"][name] for name in report["classes"]] == pytest.approx(
+        np.diag(confusion) / 12, abs=1e-12)
     # a finished run is not overwritten by accident
     again = cli("fit", "--data", image_folder, *FAST, "--epochs", "2", "--out", out)
     assert again.exit_code == 2 and "already holds a finished run" in again.stderr

@@ -180,20 +180,38 @@ def test_cli_unlabelled_folder_and_contact_sheet(shapes_npz, tmp_path):
 
 
 def test_cli_model_estimates_label_shift(shapes_npz, tmp_path):
+    """A planted label shift that BBSE must recover exactly: the new data are the reference images themselves,
+    class 0 three times over, class 1 once, class 2 not at all. Their predictions are then exactly C w for the
+    class weights w, so any invertible confusion matrix C -- here a random network's, made to spread its
+    outputs -- gives back the new prior (0.75, 0.25, 0) to rounding."""
+    import keras
+
     from tltf.atomic import save_model
     from tltf.data.builtin import SHAPES
+    from tltf.export.parity import spread_random_model
     from tltf.models.classifier import build_classifier
 
+    keras.utils.set_random_seed(0)
     model = tmp_path / "model.keras"
-    save_model(build_classifier("cnn_small", list(SHAPES), 32, "none"), model)
-    result = cli("drift", "--reference", shapes_npz["reference"], "--data", shapes_npz["same"], "--model", model,
+    net = spread_random_model(build_classifier("cnn_small", list(SHAPES), 32, "none"))
+    save_model(net, model)
+    with np.load(shapes_npz["reference"]) as f:
+        x, y = f["x"], f["y"]
+    pred = net.predict(x.astype("float32"), verbose=0).argmax(axis=1)
+    confusion = np.array([[np.sum((pred == i) & (y == j)) for j in range(3)] for i in range(3)])
+    assert abs(np.linalg.det(confusion / len(y))) > 1e-4, confusion  # invertible: the estimate is determined
+    pick = np.concatenate([np.flatnonzero(y == 0)] * 3 + [np.flatnonzero(y == 1)])
+    shifted = tmp_path / "shifted.npz"
+    np.savez(shifted, x=x[pick], y=y[pick], class_names=np.array(SHAPES))
+    result = cli("drift", "--reference", shapes_npz["reference"], "--data", shifted, "--model", model,
                  "--permutations", "200", "--json")
-    assert result.exit_code in (0, 1), result.output
+    assert result.exit_code == (1 if json.loads(result.stdout)["drift"] else 0), result.output
     shift = json.loads(result.stdout)["label_shift"]
     assert shift["class_names"] == list(SHAPES)
-    assert shift["reference_prior"] == pytest.approx([1 / 3] * 3, abs=0.01)
-    assert sum(shift["estimated_prior"]) == pytest.approx(1.0, abs=1e-5) and min(shift["estimated_prior"]) >= 0
-    assert 0 <= shift["expected_accuracy"] <= 1
+    assert shift["reference_prior"] == pytest.approx([1 / 3] * 3, abs=1e-6)  # the report rounds to 6 places
+    assert shift["estimated_prior"] == pytest.approx([0.75, 0.25, 0.0], abs=1e-6)
+    recall = np.diag(confusion) / 30  # the accuracy expected on the new data: its prior times the recalls
+    assert shift["expected_accuracy"] == pytest.approx(0.75 * recall[0] + 0.25 * recall[1], abs=1e-6)
 
 
 @pytest.mark.parametrize("args, message", [
