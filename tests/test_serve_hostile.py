@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_serve import Server, images, infer_input, metric, metric_samples, models, triton  # noqa: F401
+from test_serve import Server, images, infer_input, metric, metric_samples, models, no_serving, triton  # noqa: F401
 
 MAX_QUEUE = 8
 HEADER_TIMEOUT_S = 1.0
@@ -378,3 +378,76 @@ def test_what_the_fuzzer_found_stays_fixed(hostile, path, body, status, message)
     got, _, content = server.request("POST", path, json.dumps(body).encode())
     error = json.loads(content)
     assert (got, list(error)) == (status, ["error"]) and message in error["error"], content
+
+
+# --- the pieces on their own (no server) ------------------------------------------------------------------------
+
+def test_the_batcher_bounds_bytes_drops_expired_and_cancelled_requests_and_never_runs_them():
+    import asyncio
+
+    from tltf.serve.admission import Admission, QueueFull
+    from tltf.serve.batcher import Batcher
+
+    release = threading.Event()
+    calls = []
+
+    def run(feeds):
+        release.wait(10)
+        calls.append(feeds["x"][:, 0].tolist())
+        return {"y": feeds["x"] * 2}
+
+    async def scenario():
+        batcher = Batcher(run, max_batch=8, max_delay=0, name="t",
+                          admission=Admission("t", max_requests=4, max_bytes=100, rows_per_s=2.0))
+        batcher.start()
+        try:
+            def rows(value, n=1):
+                return {"x": np.full((n, 4), value, np.float32)}  # 16 bytes a row
+
+            first = asyncio.ensure_future(batcher.submit(rows(1), 1))
+            while batcher.running_requests != 1:
+                await asyncio.sleep(0.001)
+            kept = asyncio.ensure_future(batcher.submit(rows(2, 2), 2))  # 16 + 32 bytes held
+            left = asyncio.ensure_future(batcher.submit(rows(3), 1))
+            expiring = asyncio.ensure_future(batcher.submit(rows(4), 1, time.monotonic() + 0.05, 0.05))
+            await asyncio.sleep(0)
+            assert batcher.held_requests == 4
+            with pytest.raises(QueueFull) as full:  # 4 requests: the count
+                await batcher.submit(rows(5), 1)
+            assert full.value.status == 503 and full.value.reason == "queue_full"
+            assert full.value.headers == {"Retry-After": "3"}  # 5 rows at 2 rows/s
+            left.cancel()  # the client went away
+            await asyncio.sleep(0.1)  # the deadline passes meanwhile
+            with pytest.raises(Exception) as late:
+                await expiring
+            assert late.value.status == 504 and late.value.reason == "deadline"
+            assert batcher.held_requests == 2 and batcher.held_bytes == 48
+            with pytest.raises(QueueFull) as full:  # 48 + 64 bytes > 100: the bytes
+                await batcher.submit(rows(6, 4), 4)
+            assert full.value.reason == "queue_bytes"
+            release.set()
+            results = await asyncio.gather(first, kept)
+            assert batcher.held_requests == 0 and batcher.held_bytes == 0
+            alone = await batcher.submit(rows(7, 10), 10)  # larger than the byte bound, but nothing is held
+            return results, alone
+        finally:
+            release.set()
+            await batcher.stop()
+
+    (first, kept), alone = asyncio.run(scenario())
+    assert first["y"].tolist() == [[2.0] * 4] and kept["y"].tolist() == [[4.0] * 4] * 2
+    assert alone["y"].shape == (10, 4)
+    assert calls == [[1.0], [2.0, 2.0], [7.0] * 10]  # 3 (cancelled) and 4 (expired) never ran
+
+
+def test_hostile_options_out_of_range_are_one_line_errors(models, no_serving):  # noqa: F811
+    from conftest import cli
+
+    for args, message in [(["--max-queue", 0], "--max-queue 0: must be at least 1"),
+                          (["--max-queue-mb", 0], "--max-queue-mb 0: must be above 0"),
+                          (["--request-timeout-ms", -1], "--request-timeout-ms -1: must be between 0"),
+                          (["--header-timeout-s", 0], "--header-timeout-s 0: must be above 0"),
+                          (["--body-timeout-s", 7200], "--body-timeout-s 7200: must be above 0 and at most 3600")]:
+        result = cli("serve", models["tiny"], *args)
+        assert result.exit_code == 2 and result.stderr.startswith("error: "), result.output
+        assert message in result.stderr and result.stderr.count("\n") == 1, result.stderr
