@@ -28,12 +28,13 @@ import click
               help="Deadline of a request that brings none (Triton's 'timeout' request parameter, in microseconds, "
                    "overrides it); past it the request is not run and gets a 504 (0: no deadline).")
 @click.option("--header-timeout-s", default=10.0, show_default=True, type=float,
-              help="A connection must send a whole request head within this, or gets a 408 and is closed (a "
-                   "client that sends nothing, or a byte at a time). Real heads arrive in well under 1 ms on "
-                   "localhost.")
+              help="A connection must send a whole request head within this (from its opening, or from its "
+                   "last answer), or gets a 408 and is closed: a client that sends nothing, or a byte at a time. A "
+                   "head is a few hundred bytes, one packet; in benchmarks/serve_soak.py 24 such clients and 16 "
+                   "slowloris bodies at all times, cut at 10.0 s and 30.0 s, left the good clients' p99 at 1.25x.")
 @click.option("--body-timeout-s", default=30.0, show_default=True, type=float,
-              help="A request body must arrive within this, or gets a 408 and the connection is closed (slowloris); "
-                   "30 s carries a 64 MB body at 2.2 MB/s.")
+              help="A request body must arrive within this (from the end of its head), or gets a 408 and the "
+                   "connection is closed (slowloris); 30 s carries a 64 MB body (--max-body-mb's default) at 2.2 MB/s.")
 @click.option("--log-level", default="info", show_default=True, help="uvicorn's log level (warning: quieter).")
 @click.option("--access-log", is_flag=True, help="Log every request (uvicorn's access log).")
 def command(models, host, port, max_batch, max_delay_ms, threads, max_body_mb, max_queue, max_queue_mb,
