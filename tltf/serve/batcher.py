@@ -41,7 +41,7 @@ Arrays = dict[str, np.ndarray]
 
 @dataclass(eq=False)  # compared by identity: the queue removes this very request
 class _Pending:
-    inputs: Arrays
+    inputs: Arrays = field(repr=False)
     rows: int
     future: asyncio.Future
     arrived: float = field(default_factory=time.monotonic)
@@ -144,7 +144,7 @@ class Batcher:
             self.held_bytes -= nbytes
             if not item.future.done():
                 item.future.cancel()
-            with contextlib.suppress(ValueError):
+            if not item.running and item in self._queue:  # (not remove() + ValueError: its message is a repr)
                 self._queue.remove(item)
             if not item.running:
                 item.inputs = {}  # a batch being gathered may still list it: let the arrays go now

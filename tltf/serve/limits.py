@@ -15,7 +15,6 @@ in. (A client that sends nothing, or its head a byte at a time, is :mod:`tltf.se
 from __future__ import annotations
 
 import asyncio
-import time
 import zlib
 
 from tltf.serve.errors import ApiError
@@ -60,25 +59,50 @@ class BodyLimitMiddleware:
             await response(scope, receive, send)
             return
         received, complete = 0, False
-        deadline = None if self.body_timeout is None else time.monotonic() + self.body_timeout
+        if self.body_timeout is None:
+            timer, expired, task, reading = None, False, None, False
+        else:  # one timer per request (not a wait_for per receive: that is a task each)
+            task, reading, expired = asyncio.current_task(), False, False
+
+            def expire():
+                nonlocal expired
+                expired = True
+                if reading:  # the app waits for the body: stop waiting (else the next receive raises)
+                    task.cancel()
+
+            timer = asyncio.get_running_loop().call_later(self.body_timeout, expire)
 
         async def limited_receive():
-            nonlocal received, complete
-            if complete or deadline is None:  # after the body: waiting for a disconnect takes as long as it takes
+            nonlocal received, complete, reading
+            if complete or timer is None:  # after the body: waiting for a disconnect takes as long as it takes
                 message = await receive()
             else:
+                if expired:
+                    raise BodyTimeout(self.body_timeout, received)
+                reading = True
                 try:
-                    message = await asyncio.wait_for(receive(), deadline - time.monotonic())
-                except asyncio.TimeoutError:
+                    message = await receive()
+                except asyncio.CancelledError:
+                    if not expired:
+                        raise
+                    task.uncancel()
                     raise BodyTimeout(self.body_timeout, received) from None
+                finally:
+                    reading = False
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_bytes:
                     raise BodyTooLarge(self.max_bytes)
                 complete = not message.get("more_body", False)
+                if complete and timer is not None:
+                    timer.cancel()
             return message
 
-        await self.app(scope, limited_receive, send)
+        try:
+            await self.app(scope, limited_receive, send)
+        finally:
+            if timer is not None:
+                timer.cancel()
 
 
 def inflate(body: bytes, encoding: str | None, max_bytes: int) -> bytes:
