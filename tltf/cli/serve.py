@@ -31,7 +31,7 @@ import click
               help="A connection must send a whole request head within this (from its opening, or from its "
                    "last answer), or gets a 408 and is closed: a client that sends nothing, or a byte at a time. A "
                    "head is a few hundred bytes, one packet; in benchmarks/serve_soak.py 24 such clients and 16 "
-                   "slowloris bodies at all times, cut at 10.0 s and 30.0 s, left the good clients' p99 at 1.25x.")
+                   "slowloris bodies at all times, cut at 10.0 s and 30.0 s, left the good clients' p99 at 1.01x.")
 @click.option("--body-timeout-s", default=30.0, show_default=True, type=float,
               help="A request body must arrive within this (from the end of its head), or gets a 408 and the "
                    "connection is closed (slowloris); 30 s carries a 64 MB body (--max-body-mb's default) at 2.2 MB/s.")

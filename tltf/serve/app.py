@@ -17,8 +17,9 @@ too slow to arrive 408, an oversized body 413, an unsupported ``Content-Encoding
 admits 503 with ``Retry-After`` (:mod:`tltf.serve.admission`), a deadline passed before the request ran 504.
 Inference goes through each model's :class:`tltf.serve.batcher.Batcher`; parsing a large JSON body, decoding
 images and encoding large outputs run in worker threads, so the event loop stays free to read other requests.
-While a request waits for its batch, its connection is watched: a client that goes away takes its request out
-of the queue (it is never run; metrics count it as 499, nginx's "client closed request").
+While a request waits for its batch (from :data:`WATCH_AFTER_S` on), its connection is watched: a client that goes
+away takes its request out of the queue (it is never run; metrics count it as 499, nginx's "client closed
+request"); one answered sooner is sent to the closed connection and dropped.
 """
 
 from __future__ import annotations
