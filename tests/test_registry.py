@@ -1,5 +1,8 @@
 """The backbone registry: names, blocks, preprocessing, errors."""
 
+import re
+from pathlib import Path
+
 import keras
 import pytest
 
@@ -60,3 +63,9 @@ def test_weights_file_for_another_architecture_is_refused(tmp_path):
         build_backbone(backbones.get("mobilenet_v2"), 32, weights=str(path))
     with pytest.raises(ValueError, match="build_backbone"):  # the registry builds Keras' weights only
         backbones.get("mobilenet_v2").build(32, weights=str(path))
+
+
+def test_the_readme_says_how_many_backbones_the_registry_holds():
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    said = re.search(r"lists the (\d+) registry backbones", readme)
+    assert said and int(said.group(1)) == len(backbones.REGISTRY)
