@@ -70,9 +70,12 @@ def loop_length(path, seconds: float) -> int:
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     feeds = {"x": np.zeros((1, 4), np.float32), "n": np.array([[200]], np.int64)}
     session.run(None, feeds)
-    start = time.perf_counter()
-    session.run(None, feeds)
-    per_step = (time.perf_counter() - start) / 200
+    times = []
+    for _ in range(3):  # the fastest: a busy machine would make the slow request slower still, never faster
+        start = time.perf_counter()
+        session.run(None, feeds)
+        times.append(time.perf_counter() - start)
+    per_step = min(times) / 200
     return int(min(SLOW_CAP, max(50, seconds / per_step)))
 
 
@@ -308,7 +311,7 @@ def test_clients_that_vanish_free_their_slots_and_every_other_caller_gets_its_ow
 
 # --- the published routes, fuzzed ------------------------------------------------------------------------------
 
-def test_the_openapi_document_describes_the_routes_and_fuzzing_it_finds_no_5xx(hostile):
+def test_the_openapi_document_describes_the_routes_and_fuzzing_it_finds_no_5xx(hostile, tmp_path):
     import schemathesis
     from hypothesis import HealthCheck, Phase, given, settings
     from hypothesis import strategies as st
@@ -356,7 +359,9 @@ def test_the_openapi_document_describes_the_routes_and_fuzzing_it_finds_no_5xx(h
     assert operations == len([m for p in document["paths"].values() for m in p])
     assert examples[0] >= 3 * operations
     if failures:  # all of them, for the regression list below
-        Path(os.environ.get("TLTF_FUZZ_FAILURES", "fuzz_failures.txt")).write_text("\n".join(map(repr, failures)))
+        saved = Path(os.environ.get("TLTF_FUZZ_FAILURES", tmp_path / "fuzz_failures.txt"))
+        saved.write_text("\n".join(map(repr, failures)))
+        print(f"{len(failures)} failures in {saved}")
     assert not failures, failures[:5]
     assert server.request("GET", "/v2/health/ready")[0] == 200
     assert "Traceback" not in server.log.read_text()
