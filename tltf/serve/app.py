@@ -297,7 +297,8 @@ async def unless_gone(request: Request, waiting):
     except asyncio.CancelledError:
         if not state["gone"]:
             raise
-        task.uncancel()
+        if hasattr(task, "uncancel"):  # Python 3.11+: the cancel is handled here
+            task.uncancel()
         raise ClientDisconnect() from None
     finally:
         timer.cancel()

@@ -85,7 +85,8 @@ class BodyLimitMiddleware:
                 except asyncio.CancelledError:
                     if not expired:
                         raise
-                    task.uncancel()
+                    if hasattr(task, "uncancel"):  # Python 3.11+: the cancel is handled here
+                        task.uncancel()
                     raise BodyTimeout(self.body_timeout, received) from None
                 finally:
                     reading = False
