@@ -456,3 +456,53 @@ def test_hostile_options_out_of_range_are_one_line_errors(models, no_serving):  
         result = cli("serve", models["tiny"], *args)
         assert result.exit_code == 2 and result.stderr.startswith("error: "), result.output
         assert message in result.stderr and result.stderr.count("\n") == 1, result.stderr
+
+
+def test_the_server_default_deadline_applies_unless_a_request_brings_its_own(models):  # noqa: F811
+    """``--request-timeout-ms`` as ``build_app(request_timeout_s=...)``, driven in-process over ASGI: a default
+    already past answers 504 before anything runs; a request's own ``timeout`` parameter overrides it."""
+    import asyncio
+
+    from tltf.serve.app import build_app
+    from tltf.serve.models import ServedModel
+
+    app = build_app({"affine": ServedModel(models["affine"], threads=1)}, max_delay_ms=0, request_timeout_s=1e-9)
+    x = {"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}
+    k = {"name": "k", "shape": [1, 1], "datatype": "INT64", "data": [3]}
+
+    async def post(message: dict) -> tuple[int, dict]:
+        body, sent = json.dumps(message).encode(), []
+        pending = [{"type": "http.request", "body": body, "more_body": False}]
+
+        async def receive():
+            if pending:
+                return pending.pop()
+            await asyncio.Event().wait()  # the client stays
+
+        async def send(event):
+            sent.append(event)
+
+        scope = {"type": "http", "method": "POST", "path": "/v2/models/affine/infer", "raw_path": b"",
+                 "query_string": b"", "headers": [(b"content-length", str(len(body)).encode())],
+                 "http_version": "1.1", "scheme": "http", "server": ("test", 80), "client": ("test", 1),
+                 "root_path": ""}
+        await app(scope, receive, send)
+        return sent[0]["status"], json.loads(b"".join(e.get("body", b"") for e in sent[1:]))
+
+    async def scenario():
+        batcher = app.state.batchers["affine"]
+        batcher.start()
+        try:
+            late = await post({"inputs": [x, k]})
+            own = await post({"inputs": [x, k], "parameters": {"timeout": 10_000_000}})
+        finally:
+            await batcher.stop()
+        return late, own
+
+    (status, late), (ok, own) = asyncio.run(scenario())
+    assert status == 504 and "deadline" in late["error"], late
+    assert ok == 200 and own["outputs"][0]["data"] == [3.0, 6.0, 9.0, 12.0]
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value for family in app.state.metrics.registry.collect()
+               for s in family.samples}
+    assert samples[("tltf_serve_batch_rows_sum", (("model", "affine"),))] == 1  # the late one never ran
+    assert samples[("tltf_serve_rejected_total", (("model", "affine"), ("reason", "deadline")))] == 1
