@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import cli
+from tiny_onnx import write_tiny_classifier
 
 ATOL = 2e-6  # server (tuned session, batched) vs onnxruntime in-process (default session)
 START_TIMEOUT_S = 120
@@ -36,29 +37,10 @@ def models(tmp_path_factory):
     with onnx.helper so that the servers can start without waiting for an export; ``affine.onnx``: ``y = x * k``
     (x FP32 [-1, 4], k INT64 [-1, 1]), no image contract -- any ONNX file is served over v2."""
     import onnx
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import TensorProto, helper
 
     folder = tmp_path_factory.mktemp("serve")
-    rng = np.random.default_rng(0)
-    weights = {"scale": np.array(1 / 255, np.float32), "conv_w": rng.normal(0, 0.5, (8, 3, 3, 3)).astype(np.float32),
-               "conv_b": rng.normal(0, 0.1, 8).astype(np.float32), "fc_w": rng.normal(0, 2, (8, 3)).astype(np.float32),
-               "fc_b": np.zeros(3, np.float32)}
-    nodes = [helper.make_node("Mul", ["pixels", "scale"], ["scaled"]),
-             helper.make_node("Transpose", ["scaled"], ["nchw"], perm=[0, 3, 1, 2]),
-             helper.make_node("Conv", ["nchw", "conv_w", "conv_b"], ["conv"], strides=[2, 2], pads=[1, 1, 1, 1]),
-             helper.make_node("Relu", ["conv"], ["relu"]),
-             helper.make_node("GlobalAveragePool", ["relu"], ["pooled"]),
-             helper.make_node("Flatten", ["pooled"], ["features"]),
-             helper.make_node("Gemm", ["features", "fc_w", "fc_b"], ["logits"]),
-             helper.make_node("Softmax", ["logits"], ["probabilities"], axis=-1)]
-    graph = helper.make_graph(nodes, "tiny", [helper.make_tensor_value_info("pixels", TensorProto.FLOAT,
-                                                                            ["batch", 32, 32, 3])],
-                              [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["batch", 3])],
-                              [numpy_helper.from_array(v, k) for k, v in weights.items()])
-    tiny = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
-    helper.set_model_props(tiny, {"class_names": json.dumps(["cat", "dog", "fish"]), "image_size": "[32, 32]",
-                                  "input_name": "pixels", "output_name": "probabilities"})
-    onnx.save(tiny, folder / "tiny.onnx")
+    write_tiny_classifier(folder / "tiny.onnx")
     graph = helper.make_graph(
         [helper.make_node("Cast", ["k"], ["kf"], to=TensorProto.FLOAT), helper.make_node("Mul", ["x", "kf"], ["y"])],
         "affine", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4]),
