@@ -320,6 +320,22 @@ def test_cli_int8_export_says_how_it_runs_against_fp32(small, tmp_path):
     assert json.loads((tmp_path / "q.onnx.json").read_text())["threshold"] == 0.0
 
 
+def test_cli_int8_default_gate_refuses_a_file_that_falls_short_offline(small, tmp_path):
+    """Random weights: int8 scrambles their near-tied answers, so the default 97 % gate refuses the file and
+    writes nothing; the message gives the agreement and the --min-agreement that would accept it."""
+    images = synthetic_images(12, (64, 64), seed=6).round().astype(np.uint8)
+    folder = write_image_folder(tmp_path / "calib", images, np.arange(12) % 3, CLASSES)
+    out = tmp_path / "out" / "q.onnx"
+    out.parent.mkdir()
+    result = cli("export", small["keras"], "--onnx", "--int8", "--calibration-data", folder, "--out", out)
+    assert result.exit_code == 2 and result.stdout.count("error") == 0, result.output
+    line = result.stderr.strip().splitlines()[-1]
+    found = re.search(r"int8 parity check failed, nothing written: top-1 agreement with Keras (\d+\.\d)% < 97% "
+                      r"\(.*--min-agreement (\S+) would accept it\)", line)
+    assert found and float(found.group(1)) < 97 and float(found.group(2)) <= float(found.group(1)) / 100, line
+    assert list(out.parent.iterdir()) == []
+
+
 @pytest.mark.network
 def test_int8_gate_on_pretrained_mobilenet_v2_with_real_photos(tmp_path):
     """Real ImageNet weights (torchvision's MobileNetV2) calibrated and checked on 20 real ImageNet photos.

@@ -95,6 +95,30 @@ def test_cli_precision_errors_come_from_the_table(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_the_default_thresholds_at_their_boundaries():
+    """fp32: a relative difference of 1e-4 passes, just over fails; fp16: 99 of 100 top-1 agreeing passes, 98
+    fails; int8: 97 of 100 passes, 96 fails (the gate refuses a file that falls short by one image)."""
+    rng = np.random.default_rng(0)
+    reference = rng.dirichlet(np.ones(4), size=100)
+    reference[np.arange(100), reference.argmax(axis=1)] += 1.0  # clear winners, range [0, ~2]
+    span = reference.max() - reference.min()
+
+    def flipped(k):  # the first k images' top-1 moved to another class
+        out = reference.copy()
+        for i in range(k):
+            top = out[i].argmax()
+            out[i, (top + 1) % 4] = out[i, top] + 0.5
+        return out
+
+    for name, ok, short in (("fp16", 1, 2), ("int8", 3, 4)):
+        assert parity.passed(parity.measure(flipped(ok), reference, name))
+        assert not parity.passed(parity.measure(flipped(short), reference, name))
+    nudge = np.zeros_like(reference)
+    for fraction, passes in ((0.99e-4, True), (1.01e-4, False)):
+        nudge[0, 0] = fraction * span
+        assert parity.passed(parity.measure(reference + nudge, reference, "fp32")) == passes
+
+
 def test_gate_descriptions_and_threshold_formatting():
     assert MAX_DIFF.describe(1e-4) == "<= 0.0001 of the output range"
     assert MIN_AGREEMENT.describe(0.97) == ">= 97% top-1 agreement"
