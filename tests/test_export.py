@@ -56,10 +56,12 @@ def small(tmp_path_factory):
 
 @pytest.mark.parametrize("backbone", [pytest.param(b, marks=pytest.mark.slow) if b in SLOW else b for b in SIX])
 def test_backbone_parity_and_transposes(backbone, tmp_path):
-    size = 32 if backbone in HEAVY else 48
+    # convnext_tiny at 64 px: at 32 its last stage is 1x1, where one rewritten pointwise conv keeps its Transpose
+    # (2 in all; 1 from 64 px up, as the README says)
+    size = 64 if backbone == "convnext_tiny" else 32 if backbone in HEAVY else 48
     model = _classifier(backbone, size)
     report = export_onnx(model, tmp_path / f"{backbone}.onnx")
-    assert report["transpose_nodes"] <= 2, report["node_counts"]
+    assert report["transpose_nodes"] == 1, report["node_counts"]  # the README promises one, for each of these
     assert report["output_std"] > 0.05  # the outputs really vary, so the tolerance below is meaningful
     assert report["relative_diff"] <= 1e-4 and report["top1_agreement"] == 1.0
     # preprocessing runs after the Transpose, on NCHW; the stem's zero padding is folded into its max pooling
