@@ -1,6 +1,7 @@
 """MMD, CORAL and AdaBN as plug-ins of the engine; the label-free criteria; ``tltf compare --adapt``."""
 
 import json
+from dataclasses import replace
 
 import keras
 import numpy as np
@@ -141,7 +142,9 @@ def test_adabn_refuses_a_backbone_without_batchnorm(domains, tmp_path):
     assert not (tmp_path / "run" / "model.keras").exists()
 
 
-def test_interrupted_mmd_run_resumes_with_its_warm_up(domains, tmp_path):
+def test_interrupted_coral_run_resumes_at_its_epoch_with_its_warm_up(domains, tmp_path):
+    """Killed after epoch 1 and run again: the history goes on at epoch 2 (not from 0), and the alignment weight's
+    warm-up is exactly an uninterrupted run's."""
     from tltf.api import FitConfig, fit
 
     source, target = domains
@@ -157,10 +160,17 @@ def test_interrupted_mmd_run_resumes_with_its_warm_up(domains, tmp_path):
     with pytest.raises(KeyboardInterrupt):
         fit(config, verbose=0, callbacks=[Interrupt()])
     fit(config, verbose=0)
-    rows = (tmp_path / "r" / "history.csv").read_text().splitlines()
-    header = rows[0].split(",")
-    weights = [float(r.split(",")[header.index("align_weight")]) for r in rows[1:]]
-    assert len(rows) == 4 and weights[0] < weights[1] < weights[2] <= 1.0
+
+    def history(folder):
+        rows = (folder / "history.csv").read_text().splitlines()
+        header = rows[0].split(",")
+        return ([int(float(r.split(",")[header.index("epoch")])) for r in rows[1:]],
+                [float(r.split(",")[header.index("align_weight")]) for r in rows[1:]])
+
+    epochs, weights = history(tmp_path / "r")
+    assert epochs == [0, 1, 2] and weights[0] < weights[1] < weights[2] <= 1.0
+    fit(replace(config, out=str(tmp_path / "whole")), verbose=0)
+    assert np.allclose(weights, history(tmp_path / "whole")[1], rtol=0, atol=1e-6)
 
 
 def test_compare_adapt_selects_a_method_without_target_labels(domains, tmp_path):
