@@ -126,18 +126,24 @@ def measure_features(candidate: np.ndarray, reference: np.ndarray) -> dict:
     """Differences between two ``(N, D)`` feature arrays: ``max_abs_diff``, ``mean_abs_diff``, ``output_range``
     (max - min of the reference), ``relative_diff`` (max diff / range) and ``min_cosine`` (the least similar
     image's cosine similarity)."""
+    a, b, diffs = _differences(candidate, reference, "features")
+    norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+    cosine = np.where(norms > 0, np.einsum("ij,ij->i", a, b) / np.maximum(norms, 1e-30), 1.0)
+    return diffs | {"min_cosine": float(cosine.min()) if len(cosine) else 1.0}
+
+
+def _differences(candidate, reference, what: str) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Both arrays as float64 (same shape, or a one-line error naming ``what``) and their ``max_abs_diff``,
+    ``mean_abs_diff``, ``output_range`` (max - min of the reference) and ``relative_diff`` (max diff / range)."""
     a = np.asarray(candidate, np.float64)
     b = np.asarray(reference, np.float64)
     if a.shape != b.shape:
-        raise TltfError(f"parity: onnxruntime features shape {a.shape} differs from Keras {b.shape}")
+        raise TltfError(f"parity: onnxruntime {what} shape {a.shape} differs from Keras {b.shape}")
     diff = float(np.max(np.abs(a - b))) if a.size else 0.0
     out_range = float(b.max() - b.min()) if b.size else 0.0
-    norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
-    cosine = np.where(norms > 0, np.einsum("ij,ij->i", a, b) / np.maximum(norms, 1e-30), 1.0)
-    return {"max_abs_diff": diff, "mean_abs_diff": float(np.mean(np.abs(a - b))) if a.size else 0.0,
-            "output_range": out_range,
-            "relative_diff": diff / out_range if out_range > 0 else (0.0 if diff == 0 else float("inf")),
-            "min_cosine": float(cosine.min()) if len(cosine) else 1.0}
+    return a, b, {"max_abs_diff": diff, "mean_abs_diff": float(np.mean(np.abs(a - b))) if a.size else 0.0,
+                  "output_range": out_range,
+                  "relative_diff": diff / out_range if out_range > 0 else (0.0 if diff == 0 else float("inf"))}
 
 
 def measure(candidate: np.ndarray, reference: np.ndarray, precision: str = DEFAULT,
@@ -147,22 +153,14 @@ def measure(candidate: np.ndarray, reference: np.ndarray, precision: str = DEFAU
     and the gate's ``threshold`` (``THRESHOLDS[precision]`` unless given). With ``segments`` (``(start, stop)``
     column ranges, one per task of a multitask model) an image agrees when every task's top-1 agrees."""
     precision = precisions.get(precision).name
-    a = np.asarray(candidate, np.float64)
-    b = np.asarray(reference, np.float64)
-    if a.shape != b.shape:
-        raise TltfError(f"parity: onnxruntime output shape {a.shape} differs from Keras {b.shape}")
-    diff = float(np.max(np.abs(a - b))) if a.size else 0.0
-    out_range = float(b.max() - b.min()) if b.size else 0.0
+    a, b, diffs = _differences(candidate, reference, "output")
     ranges = list(segments) or [(0, a.shape[1] if a.ndim == 2 else 0)]
     agree = np.ones(len(b), bool)
     for start, stop in ranges:
         agree &= np.argmax(a[:, start:stop], axis=1) == np.argmax(b[:, start:stop], axis=1)
     return {
         "n": int(len(b)),
-        "max_abs_diff": diff,
-        "mean_abs_diff": float(np.mean(np.abs(a - b))) if a.size else 0.0,
-        "output_range": out_range,
-        "relative_diff": diff / out_range if out_range > 0 else (0.0 if diff == 0 else float("inf")),
+        **diffs,
         "top1_agreement": float(np.mean(agree)) if len(agree) else 1.0,
         "top1_disagreements": int(np.sum(~agree)),
         "output_std": float(np.mean(np.std(b, axis=0))) if len(b) > 1 else 0.0,
