@@ -87,7 +87,7 @@ def open_model(path: str | Path):
 def predict_files(model_path: str | Path, files, top: int = 5) -> list[dict]:
     """``[{"file": PATH, "top": [{"index", "label", "score"}, …]}]`` for each image file, in order; for a multitask
     model ``{"file": PATH, "tasks": {task: [{"index", "label", "score"}, …]}}`` (indices within the task)."""
-    from tltf.runtime.images import load_images
+    from tltf.runtime.images import decode, resize
 
     if top < 1:
         raise TltfError(f"--top {top}: must be at least 1")
@@ -102,7 +102,8 @@ def predict_files(model_path: str | Path, files, top: int = 5) -> list[dict]:
     results = []
     for start in range(0, len(files), batch):
         chunk = files[start:start + batch]
-        probs = np.asarray(model.predict(load_images(chunk, size)))
+        pixels = np.stack([resize(decode(file), size) for file in chunk])  # headers were checked above
+        probs = np.asarray(model.predict(pixels))
         if probs.ndim != 2 or probs.shape[0] != len(chunk) or probs.shape[1] < 1:
             raise TltfError(f"{model_path}: output of shape {probs.shape} for {len(chunk)} image(s) is not "
                             "(images, classes) probabilities")
