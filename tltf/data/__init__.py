@@ -12,10 +12,14 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from tltf.errors import TltfError
+
+if TYPE_CHECKING:
+    from tltf.data.sources import Source
 
 _LAZY = {"Augment": "tltf.data.augment", "make_pipeline": "tltf.data.pipeline", "Source": "tltf.data.sources",
          "Split": "tltf.data.sources", "array_split": "tltf.data.sources", "folder_source": "tltf.data.sources",

@@ -92,6 +92,13 @@ def scan(root: Path, class_names: list[str] | None, option: str) -> tuple[list[s
     return names, files, np.asarray(labels, dtype=np.int32)
 
 
+def check_class_names(names: list[str], option: str, where) -> None:
+    """A one-line error for fewer than two classes."""
+    if len(names) < 2:
+        found = names[0] if names else "none"
+        raise TltfError(f"{option} {where}: found a single class ({found}); a classifier needs at least two")
+
+
 def split_dirs(root: Path) -> dict[str, Path | None]:
     """``{"train": DIR or None, "val": ..., "test": ...}``: the split folders of a ``train/ val/ test/`` layout."""
     subdirs = {d.name.lower(): d for d in class_dirs(Path(root))}

@@ -19,7 +19,6 @@ import numpy as np
 import tensorflow as tf
 
 from tltf.errors import TltfError
-from tltf.runtime.images import IMAGE_EXTENSIONS, is_image_file  # noqa: F401  (tltf.data.images.* as before)
 
 
 def decode(encoded: tf.Tensor) -> tf.Tensor:

@@ -53,8 +53,9 @@ def label_columns(header: list[str]) -> list[str]:
 
 def manifest_source(spec: str, option: str = "--data"):
     """The :class:`tltf.data.Source` a manifest describes (see the module docstring)."""
-    from tltf.data.images import is_image_file
-    from tltf.data.sources import Source, check_classes, file_split, readable
+    from tltf.data.folders import readable
+    from tltf.data.sources import Source, check_classes, file_split
+    from tltf.runtime.images import is_image_file
 
     path, column = split_spec(spec)
     header, rows = read_manifest(path, option)

@@ -11,9 +11,6 @@ with a warning that names a file.
 
 from __future__ import annotations
 
-import concurrent.futures
-import re
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -21,7 +18,7 @@ from typing import Callable
 import numpy as np
 import tensorflow as tf
 
-from tltf.data.folders import image_files, readable, scan, split_dirs  # noqa: F401  (readable: as before)
+from tltf.data.folders import check_class_names, image_files, scan, split_dirs
 from tltf.data.images import decode
 from tltf.errors import TltfError
 
@@ -116,9 +113,7 @@ def unlabelled_folder(path: str | Path, option: str = "--target-data") -> Split:
 
 def check_classes(source: Source, option: str, where) -> None:
     """A one-line error for a source with fewer than two classes."""
-    if len(source.class_names) < 2:
-        found = source.class_names[0] if source.class_names else "none"
-        raise TltfError(f"{option} {where}: found a single class ({found}); a classifier needs at least two")
+    check_class_names(source.class_names, option, where)
 
 
 # --- numpy arrays ---------------------------------------------------------------------------------------------

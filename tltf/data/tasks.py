@@ -18,8 +18,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tltf.runtime.outputs import task_segments  # noqa: F401  (tltf.data.tasks.task_segments as before)
-
 SEPARATOR = "|"
 
 

@@ -119,12 +119,11 @@ def _class_folders(root: Path, option: str, runtime: bool) -> ImageSet:
 
         source = folder_source(root, option)
         return ImageSet(str(root), source.train, list(source.class_names))
-    from tltf.data.folders import scan, split_dirs
+    from tltf.data.folders import check_class_names, scan, split_dirs
 
     train = split_dirs(root)["train"]
     names, files, labels = scan(train if train is not None else root, None, option)
-    if len(names) < 2:
-        raise TltfError(f"{option} {root}: found a single class; a classifier needs at least two")
+    check_class_names(names, option, root)
     return ImageSet(str(root), FileSplit(labels, np.asarray(files)), list(names))
 
 

@@ -39,7 +39,7 @@ from tltf.errors import TltfError
 def image_files(folder: str | Path, option: str = "--calibration-data") -> list[Path]:
     """Image files in ``folder`` -- flat, or in class sub-folders -- interleaved across sub-folders so that any
     prefix of the list covers the classes evenly."""
-    from tltf.data.images import is_image_file
+    from tltf.runtime.images import is_image_file
 
     root = Path(folder)
     if not root.is_dir():
