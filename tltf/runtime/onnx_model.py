@@ -274,23 +274,32 @@ class OnnxModel:
         """One forward pass of the raw graph (no batching, no post-processing; a multitask file's outputs side by
         side, task after task, as the Keras head gives them); a graph that onnxruntime cannot
         run (a wrong input, an intermediate too large to allocate, ...) is a one-line :class:`TltfError`."""
+        outputs = self._outputs(self.output_names, pixels)
+        return outputs[0] if len(outputs) == 1 else np.concatenate(outputs, axis=1)
+
+    def _outputs(self, names: list[str], pixels: np.ndarray) -> list[np.ndarray]:
+        """``session.run(names, ...)``, its failures one-line :class:`TltfError`\ s."""
         try:
-            outputs = self.session.run(self.output_names, {self.input_name: pixels})
-            return outputs[0] if len(outputs) == 1 else np.concatenate(outputs, axis=1)
+            return self.session.run(names, {self.input_name: pixels})
         except Exception as e:  # onnxruntime's Fail, InvalidArgument, RuntimeException, ...
             raise TltfError(f"{self.path}: onnxruntime failed to run it ({run_failure(e)})") from None
 
-    def predict(self, pixels: np.ndarray, batch_size: int = 32) -> np.ndarray:
-        """``(N, num_classes)`` float32 probabilities for float32 RGB ``[0, 255]`` pixels ``(N, H, W, 3)``."""
-        from tltf.runtime.outputs import class_probabilities
-
+    def _batch(self, pixels: np.ndarray) -> np.ndarray:
+        """``pixels`` as the graph's contiguous ``(N, H, W, 3)`` input (a single ``(H, W, 3)`` image becomes a
+        batch of one); another shape is a one-line :class:`TltfError`."""
         x = np.asarray(pixels)
         if x.ndim == 3:
             x = x[None]
         h, w = self.image_size
         if x.ndim != 4 or x.shape[1:] != (h, w, 3):
             raise TltfError(f"{self.path}: expects pixels of shape (N, {h}, {w}, 3), got {x.shape}")
-        x = np.ascontiguousarray(x, dtype=self.input_dtype)
+        return np.ascontiguousarray(x, dtype=self.input_dtype)
+
+    def predict(self, pixels: np.ndarray, batch_size: int = 32) -> np.ndarray:
+        """``(N, num_classes)`` float32 probabilities for float32 RGB ``[0, 255]`` pixels ``(N, H, W, 3)``."""
+        from tltf.runtime.outputs import class_probabilities
+
+        x = self._batch(pixels)
         if len(x) == 0:
             return np.zeros((0, self.num_classes or 0), np.float32)
         parts = [self.run(x[i:i + batch_size]) for i in range(0, len(x), max(1, batch_size))]
@@ -320,22 +329,14 @@ class OnnxModel:
         if name is None:
             raise TltfError(f"{self.path}: the file has no features output; re-export it with "
                             "tltf export MODEL.keras --onnx --features")
-        x = np.asarray(pixels)
-        x = x[None] if x.ndim == 3 else x
-        h, w = self.image_size
-        if x.ndim != 4 or x.shape[1:] != (h, w, 3):
-            raise TltfError(f"{self.path}: expects pixels of shape (N, {h}, {w}, 3), got {x.shape}")
-        x = np.ascontiguousarray(x, dtype=self.input_dtype)
+        x = self._batch(pixels)
         if len(x) == 0:
             width = next(o.shape[-1] for o in self.session.get_outputs() if o.name == name)
             return (np.zeros((0, width if isinstance(width, int) else 0), np.float32),
                     np.zeros((0, self.num_classes or 0), np.float32))
         features, probabilities = [], []
         for i in range(0, len(x), max(1, batch_size)):
-            try:
-                *probs, feats = self.session.run(self.output_names + [name], {self.input_name: x[i:i + batch_size]})
-            except Exception as e:  # onnxruntime's Fail, InvalidArgument, RuntimeException, ...
-                raise TltfError(f"{self.path}: onnxruntime failed to run it ({run_failure(e)})") from None
+            *probs, feats = self._outputs(self.output_names + [name], x[i:i + batch_size])
             features.append(np.asarray(feats, np.float32))
             probabilities.append(class_probabilities(np.concatenate(probs, axis=1)))
         return np.concatenate(features), np.concatenate(probabilities)
