@@ -19,6 +19,7 @@ import sys
 
 import click
 
+from tltf.cli import help_groups
 from tltf.errors import TltfError
 
 # name -> (module, one-line help shown by `tltf --help`)
@@ -68,13 +69,11 @@ class LazyGroup(click.Group):
     def get_command(self, ctx, name):
         if name not in COMMANDS or not _module_exists(COMMANDS[name][0]):
             return None
-        command = importlib.import_module(f"tltf.cli.{COMMANDS[name][0]}").command
+        command = help_groups.grouped(name, importlib.import_module(f"tltf.cli.{COMMANDS[name][0]}").command)
         return command if name in RUNTIME_COMMANDS else _with_training_stack(name, command)
 
     def format_commands(self, ctx, formatter):
-        rows = [(name, COMMANDS[name][1]) for name in self.list_commands(ctx)]
-        with formatter.section("Commands"):
-            formatter.write_dl(rows)
+        help_groups.format_command_groups([(name, COMMANDS[name][1]) for name in self.list_commands(ctx)], formatter)
 
     def invoke(self, ctx):
         try:
