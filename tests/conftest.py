@@ -8,6 +8,7 @@ marked ``network``; a fetch that fails fails the test with pip's error (never a 
 """
 
 import os
+import re
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -130,3 +131,60 @@ def pytest_collection_modifyitems(config, items):
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_setup(item):
     _network_allowed[0] = item.get_closest_marker("network") is not None
+
+
+# --- CI: no test may skip, save for want of (or because of) a GPU -------------------------------------------------
+
+#: a skip whose reason names the GPU (``GPU``, ``CUDA``) is the only one CI accepts: no test may depend on a GPU,
+#: so a test skips on one only where a GPU changes what it can check
+GPU_SKIP = re.compile(r"\b(gpus?|cuda)\b", re.IGNORECASE)
+
+
+def no_skips_wanted() -> bool:
+    """On CI (``CI=true``, as CI services set it) or with ``TLTF_NO_SKIPS=1``, a skip that is not about the GPU
+    fails the run: every test must run there, network ones included (their registry is reachable)."""
+    truthy = ("1", "true", "yes")
+    return os.environ.get("CI", "").lower() in truthy or os.environ.get("TLTF_NO_SKIPS", "").lower() in truthy
+
+
+def _skip_reason(report) -> str:
+    longrepr = report.longrepr
+    reason = longrepr[2] if isinstance(longrepr, tuple) and len(longrepr) == 3 else str(longrepr)
+    return reason.removeprefix("Skipped: ")
+
+
+class SkipWatch:
+    """Records each skip (of a test or of a whole module at collection) whose reason is not about the GPU; under
+    :func:`no_skips_wanted` they are listed at the end and the exit status is 1."""
+
+    def __init__(self):
+        self.skipped = []  # (node id, reason)
+
+    def _record(self, report):
+        if report.skipped and not hasattr(report, "wasxfail"):
+            reason = _skip_reason(report)
+            if not GPU_SKIP.search(reason):
+                self.skipped.append((report.nodeid, reason))
+
+    def pytest_runtest_logreport(self, report):
+        self._record(report)
+
+    def pytest_collectreport(self, report):
+        self._record(report)
+
+    def pytest_sessionfinish(self, session, exitstatus):
+        if no_skips_wanted() and self.skipped and exitstatus == pytest.ExitCode.OK:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+    def pytest_terminal_summary(self, terminalreporter):
+        if no_skips_wanted() and self.skipped:
+            terminalreporter.section("skipped on CI (CI=true or TLTF_NO_SKIPS=1): only a GPU reason may skip",
+                                     red=True)
+            for nodeid, reason in self.skipped:
+                terminalreporter.line(f"SKIPPED {nodeid}: {reason}", red=True)
+            terminalreporter.line(f"{len(self.skipped)} test(s) skipped for a reason other than the GPU: "
+                                  "the run fails", red=True, bold=True)
+
+
+def pytest_configure(config):
+    config.pluginmanager.register(SkipWatch(), "tltf-skip-watch")
