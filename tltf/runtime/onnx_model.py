@@ -278,7 +278,7 @@ class OnnxModel:
         return outputs[0] if len(outputs) == 1 else np.concatenate(outputs, axis=1)
 
     def _outputs(self, names: list[str], pixels: np.ndarray) -> list[np.ndarray]:
-        """``session.run(names, ...)``, its failures one-line :class:`TltfError`\ s."""
+        """``session.run(names, ...)``, its failures one-line :class:`TltfError` errors."""
         try:
             return self.session.run(names, {self.input_name: pixels})
         except Exception as e:  # onnxruntime's Fail, InvalidArgument, RuntimeException, ...
