@@ -522,3 +522,63 @@ def test_batcher_counts_rows_keeps_shapes_apart_and_isolates_a_failing_request()
     # 3+3 (a third 3 would pass 8), then 3+1 (9 runs alone: larger than max_batch), 9, (1,5), then the
     # [nan]+[ones] batch fails and is re-run one by one
     assert calls == [(6, 2), (4, 2), (9, 2), (1, 5), (3, 2), (1, 2), (2, 2)]
+
+
+# --- a Triton model repository (tltf package --triton) -----------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def repository_server(models):
+    """``tltf serve --model-repository`` on the repository ``tltf package`` writes for tiny.onnx (batch sizes from a
+    bench JSON; the queue delay then set to 2 ms in config.pbtxt, as an operator would tune it for Triton)."""
+    folder = models["folder"]
+    (folder / "bench.json").write_text(json.dumps({"results": [
+        {"runtime": "onnxruntime", "batch_size": 4, "images_per_s": 900.0},
+        {"runtime": "onnxruntime", "batch_size": 8, "images_per_s": 1000.0}]}))
+    result = cli("package", models["tiny"], "--triton", folder / "repo", "--bench-json", folder / "bench.json")
+    assert result.exit_code == 0, result.output
+    config = folder / "repo" / "tiny" / "config.pbtxt"
+    text = config.read_text()
+    assert "max_queue_delay_microseconds: 0" in text
+    config.write_text(text.replace("max_queue_delay_microseconds: 0", "max_queue_delay_microseconds: 2000"))
+    server = Server(["--model-repository", folder / "repo", "--threads", "1"], folder / "repository.log")
+    try:
+        yield server.wait_ready()
+    finally:
+        server.stop()
+
+
+def test_model_repository_answers_tritonclient_like_the_file(server, repository_server):
+    """The same tritonclient calls get the same answers from ``tltf serve tiny.onnx`` and from ``tltf serve
+    --model-repository`` (the model named by its folder, batched as its config.pbtxt says, not as the options)."""
+    import tritonclient.http as httpclient
+
+    assert re.search(r"models: tiny \(v2, v1 images, batch 8, delay 2 ms\)", repository_server.log.read_text())
+    from_file, from_repo = triton(server), triton(repository_server)
+    assert from_repo.is_server_ready() and from_repo.is_model_ready("tiny") and from_repo.is_model_ready("tiny", "1")
+    assert from_repo.get_model_metadata("tiny") == from_file.get_model_metadata("tiny")
+    x = images(12, seed=5)
+    outputs = [httpclient.InferRequestedOutput("probabilities", class_count=3)]
+    for client_kwargs in ({}, {"outputs": outputs}):
+        a = from_file.infer("tiny", [infer_input("pixels", x)], **client_kwargs).as_numpy("probabilities")
+        b = from_repo.infer("tiny", [infer_input("pixels", x)], **client_kwargs).as_numpy("probabilities")
+        if a.dtype == object:  # classification: "score:index:label" strings, labels from the labels file
+            assert [[s.decode().split(":", 1)[1] for s in row] for row in a] == \
+                   [[s.decode().split(":", 1)[1] for s in row] for row in b]
+            assert {s.decode().rsplit(":", 1)[1] for s in b.ravel()} == {"cat", "dog", "fish"}
+        else:
+            np.testing.assert_allclose(b, a, atol=ATOL, rtol=0)
+            assert len(set(a.argmax(1))) > 1  # the images get different answers: a real comparison
+
+
+def test_model_repository_errors_are_one_line(tmp_path, models):
+    bad = tmp_path / "repo" / "m"
+    (bad / "1").mkdir(parents=True)
+    (bad / "config.pbtxt").write_text('name: "m" platform: "tensorflow_savedmodel"')
+    result = cli("serve", "--model-repository", tmp_path / "repo", "--port", "0")
+    assert result.exit_code == 2 and "tensorflow_savedmodel" in result.stderr and "ONNX Runtime" in result.stderr
+    (bad / "config.pbtxt").write_text('name: "m" platform: "onnxruntime_onnx" max_batch_size: 4')
+    result = cli("serve", "--model-repository", tmp_path / "repo", "--port", "0")
+    assert result.exit_code == 2 and "1/model.onnx: no such model file" in result.stderr
+    assert cli("serve", "--model-repository", tmp_path / "none").exit_code == 2
+    result = cli("serve", "--model-repository", tmp_path / "repo", models["tiny"], "--port", "0")
+    assert result.exit_code == 2 and "not both" in result.stderr

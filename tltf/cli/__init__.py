@@ -38,10 +38,11 @@ COMMANDS = {
     "fewshot": ("fewshot", "Few-shot episodes (N-way K-shot) with prototype classifiers on a frozen backbone."),
     "drift": ("drift", "Does new data still look like the reference data? MMD and classifier tests, label shift."),
     "serve": ("serve", "Serve ONNX models over the Open Inference Protocol (KServe v2) with dynamic batching."),
+    "package": ("package", "A Triton model repository and a KServe InferenceService from an ONNX file."),
 }
 
 #: commands that run on the inference runtime alone (onnxruntime, numpy, Pillow) when given an .onnx model
-RUNTIME_COMMANDS = {"predict", "serve", "bench", "drift"}
+RUNTIME_COMMANDS = {"predict", "serve", "bench", "drift", "package"}
 
 
 def _with_training_stack(name: str, command: click.Command) -> click.Command:

@@ -4,7 +4,12 @@ import click
 
 
 @click.command("serve")
-@click.argument("models", nargs=-1, required=True, type=click.Path())
+@click.argument("models", nargs=-1, type=click.Path())
+@click.option("--model-repository", type=click.Path(file_okay=False),
+              help="Serve a Triton model repository instead of MODELS (DIR/NAME/config.pbtxt, "
+                   "DIR/NAME/1/model.onnx, as `tltf package --triton` writes): each model named by its folder, "
+                   "batched as its config says "
+                   "(max_batch_size, dynamic_batching's max_queue_delay_microseconds).")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0: all).")
 @click.option("--port", default=8000, show_default=True, type=int, help="TCP port (0: any free port).")
 @click.option("--max-batch", default=32, show_default=True, type=int,
@@ -37,9 +42,9 @@ import click
                    "connection is closed (slowloris); 30 s carries a 64 MB body (--max-body-mb's default) at 2.2 MB/s.")
 @click.option("--log-level", default="info", show_default=True, help="uvicorn's log level (warning: quieter).")
 @click.option("--access-log", is_flag=True, help="Log every request (uvicorn's access log).")
-def command(models, host, port, max_batch, max_delay_ms, threads, max_body_mb, max_queue, max_queue_mb,
-            request_timeout_ms, header_timeout_s, body_timeout_s, provider, log_level, access_log):
-    """Serve ONNX MODELS (each named by its file stem) until SIGTERM or Ctrl-C.
+def command(models, model_repository, host, port, max_batch, max_delay_ms, threads, max_body_mb, max_queue,
+            max_queue_mb, request_timeout_ms, header_timeout_s, body_timeout_s, provider, log_level, access_log):
+    """Serve ONNX MODELS (each named by its file stem), or a Triton --model-repository, until SIGTERM or Ctrl-C.
 
     \b
     KServe v2 REST:  GET /v2/health/ready, GET /v2/models/NAME, POST /v2/models/NAME/infer
@@ -51,11 +56,15 @@ def command(models, host, port, max_batch, max_delay_ms, threads, max_body_mb, m
     holds at most --max-queue requests (503 beyond); a request past its deadline gets a 504 and is not run;
     clients too slow to send their request are cut off (408). The routes: GET /v2/openapi.json.
     """
+    from tltf.errors import TltfError
     from tltf.serve import serve
+
+    if not models and not model_repository:
+        raise TltfError("MODEL: give ONNX files to serve, or --model-repository DIR")
 
     if max_delay_ms is None:
         max_delay_ms = 0.0 if provider == "cpu" else 5.0
     serve(models, host=host, port=port, max_batch=max_batch, max_delay_ms=max_delay_ms, threads=threads,
           max_body_mb=max_body_mb, provider=provider, log_level=log_level, access_log=access_log,
           max_queue=max_queue, max_queue_mb=max_queue_mb, request_timeout_ms=request_timeout_ms,
-          header_timeout_s=header_timeout_s, body_timeout_s=body_timeout_s)
+          header_timeout_s=header_timeout_s, body_timeout_s=body_timeout_s, model_repository=model_repository)

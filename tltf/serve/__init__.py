@@ -3,6 +3,7 @@
 - :mod:`tltf.serve.server`: :func:`serve` -- options, the port, uvicorn, a clean exit on SIGTERM;
 - :mod:`tltf.serve.app`: the Starlette routes (v2 health/metadata/infer, v1 image predict, /metrics);
 - :mod:`tltf.serve.models`: the loaded models (onnxruntime sessions named by file stem) and input checks;
+- :mod:`tltf.serve.repository`: a Triton model repository (``--model-repository``) and its batching;
 - :mod:`tltf.serve.batcher`: concurrent requests gathered into one onnxruntime call;
 - :mod:`tltf.serve.protocol`: v2 JSON / binary tensor data <-> numpy, the datatype map;
 - :mod:`tltf.serve.limits`: bounded request bodies; :mod:`tltf.serve.images`: uploads decoded as in training;

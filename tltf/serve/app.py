@@ -83,7 +83,9 @@ def build_app(models: dict[str, ServedModel], max_batch: int = 32, max_delay_ms:
     ``body_timeout_s`` bounds the time a body may take to arrive (``None``: unbounded)."""
     metrics = ServeMetrics()
     bounds = admissions(models, max_batch, max_queue, max_queue_bytes, max_body_bytes)
-    batchers = {name: Batcher(model.run, max_batch, max_delay_ms / 1000.0, model.batchable,
+    batchers = {name: Batcher(model.run, model.max_batch or max_batch,  # a repository model's own batching first
+                              (max_delay_ms if model.max_delay_ms is None else model.max_delay_ms) / 1000.0,
+                              model.batchable,
                               metrics.batch_observer(name), name, bounds[name]) for name, model in models.items()}
     for name, batcher in batchers.items():
         metrics.watch_queue(name, batcher)

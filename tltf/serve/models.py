@@ -46,11 +46,15 @@ def _spec(node) -> TensorSpec:
 class ServedModel:
     """One ONNX file behind the protocol: its session, input/output specs and (maybe) its image contract."""
 
-    def __init__(self, path: str | Path, provider: str = "cpu", threads: int | None = None, max_batch: int = 32):
+    def __init__(self, path: str | Path, provider: str = "cpu", threads: int | None = None, max_batch: int = 32,
+                 name: str | None = None, max_delay_ms: float | None = None):
         from tltf.runtime.onnx_model import make_session, read_contract
 
         self.path = Path(path)
-        self.name = self.path.stem
+        self.name = name or self.path.stem
+        #: the model's own batching (a repository's config.pbtxt), else None: the server's --max-batch/--max-delay-ms
+        self.max_batch = int(max_batch) if max_delay_ms is not None else None
+        self.max_delay_ms = max_delay_ms
         self.session = make_session(self.path, provider, threads, max_batch=max_batch, spinning=False)
         self.inputs = [_spec(node) for node in self.session.get_inputs()]
         self.outputs = [_spec(node) for node in self.session.get_outputs()]
@@ -169,3 +173,12 @@ def load_models(paths, provider: str = "cpu", threads: int | None = None, max_ba
                             "named by their file stems, rename one")
         seen[path.stem] = path
     return {path.stem: ServedModel(path, provider, threads, max_batch) for path in paths}
+
+
+def load_repository(folder, provider: str = "cpu", threads: int | None = None) -> dict[str, ServedModel]:
+    """``{name: ServedModel}`` for a Triton model repository (:mod:`tltf.serve.repository`), each with its config's
+    batching; every config is read before any model is loaded."""
+    from tltf.serve.repository import read_repository
+
+    return {m.name: ServedModel(m.path, provider, threads, m.max_batch, name=m.name, max_delay_ms=m.max_delay_ms)
+            for m in read_repository(folder)}

@@ -100,8 +100,9 @@ def serve(models, host: str = "127.0.0.1", port: int = 8000, max_batch: int = 32
           threads: int | None = None, max_body_mb: float = 64.0, provider: str = "cpu", log_level: str = "info",
           access_log: bool = False, max_queue: int | None = None, max_queue_mb: float | None = None,
           request_timeout_ms: float = 0.0, header_timeout_s: float = HEADER_TIMEOUT_S,
-          body_timeout_s: float = BODY_TIMEOUT_S) -> None:
-    """Serve ONNX ``models`` (paths; each named by its file stem) until SIGTERM or Ctrl-C; see the module doc.
+          body_timeout_s: float = BODY_TIMEOUT_S, model_repository: str | None = None) -> None:
+    """Serve ONNX ``models`` (paths; each named by its file stem) or the models of a Triton ``model_repository``
+    (:mod:`tltf.serve.repository`: each with its config's batching) until SIGTERM or Ctrl-C; see the module doc.
     ``max_queue=None`` measures each model's bound; ``max_queue_mb=None`` takes the default for ``max_body_mb``;
     ``request_timeout_ms=0``: no deadline unless a request brings its own."""
     check_options(port, max_batch, max_delay_ms, threads, max_body_mb, log_level, max_queue, max_queue_mb,
@@ -112,13 +113,21 @@ def serve(models, host: str = "127.0.0.1", port: int = 8000, max_batch: int = 32
 
         from tltf.serve.app import build_app
         from tltf.serve.connections import guarded_h11
-        from tltf.serve.models import load_models
+        from tltf.serve.models import load_models, load_repository
 
-        loaded = load_models(models, provider, threads, max_batch)
+        if model_repository is not None:
+            if models:
+                raise TltfError(f"--model-repository {model_repository}: give it or MODEL files, not both")
+            loaded = load_repository(model_repository, provider, threads)
+        else:
+            loaded = load_models(models, provider, threads, max_batch)
         url = url_of(sock)
 
         def announce() -> None:
-            names = ", ".join(f"{name} ({'v2, v1 images' if m.image_size else 'v2'})" for name, m in loaded.items())
+            own = {name: f", batch {m.max_batch}, delay {m.max_delay_ms:g} ms" for name, m in loaded.items()
+                   if m.max_delay_ms is not None}  # a repository model's own batching
+            names = ", ".join(f"{name} ({'v2, v1 images' if m.image_size else 'v2'}{own.get(name, '')})"
+                              for name, m in loaded.items())
             print(f"tltf serve: {url}  models: {names}  max batch {max_batch}, max delay {max_delay_ms:g} ms, "
                   f"body limit {max_body_mb:g} MB; {describe_bounds(app.state.admissions, max_queue)}; request "
                   f"timeout {f'{request_timeout_ms:g} ms' if request_timeout_ms else 'none'}; client timeouts: head "
