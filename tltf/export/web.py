@@ -93,7 +93,8 @@ def ort_web_files(version: str = ORT_WEB_VERSION) -> Path:
         tmp = Path(tmp)
         command = [npm, "pack", f"onnxruntime-web@{version}", "--pack-destination", str(tmp), "--json",
                    "--prefer-offline", "--fetch-retries=1", "--fetch-retry-mintimeout=2000",
-                   "--fetch-retry-maxtimeout=10000", "--no-audit", "--no-fund", "--loglevel=error"]
+                   "--fetch-retry-maxtimeout=10000", "--no-audit", "--no-fund", "--update-notifier=false",
+                   "--loglevel=error"]
         try:
             done = subprocess.run(command, cwd=tmp, capture_output=True, text=True, timeout=NPM_TIMEOUT_S)
         except subprocess.TimeoutExpired:

@@ -102,11 +102,15 @@
     let bitmap;
     const options = { colorSpaceConversion: "none", premultiplyAlpha: "none", imageOrientation: "none" };
     try {
-      bitmap = await createImageBitmap(blob, options);
+      try {
+        bitmap = await createImageBitmap(blob, options);
+      } catch (e) {
+        if (!(e instanceof TypeError)) throw e;  // a browser without imageOrientation "none"
+        delete options.imageOrientation;
+        bitmap = await createImageBitmap(blob, options);
+      }
     } catch (e) {
-      if (!(e instanceof TypeError)) throw e;  // a browser without imageOrientation "none"
-      delete options.imageOrientation;
-      bitmap = await createImageBitmap(blob, options);
+      throw new Error(`not a readable image (${e.name || e})`);
     }
     const { width, height } = bitmap;
     const canvas = typeof OffscreenCanvas !== "undefined" ? new OffscreenCanvas(width, height)
