@@ -169,3 +169,21 @@ def test_bad_input_is_one_line(tiny, tmp_path):
     garbage.write_text("{")
     assert "not a tltf bench JSON" in cli("package", tiny, "--triton", tmp_path / "repo", "--bench-json",
                                           garbage).stderr
+
+
+def test_package_runs_without_the_training_stack(tiny, tmp_path):
+    """A runtime command: packaging an .onnx file (its short bench included) imports no TensorFlow, Keras or onnx."""
+    import os
+    import subprocess
+    import sys
+
+    from blocked_tf import blocked_tf_env
+
+    env = blocked_tf_env(tmp_path / "blocked")
+    env["PYTHONPATH"] += os.pathsep + str(Path(__file__).resolve().parent.parent)
+    proc = subprocess.run([sys.executable, "-m", "tltf", "package", str(tiny), "--triton", str(tmp_path / "repo"),
+                           "--batch-sizes", "1,2", "--kserve", "--storage-uri", "pvc://models/repo"],
+                          capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (tmp_path / "repo" / "tiny" / "config.pbtxt").is_file()
+    assert (tmp_path / "tiny.inferenceservice.yaml").is_file()

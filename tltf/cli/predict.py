@@ -1,14 +1,26 @@
-"""``tltf predict MODEL IMAGE… [--top 5] [--json]``: top classes for image files, with a .keras or .onnx model."""
+"""``tltf predict MODEL IMAGE… [--top 5] [--json]``: top classes for image files, with a .keras or .onnx model;
+``--engine ray --out preds.parquet``: batch scoring of a folder (or a URI) on Ray Data."""
 
 import click
 
 
 @click.command("predict")
 @click.argument("model", type=click.Path(dir_okay=False))
-@click.argument("images", nargs=-1, required=True, type=click.Path())
+@click.argument("images", nargs=-1, type=click.Path())
 @click.option("--top", default=5, show_default=True, type=int, help="How many classes to show per image.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON list on stdout (one object per image).")
-def command(model, images, top, as_json):
+@click.option("--data", "data", default=None,
+              help="A folder of images (as IMAGE folders are read), or with --engine ray a URI Ray reads (s3://...).")
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="local: this process; ray: Ray Data reads and decodes, an actor pool of onnxruntime sessions "
+                   "scores (pip install 'tltf[ray]'; .onnx models; needs --out).")
+@click.option("--out", type=click.Path(dir_okay=False),
+              help="--engine ray: the Parquet file of results (file, top_index, top_label, top_score), written "
+                   "whole or not at all.")
+@click.option("--ray-address", default=None, help="--engine ray: an existing Ray cluster [default: a local one].")
+@click.option("--ray-cpus", default=2, show_default=True, type=int,
+              help="--engine ray: CPUs of the local cluster (one reads and decodes, the others score).")
+def command(model, images, top, as_json, data, engine, out, ray_address, ray_cpus):
     """Top classes for IMAGE files with MODEL (.keras or .onnx). A folder stands for the images it holds; a
     folder of class folders (a training set, also with train/ val/ test/) for all their images, read as --data
     reads it.
@@ -20,8 +32,14 @@ def command(model, images, top, as_json):
 
     from tltf.predict import predict_files
 
+    from tltf.errors import TltfError
+
+    if not images and not data:
+        raise TltfError("IMAGE: give image files or folders, or --data FOLDER")
+    if engine == "ray" or out:
+        return _with_ray(model, images, data, top, engine, out, ray_address, ray_cpus)
     files = []
-    for image in images:
+    for image in [*images, *([data] if data else [])]:
         path = Path(image)
         files += folder_images(path) if path.is_dir() else [image]
     results = predict_files(model, files, top=top)
@@ -58,3 +76,31 @@ def folder_images(path) -> list[str]:
     if flat:
         return flat
     return labelled_files(path, option="predict")[1]
+
+
+def _with_ray(model, images, data, top, engine, out, address, cpus) -> None:
+    """``--engine ray``: :func:`tltf.deploy.ray_scoring.score` into ``--out``, and a one-line summary."""
+    import importlib.util
+    from pathlib import Path
+
+    from tltf.errors import TltfError
+
+    if engine != "ray":
+        raise TltfError(f"--out {out}: results are written to a file with --engine ray only")
+    if not out:
+        raise TltfError("--engine ray: give --out FILE.parquet for the results")
+    if importlib.util.find_spec("ray") is None:
+        raise TltfError("--engine ray: Ray is not installed (pip install 'tltf[ray]')")
+    sources = data if data and "://" in data else []
+    if not sources:
+        for image in [*images, *([data] if data else [])]:
+            path = Path(image)
+            if not path.exists():
+                raise TltfError(f"{image}: no such file or folder")
+            sources += folder_images(path) if path.is_dir() else [image]
+    from tltf.deploy.ray_scoring import score
+
+    stats = score(model, sources, out, top=top, address=address, num_cpus=cpus)
+    click.echo(f"{out}: {stats['images']} images in {stats['seconds']:.1f} s ({stats['images_per_s']:.1f} "
+               f"images/s; Ray start-up {stats['startup_s']:.1f} s, {stats['actors']} onnxruntime actor(s) on "
+               f"{stats['cpus']} CPUs)")
