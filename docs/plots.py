@@ -31,7 +31,7 @@ def _bars(ax, groups, series, values, ylabel, fmt="{:.2f}"):
         ax.bar_label(bars, [fmt.format(v) for v in values[i]], fontsize=7, padding=1)
     ax.set_xticks(range(len(groups)), groups)
     ax.set_ylabel(ylabel)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7, ncol=len(series), loc="upper center")
 
 
 def small_data(data, ax):
@@ -44,7 +44,7 @@ def small_data(data, ax):
     arms = {a: label for a, label in arms.items() if any((t, a) in mean for t in tasks)}
     values = [[mean.get((t, a), 0.0) for t in tasks] for a in arms]
     _bars(ax, tasks, list(arms.values()), values, "test accuracy (mean of seeds)")
-    ax.set_ylim(0, 1.1)
+    ax.set_ylim(0, 1.25)
 
 
 def onnx_vs_keras(data, ax):
@@ -67,6 +67,8 @@ def serve_load(data, ax):
         points.sort()
         ax.plot([c for c, _ in points], [t for _, t in points], marker="o", label=mode)
     ax.set_xscale("log", base=2)
+    clients = sorted({row["concurrency"] for row in data["rows"]})
+    ax.set_xticks(clients, [str(c) for c in clients])
     ax.set_xlabel("concurrent clients")
     ax.set_ylabel("requests/s (median of rounds)")
     ax.legend(fontsize=7)
@@ -78,7 +80,7 @@ def fewshot(data, ax):
     groups = [f"{r['data'].split(':')[-1]}\n{r['ways']}-way {r['shots']}-shot" for r in rows]
     _bars(ax, groups, ["tltf prototypes", "nearest class mean"],
           [[r["mean"] for r in rows], [r["baseline_mean"] for r in rows]], "episode accuracy (mean)")
-    ax.set_ylim(0, 1.05)
+    ax.set_ylim(0, 1.2)
 
 
 def runtime_startup(data, ax):
@@ -102,7 +104,7 @@ def multitask(data, ax):
                 multi.append(s[f"multitask_{task}"][0])
                 alone.append(s[f"{task}_alone"][0])
     _bars(ax, groups, ["one model, a head per task", "one model per task"], [multi, alone], "test accuracy")
-    ax.set_ylim(0, 1.1)
+    ax.set_ylim(0, 1.25)
 
 
 #: figure name -> (benchmark JSON, benchmark script, function, title)

@@ -18,22 +18,22 @@ from __future__ import annotations
 import click
 
 #: command -> [(group title, [option names as written, "--x"; arguments by their name, "MODEL"])], most used first.
-#: fit's groups are the settings' groups (tltf.training.settings: data, model, schedule, method, runtime), with the
-#: method settings split by what they are for.
+#: fit's groups are the settings' groups (tltf.training.settings.GROUPS: data, model, schedule, method, runtime; the
+#: method settings in two, runtime as "Run folder and recipe" and "Hardware"); tests/test_docs.py checks they agree.
 OPTION_GROUPS: dict[str, list[tuple[str, list[str]]]] = {
     "fit": [
         ("Data", ["--data", "--val-split", "--augment", "--data-dir", "--target-data", "--target-labels-for-eval",
                   "--eval-data"]),
-        ("Model", ["--backbone", "--weights", "--image-size", "--dropout", "--features", "--train-bn",
-                   "--freeze-until", "--reinit-top"]),
+        ("Model", ["--backbone", "--weights", "--image-size", "--dropout", "--features", "--train-bn", "--tasks",
+                   "--task-weights", "--attributes"]),
         ("Schedule", ["--stage", "--epochs", "--lr", "--learning-rate", "--batch-size", "--plan", "--optimizer",
-                      "--seed", "--refit", "--lp-init", "--lp-views"]),
+                      "--seed", "--refit"]),
         ("Run folder and recipe", ["--out", "--config", "--dry-run", "--overwrite", "--quiet"]),
-        ("Domain adaptation", ["--adapt", "--compare-source-only", "--lambda-max", "--gamma", "--anneal-lr", "--ema",
-                               "--align-weight", "--target-entropy"]),
-        ("Regularisation and data selection", ["--l2sp", "--lwf", "--lwf-temperature", "--select-instances",
-                                               "--feature-cache"]),
-        ("Zero-shot, multitask, plug-ins", ["--attributes", "--tasks", "--task-weights", "--method"]),
+        ("Method: head, layers, regularisation", ["--lp-init", "--lp-views", "--freeze-until", "--reinit-top",
+                                                  "--l2sp", "--lwf", "--lwf-temperature", "--select-instances",
+                                                  "--feature-cache", "--method"]),
+        ("Method: domain adaptation", ["--adapt", "--compare-source-only", "--lambda-max", "--gamma", "--anneal-lr",
+                                       "--ema", "--align-weight", "--target-entropy"]),
         ("Hardware", ["--precision", "--jit", "--distribute"]),
     ],
     "export": [
