@@ -237,7 +237,7 @@ def compare(data: str, out: str | Path, backbone: str = "mobilenet_v2", weights:
             runs.append(record)
     result = summarise(runs, [c.label for c in choices], [c.label for c in choices if not c.strategy.transfer])
     if adapt is not None:
-        result.update(select_method(result["summary"], criterion))
+        result.update(selection(result["summary"], criterion))
     result["settings"] = {**{k: v for k, v in base.items() if k != "tensorboard"}, "seeds": seed_list,
                           "strategies": [c.label for c in choices]}
     result["runs"] = runs
@@ -251,26 +251,41 @@ def compare(data: str, out: str | Path, backbone: str = "mobilenet_v2", weights:
 
 
 def _criterion(name: str | None) -> str:
-    from tltf.adapt.selection import CRITERIA, DEFAULT_CRITERION
+    from tltf.adapt.selection import DEFAULT_RULE, RULES
 
-    name = (name or DEFAULT_CRITERION).strip().lower()
-    if name not in CRITERIA:
-        raise TltfError(f"--criterion {name}: choose {' or '.join(CRITERIA)}")
+    name = (name or DEFAULT_RULE).strip().lower()
+    if name not in RULES:
+        raise TltfError(f"--criterion {name}: choose {', '.join(RULES)}")
     return name
 
 
 def select_method(summary: list[dict], criterion: str) -> dict:
-    """``{"criterion", "selected"}``: the row whose mean ``criterion`` is best (lowest risk, highest density);
-    ``dev_risk`` without values (runs without a source validation split) falls back to ``snd``."""
-    from tltf.adapt.selection import CRITERIA
+    """``{"criterion", "selected"}``: the method ``criterion`` picks from the per-method means (one criterion's
+    best mean: lowest risk, highest density; ``dev_risk`` without values, i.e. runs without a source validation
+    split, falls back to ``snd``; or ``"auto"``, the rule of :func:`tltf.adapt.selection.choose`)."""
+    found = selection(summary, criterion)
+    return {"criterion": found["criterion"], "selected": found["selected"]}
 
-    scored = [row for row in summary if row.get(f"{criterion}_mean") is not None]
-    if not scored and criterion == "dev_risk":  # no source validation split to weigh: the target-only criterion
-        return select_method(summary, "snd")
-    if not scored:
-        return {"criterion": criterion, "selected": None}
-    pick = (max if CRITERIA[criterion] else min)(scored, key=lambda row: row[f"{criterion}_mean"])
-    return {"criterion": criterion, "selected": pick["strategy"]}
+
+def selection(summary: list[dict], criterion: str) -> dict:
+    """What ``compare.json`` says of the choice: ``criterion``, ``selected``, and ``selection`` with the
+    ``reason``, per criterion its values, pick and (DEV) effective sample size and degeneracy flag, ``picks``,
+    ``disagree`` and the disagreement ``warning`` (None when every criterion picks the same method)."""
+    from tltf.adapt.selection import choose
+
+    found = choose(summary, criterion)
+    details = {k: found[k] for k in ("reason", "criteria", "picks", "disagree")}
+    details["warning"] = disagreement(found)
+    return {"criterion": found["criterion"], "selected": found["selected"], "selection": details}
+
+
+def disagreement(found: dict) -> str | None:
+    """One line when the label-free criteria pick different winners, else None."""
+    if not found.get("disagree"):
+        return None
+    picks = ", ".join(f"{name} picks {pick}" for name, pick in found["picks"].items())
+    return (f"the label-free criteria disagree on the winner ({picks}); selected {found['selected']} by "
+            f"{found['criterion']}: {found['reason']}. Check on a few labelled target images if you can.")
 
 
 def _mean_sd(values: list) -> tuple[float | None, float | None]:
@@ -342,7 +357,8 @@ def format_markdown(result: dict) -> str:
              "extraction where the head trained on cached features), mean over seeds; "
              "trainable: parameters of the final stage.", ""]
     target = any(row.get("target_accuracy_mean") is not None for row in result["summary"])
-    criteria = [c for c in ("dev_risk", "snd") if any(row.get(f"{c}_mean") is not None for row in result["summary"])]
+    criteria = [c for c in ("dev_risk", "dev_ess", "snd", "target_entropy")
+                if any(row.get(f"{c}_mean") is not None for row in result["summary"])]
     extra = (["target accuracy"] if target else []) + [c.replace("_", " ") for c in criteria]
     lines += ["| " + " | ".join(["strategy", "val accuracy", "test accuracy", *extra, "train s", "trainable params",
                                   "seeds"]) + " |",
@@ -358,9 +374,11 @@ def format_markdown(result: dict) -> str:
         lines.append(f"| {name} | {val} | {test} | {' | '.join([*cells, ''])}{seconds} | {params} | {row['seeds']} |")
     lines.append("")
     if result.get("criterion"):
-        better = "highest" if result["criterion"] == "snd" else "lowest"
-        lines.append(f"Selected without target labels: **{result.get('selected') or '–'}** ({better} mean "
-                     f"{result['criterion'].replace('_', ' ')}).")
+        chosen = result.get("selection") or {}
+        why = chosen.get("reason") or f"{result['criterion'].replace('_', ' ')}"
+        lines.append(f"Selected without target labels: **{result.get('selected') or '–'}** ({why}).")
+        if chosen.get("warning"):
+            lines.append(f"**Warning**: {chosen['warning']}")
         lines.append("")
     metric = result["judged_metric"].replace("_", " ")
     if result["baseline"] is None:

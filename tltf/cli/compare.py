@@ -19,9 +19,10 @@ from tltf.cli import options
               help="The target data has labels: measure each method's target accuracy with them (never to train).")
 @click.option("--adapt", help="Compare domain-adaptation methods instead of strategies: comma-separated from none "
               "(source-only baseline), dann, mmd, coral, adabn, METHOD+adabn; e.g. none,dann,mmd,coral,adabn.")
-@click.option("--criterion", type=click.Choice(["snd", "dev_risk"]),
-              help="With --adapt: the label-free criterion that selects a method [default: dev_risk; snd without a "
-                   "source validation split].")
+@click.option("--criterion", type=click.Choice(["auto", "dev_risk", "snd", "target_entropy"]),
+              help="With --adapt: how a method is selected without target labels: auto (the measured rule: DEV's "
+                   "control-variate risk unless its weights are degenerate, ranked with SND; see "
+                   "tltf.adapt.selection) or one criterion alone [default: auto].")
 @click.option("--seeds", type=int, default=3, show_default=True, help="Seeds per strategy (0, 1, …).")
 @click.option("--epochs", type=int, help="Epoch budget of every run [default: 6].")
 @options.image_size
@@ -47,4 +48,7 @@ def command(data, backbone, weights, strategies, target_data, target_labels_for_
                      **({"target_data": target_data} if target_data else {}),
                      **({"target_labels_for_eval": True} if target_labels_for_eval else {}))
     click.echo(format_markdown(result))
+    warning = (result.get("selection") or {}).get("warning")
+    if warning:
+        click.echo(f"warning: {warning}", err=True)
     click.echo(f"\nsaved {out}/compare.md, compare.json, curves.png")
