@@ -73,21 +73,27 @@ def _python_side(onnx_file: Path, files: list[Path]):
 
 
 def _compare(page: Page, model: OnnxModel, expected: np.ndarray, files: list[Path]) -> list[dict]:
-    """Each file classified in the page: its pixels equal Pillow's, its top-1 and scores onnxruntime's."""
+    """Each file classified in the page: its pixels equal Pillow's, its top-1 and scores onnxruntime's (each task's
+    of a multitask file)."""
+    segments = model.segments or [(None, 0, expected.shape[1], model.class_names)]
     results = []
     for file, want in zip(files, expected):
         name = f"images/{file.name}"
         pixels = page.pixels(name, model.image_size)
         assert np.abs(pixels - load_image(file, model.image_size)).max() <= 1e-3, file.name
         got = page.classify(name)
-        probs = np.asarray(got["outputs"][0]["probabilities"])
+        assert [o["name"] for o in got["outputs"]] == (
+            [task for task, *_ in segments] if model.segments else [model.output_name])
+        probs = np.concatenate([o["probabilities"] for o in got["outputs"]])
         assert probs.shape == want.shape, file.name
-        assert got["top"][0]["index"] == int(want.argmax()), file.name
         assert np.abs(probs - want).max() <= SCORE_ATOL, (file.name, np.abs(probs - want).max())
-        top = [t["index"] for t in got["top"]]
-        assert top == sorted(top, key=lambda i: -probs[i])  # the page's top-k is in decreasing score
-        if model.class_names:
-            assert [t["label"] for t in got["top"]] == [model.class_names[i] for i in top]
+        for output, (_, start, stop, names) in zip(got["outputs"], segments):
+            part = want[start:stop]
+            top = [t["index"] for t in output["top"]]
+            assert top[0] == int(part.argmax()), file.name
+            assert top == sorted(top, key=lambda i: -part[i])  # the page's top-k is in decreasing score
+            if names:
+                assert [t["label"] for t in output["top"]] == [names[i] for i in top]
         assert got["ms"]["inference"] > 0 and got["ms"]["total"] >= got["ms"]["inference"]
         results.append(got)
     return results
@@ -161,6 +167,32 @@ def _write_binary_classifier(path: Path) -> Path:
     return path
 
 
+def _write_two_task_classifier(path: Path) -> Path:
+    """A multitask file as tltf exports one: an output per task, named after it, and metadata ``tasks``."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    # colour: about the dominant channel (no ties on grey); bright: the mean pixel above or below 128
+    weights = {"scale": np.array(1 / 32, np.float32),
+               "w1": np.array([[1, 0, 0.2], [0, 1, 0], [0.1, 0, 1]], np.float32),
+               "w2": np.array([[-1, 1]] * 3, np.float32), "b2": np.array([12, -12], np.float32)}
+    nodes = [helper.make_node("Mul", ["pixels", "scale"], ["scaled"]),
+             helper.make_node("ReduceMean", ["scaled"], ["mean"], axes=[1, 2], keepdims=0),
+             helper.make_node("MatMul", ["mean", "w1"], ["l1"]), helper.make_node("Softmax", ["l1"], ["colour"]),
+             helper.make_node("Gemm", ["mean", "w2", "b2"], ["l2"]), helper.make_node("Softmax", ["l2"], ["bright"])]
+    graph = helper.make_graph(nodes, "two_tasks", [helper.make_tensor_value_info("pixels", TensorProto.FLOAT,
+                                                                                 ["batch", 20, 20, 3])],
+                              [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["batch", k])
+                               for n, k in (("colour", 3), ("bright", 2))],
+                              [numpy_helper.from_array(v, k) for k, v in weights.items()])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    tasks = [["colour", ["red", "green", "blue"]], ["bright", ["dark", "light"]]]
+    helper.set_model_props(proto, {"class_names": json.dumps(tasks[0][1]), "image_size": "[20, 20]",
+                                   "tasks": json.dumps(tasks), "output_name": "colour"})
+    onnx.save(proto, str(path))
+    return path
+
+
 def _test_images(folder: Path) -> list[Path]:
     """Images of every kind the page decodes: RGB, grey, palette; PNG, JPEG, BMP, GIF; shrunk and enlarged."""
     from PIL import Image
@@ -189,14 +221,16 @@ def _test_images(folder: Path) -> list[Path]:
 
 @pytest.mark.network
 def test_small_models_agree_on_every_image_format_and_a_binary_head(browser, tmp_path):
-    """Two small models with tltf's contract -- a 3-class softmax at 32x32 and a binary sigmoid at 24x40 (shown
-    as two columns, as tltf.runtime.outputs does) -- on PNG (RGB, grey, palette), JPEG, BMP and GIF images,
+    """Three small models with tltf's contract -- a 3-class softmax at 32x32, a binary sigmoid at 24x40 (shown
+    as two columns, as tltf.runtime.outputs does) and a two-task file at 20x20 (top classes per task) -- on PNG (RGB, grey, palette), JPEG, BMP and GIF images,
     shrunk and enlarged: pixels equal to Pillow's, top-1 equal and scores within 1e-3 of onnxruntime in Python.
     A file that is not an image is one error line in the page, and a rebuild replaces the folder whole."""
     from tiny_onnx import write_tiny_classifier
 
     files = _test_images(tmp_path / "source")
-    for onnx_file in (write_tiny_classifier(tmp_path / "tiny.onnx"), _write_binary_classifier(tmp_path / "bin.onnx")):
+    models = (write_tiny_classifier(tmp_path / "tiny.onnx"), _write_binary_classifier(tmp_path / "bin.onnx"),
+              _write_two_task_classifier(tmp_path / "two_tasks.onnx"))
+    for onnx_file in models:
         folder = tmp_path / f"{onnx_file.stem}.web"
         build_web_app(onnx_file, folder, top_k=2)
         build_web_app(onnx_file, folder, top_k=2)  # over the first build
@@ -208,7 +242,7 @@ def test_small_models_agree_on_every_image_format_and_a_binary_head(browser, tmp
         with serve_folder(folder) as url:
             page = Page(browser, url)
             results = _compare(page, model, expected, files)
-            assert all(len(r["top"]) == 2 for r in results)
+            assert all(len(o["top"]) == 2 for r in results for o in r["outputs"])
             with pytest.raises(Exception, match="not a readable image"):
                 page.classify("images/notes.png")
             page.page.set_input_files("#files", str(folder / "images" / "notes.png"))
@@ -307,3 +341,22 @@ def test_bad_models_and_a_folder_that_is_not_ours_are_refused(tmp_path):
         build_web_app(onnx_file, tmp_path / "tiny.web", top_k=0)
     assert not (tmp_path / "garbage.web").exists() and not (tmp_path / "tiny.web").exists()
     assert os.listdir(mine) == ["keep.jpg"]
+
+
+def test_a_killed_builds_leftovers_are_cleaned_and_an_earlier_build_restored(tmp_path):
+    """What ``kill -9`` in the middle of a build leaves beside the folder (a staging folder; the earlier build
+    renamed aside) is handled by the next build: the staging folder removed, the earlier build put back."""
+    from tltf.export.web import _clean_stale
+
+    out = tmp_path / "flowers.web"
+    dead = 99_999_999  # above any pid_max: no such process
+    staging = tmp_path / f".flowers.web.tltf-web-{dead}-x1y2"
+    earlier = tmp_path / f".flowers.web.tltf-web-old-{dead}"
+    alive = tmp_path / f".flowers.web.tltf-web-{os.getpid()}-z3"
+    other = tmp_path / f".tulips.web.tltf-web-{dead}-q"
+    for folder in (staging, earlier, alive, other):
+        folder.mkdir()
+    (earlier / "model.json").write_text("{}")
+    _clean_stale(out)
+    assert not staging.exists() and alive.exists() and other.exists()
+    assert (out / "model.json").is_file() and not earlier.exists()

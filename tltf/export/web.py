@@ -38,6 +38,7 @@ import hashlib
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import tarfile
@@ -232,8 +233,9 @@ def build_web_app(onnx_path: Path, out_dir: Path, *, top_k: int = DEFAULT_TOP_K,
     from tltf.atomic import make_folder, write_failed
 
     make_folder(out_dir.parent)
+    _clean_stale(out_dir)
     try:
-        staging = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tltf-web-"))
+        staging = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tltf-web-{os.getpid()}-"))
     except OSError as e:
         raise write_failed(out_dir, e) from None
     try:
@@ -265,7 +267,7 @@ def build_web_app(onnx_path: Path, out_dir: Path, *, top_k: int = DEFAULT_TOP_K,
         "onnxruntime_web": config["onnxruntime_web"],
         "files": sizes,
         "bytes": sum(sizes.values()),
-        "serve": f"python -m http.server -d {out_dir} 8000",
+        "serve": f"python -m http.server -d {shlex.quote(str(out_dir))} 8000",
         "url": "http://localhost:8000/",
         "note": "open it over http (WebAssembly is not loaded from file://); one wasm thread unless the server "
                 "sends COOP/COEP headers",
@@ -304,6 +306,28 @@ def serve_folder(folder: Path, port: int = 0, isolated: bool = False):
         server.shutdown()
         server.server_close()
         thread.join(timeout=5)
+
+
+def _clean_stale(out_dir: Path) -> None:
+    """Remove the staging folders a killed build of ``out_dir`` left beside it (those of a process that is gone)."""
+    pattern = re.compile(rf"^\.{re.escape(out_dir.name)}\.tltf-web-(?:old-)?(\d+)(?:-\w+)?$")
+    try:
+        entries = list(out_dir.parent.iterdir())
+    except OSError:
+        return
+    for entry in entries:
+        found = pattern.match(entry.name)
+        if not found or not entry.is_dir():
+            continue
+        try:
+            os.kill(int(found.group(1)), 0)
+        except ProcessLookupError:
+            if ".tltf-web-old-" in entry.name and not out_dir.exists():
+                entry.rename(out_dir)  # killed between the two renames: the earlier build goes back
+            else:
+                shutil.rmtree(entry, ignore_errors=True)
+        except OSError:  # alive, someone else's
+            pass
 
 
 def _swap_in(staging: Path, out_dir: Path) -> None:
