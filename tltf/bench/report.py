@@ -10,7 +10,7 @@ from pathlib import Path
 
 from tltf.reporting import save_figure
 
-RUNTIME_COLOURS = {"onnxruntime": "tab:blue", "keras": "tab:orange"}
+RUNTIME_COLOURS = {"onnxruntime": "tab:blue", "keras": "tab:orange", "openvino": "tab:purple", "opencv": "tab:green"}
 
 
 def table(bench: dict):
@@ -19,14 +19,17 @@ def table(bench: dict):
 
     ratios = {(s.get("model"), s["batch_size"]): s["p50_ratio"] for s in bench.get("speedups", [])}
     several = _several(bench)
+    runtimes = bool(bench.get("runtimes"))  # tltf bench --runtime: agreement with onnxruntime, no Keras
     t = Table(*(["model"] if several else []), "runtime", "provider", "batch", "p50 ms", "p90 ms", "p99 ms",
-              "images/s", "vs keras", title=_title(bench), box=None)
+              "images/s", "top-1 vs onnxruntime" if runtimes else "vs keras", title=_title(bench), box=None)
     for r in bench["results"]:
         provider = r["provider"] + (" +xla" if r.get("xla") else "")
         ratio = ratios.get((r.get("model"), r["batch_size"])) if r["runtime"] == "onnxruntime" else None
+        last = (f"{100 * r['top1_agreement']:.0f}% (max |diff| {r['max_abs_diff']:.1g})" if runtimes else
+                f"{ratio:.2f}x" if ratio else "")
         t.add_row(*([r.get("model", "")] if several else []), r["runtime"], provider, str(r["batch_size"]),
                   f"{r['p50_ms']:.2f}", f"{r['p90_ms']:.2f}", f"{r['p99_ms']:.2f}", f"{r['images_per_s']:.1f}",
-                  f"{ratio:.2f}x" if ratio else "")
+                  last)
     return t
 
 
@@ -43,7 +46,10 @@ def _series(bench: dict) -> dict[str, list[dict]]:
     """Rows per plotted line: one per runtime, or per file when several ONNX files were timed."""
     lines: dict[str, list[dict]] = {}
     for r in bench["results"]:
-        key = f"{r.get('model')} ({r['provider']})" if _several(bench) else f"{r['runtime']} ({r['provider']})"
+        if bench.get("runtimes"):  # tltf bench --runtime: one line per runtime (and file)
+            key = f"{r.get('model')} {r['runtime']}" if _several(bench) else r["runtime"]
+        else:
+            key = f"{r.get('model')} ({r['provider']})" if _several(bench) else f"{r['runtime']} ({r['provider']})"
         lines.setdefault(key, []).append(r)
     return lines
 
@@ -75,8 +81,9 @@ def plot(bench: dict, path: str | Path) -> Path:
         ax.grid(True, alpha=0.3)
         ax.legend()
     lat.set_yscale("log")
-    fig.suptitle(f"{_title(bench)}: onnxruntime" + (" vs Keras" if any(r["runtime"] == "keras"
-                                                                        for r in bench["results"]) else ""))
+    runtimes = ", ".join(bench["runtimes"]) if bench.get("runtimes") else "onnxruntime"
+    fig.suptitle(f"{_title(bench)}: {runtimes}" + (" vs Keras" if any(r["runtime"] == "keras"
+                                                                       for r in bench["results"]) else ""))
     return save_figure(fig, path, dpi=120)
 
 

@@ -1,5 +1,5 @@
 """``tltf bench MODEL.onnx [MORE.onnx ...] [--keras RUN_DIR/model.keras] [--batch-sizes 1,8,32] [--provider cpu|cuda|tensorrt]
-[--json OUT]``."""
+[--runtime onnxruntime,openvino,opencv] [--json OUT]``."""
 
 import click
 
@@ -27,8 +27,14 @@ def speed_words(ratio: float) -> str:
 @click.option("--threads", type=int, help="onnxruntime CPU threads [default: the cores this process may use].")
 @click.option("--xla", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True,
               help="Keras: XLA-compile (auto: measure both, keep the faster).")
+@click.option("--runtime", "runtimes", help="Time the file on these CPU runtimes side by side, comma-separated: "
+              "onnxruntime, openvino, opencv (pip install 'tltf[edge]'). Each is first checked against onnxruntime "
+              "on 16 images; one that answers differently is refused (one line) and not timed.")
+@click.option("--openvino-precision", type=click.Choice(["f32", "bf16"]), default="f32", show_default=True,
+              help="--runtime openvino: the precision it computes in (bf16: faster where the CPU has it, flips "
+              "near-tied answers).")
 def command(models, keras_model, batch_sizes, provider, json_out, plot_out, warmup, iterations, seconds, threads,
-            xla):
+            xla, runtimes, openvino_precision):
     """Latency (p50/p90/p99) and throughput of MODELS (.onnx) in onnxruntime, and of their Keras original.
 
     Give several files (say the fp32 and int8 exports) to time them side by side and see which is faster here."""
@@ -58,6 +64,10 @@ def command(models, keras_model, batch_sizes, provider, json_out, plot_out, warm
     sizes = parse_batch_sizes(batch_sizes)
     timing = Timing(warmup=warmup, min_iters=iterations or 10, max_iters=iterations or 300,
                     min_time_s=0.0 if iterations else seconds)
+    if runtimes is not None:
+        _bench_runtimes(models, runtimes, keras_model, provider, sizes, timing, threads, openvino_precision,
+                        json_out, plot_out if can_plot else None, can_plot)
+        return
     bench = run_bench(list(models), keras_model=keras_model, batch_sizes=sizes, provider=provider, timing=timing,
                       xla={"on": True, "off": False}.get(xla, "auto"), threads=threads, progress=True)
     console = Console()
@@ -76,3 +86,39 @@ def command(models, keras_model, batch_sizes, provider, json_out, plot_out, warm
                           f"{others})")
     plotted = f"plot: {png}" if png else "plot: skipped (matplotlib is not installed: pip install matplotlib)"
     console.print(plotted + (f", json: {json_out}" if json_out else ""))
+
+
+def _bench_runtimes(models, runtimes, keras_model, provider, sizes, timing, threads, openvino_precision, json_out,
+                    plot_out, can_plot):
+    """``--runtime``: each file checked then timed on each runtime (:func:`tltf.bench.runtimes.run_runtimes`)."""
+    from pathlib import Path
+
+    from rich.console import Console
+
+    from tltf.bench.report import table, write
+    from tltf.bench.runtimes import run_runtimes
+    from tltf.errors import TltfError
+    from tltf.export.portability import parse_runtimes
+
+    names = parse_runtimes(runtimes)
+    if keras_model:
+        raise TltfError("--runtime and --keras: time the runtimes or Keras against onnxruntime, not both")
+    if provider != "cpu":
+        raise TltfError(f"--runtime with --provider {provider}: the runtimes are compared on the CPU")
+    bench = run_runtimes(list(models), names, batch_sizes=sizes, timing=timing, threads=threads,
+                         openvino_precision=openvino_precision)
+    console = Console()
+    console.print(table(bench))
+    for model, rows in bench["checks"].items():
+        for name, check in rows.items():
+            if check["ok"]:
+                console.print(f"{model}: {name} {check['version']} agrees with onnxruntime: top-1 "
+                              f"{100 * check['top1_agreement']:.1f}%, max |diff| {check['max_abs_diff']:.2g} "
+                              f"({check['images']} images)")
+    for line in bench["refused"]:
+        click.echo(f"warning: {line}", err=True)
+    png = plot_out or (str(Path(json_out).with_suffix(".png")) if json_out and can_plot else None)
+    write(bench, json_out, png)
+    if json_out or png:
+        console.print(", ".join(x for x in (f"plot: {png}" if png else "", f"json: {json_out}" if json_out else "")
+                                if x))

@@ -1,9 +1,20 @@
 """``tltf export MODEL.keras --onnx [--out exported/NAME.onnx] [--opset N] [--features] [--fp16 | --int8
---calibration-data DATA] [--max-diff X | --min-agreement Y]``: a thin layer over :func:`tltf.export.onnx.export_onnx`."""
+--calibration-data DATA] [--max-diff X | --min-agreement Y] [--target ort-mobile [--platform arm|amd64]]
+[--target web] [--slim auto|on|off]``: a thin layer over :func:`tltf.export.onnx.export_onnx`,
+:func:`tltf.export.ort_mobile.export_ort` and :func:`tltf.export.web.build_web_app`."""
 
 import click
 
 from tltf.export import precision as precisions
+
+
+TARGETS = ["ort-mobile", "web"]
+
+
+def ort_platforms() -> list[str]:
+    from tltf.export.ort_mobile import PLATFORMS
+
+    return list(PLATFORMS)
 
 
 def _precision_flags(f):
@@ -48,9 +59,23 @@ def _calibrated_flags() -> str:
 @click.option("--max-calibration", type=int, default=256, show_default=True, help="At most this many images.")
 @click.option(precisions.MAX_DIFF.option, type=float, help=_gate_help(precisions.MAX_DIFF))
 @click.option(precisions.MIN_AGREEMENT.option, type=float, help=_gate_help(precisions.MIN_AGREEMENT))
+@click.option("--target", "targets", type=click.Choice(TARGETS), multiple=True,
+              help="Also build for an edge runtime (repeatable): ort-mobile = NAME.ort (onnxruntime's converter, "
+              "measured options) + NAME.required_operators.config for a minimal onnxruntime build, checked against "
+              "the .onnx; web = the folder NAME.web, a static page that classifies dropped images with "
+              "onnxruntime-web.")
+@click.option("--platform", type=click.Choice(ort_platforms()), default="arm", show_default=True,
+              help="--target ort-mobile: the CPU the .ort file is for (amd64: x86 layout kernels, as fast as the "
+              ".onnx there; arm: none of them, runs 2-3x slower on x86).")
+@click.option("--slim", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True,
+              help="Simplify the graph with onnxslim (auto: keep it only where onnxruntime runs it faster here and "
+              "its outputs match).")
+@click.option("--openvino-precision", type=click.Choice(["f32", "bf16"]), default="f32", show_default=True,
+              help="The precision OpenVINO computes in when the export checks the file on it (bf16: faster on "
+              "CPUs that have it, flips near-tied answers).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of a table.")
 def command(model, to_onnx, out, opset, features, calibration_data, max_calibration, max_diff, min_agreement,
-            as_json, **flags):
+            targets, platform, slim, openvino_precision, as_json, **flags):
     """Export MODEL (a .keras file) to ONNX; the file is kept only if onnxruntime matches Keras (parity gate).
 
     The graph takes raw RGB pixels, float32 0..255, NHWC, input "pixels" (dynamic batch) -- preprocessing is
@@ -82,9 +107,11 @@ def command(model, to_onnx, out, opset, features, calibration_data, max_calibrat
     say = (lambda message: None) if as_json else (lambda message: click.echo(f"· {message}", err=True))
     report = export_onnx(model, out, opset=opset, precision=precision, calibration_data=calibration_data,
                          max_calibration=max_calibration, progress=say,
-                         threshold=thresholds[row.gate], features=features)
+                         threshold=thresholds[row.gate], features=features, slim=slim,
+                         openvino_precision=openvino_precision)
+    built = _build_targets(out, targets, platform, say)
     if as_json:
-        click.echo(json.dumps(report, indent=2))
+        click.echo(json.dumps(report | ({"targets": built} if built else {}), indent=2))
         return
     from rich.console import Console
     from rich.table import Table
@@ -104,9 +131,13 @@ def command(model, to_onnx, out, opset, features, calibration_data, max_calibrat
         *_speed_row(report.get("speed_vs_fp32")),
         ("report", f"{report['onnx']}.json"),
     ]
-    for key, value in rows:
+    for key, value in rows + _slim_rows(report.get("slim")) + _runtime_rows(report.get("runtimes")) + \
+            _target_rows(built):
         table.add_row(key, value)
     Console().print(table)
+    for name, check in (report.get("runtimes") or {}).items():
+        if check.get("refused"):
+            click.echo(f"warning: {check['refused']}", err=True)
     if report["output_std"] < 1e-4:
         click.echo("warning: the model's outputs barely change across the parity images; the check says little",
                    err=True)
@@ -129,3 +160,59 @@ def _speed_row(speed: dict | None) -> list[tuple[str, str]]:
     if speed["speedup"] >= 1:
         return [("vs fp32", f"{speed['speedup']:.2f}x faster ({times})")]
     return [("vs fp32", f"{1 / speed['speedup']:.2f}x slower ({times}): smaller, not faster here")]
+
+
+def _build_targets(onnx_path: str, targets, platform: str, say) -> dict:
+    """Build each ``--target`` from the exported ``onnx_path``; their reports by target name."""
+    from pathlib import Path
+
+    built = {}
+    for target in dict.fromkeys(targets):  # each once, in the order given
+        if target == "ort-mobile":
+            from tltf.export.ort_mobile import export_ort
+
+            built[target] = export_ort(onnx_path, platform=platform, progress=say)
+        else:
+            from tltf.export.web import build_web_app
+
+            say(f"building the web page {Path(onnx_path).with_suffix('.web')}")
+            built[target] = build_web_app(Path(onnx_path), Path(onnx_path).with_suffix(".web"))
+    return built
+
+
+def _slim_rows(slim: dict | None) -> list[tuple[str, str]]:
+    """What onnxslim removed and the onnxruntime time before and after, as a table row (none if not run)."""
+    if not slim:
+        return []
+    if "error" in slim:
+        return [("onnxslim", f"not used ({slim['error']})")]
+    verdict = "kept" if slim["kept"] else "not kept"
+    removed = ", ".join(f"{n} {op}" for op, n in slim["removed"].items()) or "nothing"
+    return [("onnxslim", f"{verdict}: nodes {slim['nodes_before']} -> {slim['nodes_after']} (removed {removed}); "
+                         f"{slim['ms_before']:.2f} -> {slim['ms_after']:.2f} ms at batch 1")]
+
+
+def _runtime_rows(runtimes: dict | None) -> list[tuple[str, str]]:
+    """Each checked runtime's agreement with onnxruntime, as table rows."""
+    rows = []
+    for name, check in (runtimes or {}).items():
+        if not check.get("loads"):
+            rows.append((name, "REFUSED: does not load the file"))
+            continue
+        verdict = "agrees" if check["ok"] else "REFUSED"
+        rows.append((name, f"{verdict}: top-1 {100 * check['top1_agreement']:.1f}%, max |diff| "
+                           f"{check['max_abs_diff']:.2g} vs onnxruntime ({check['version']})"))
+    return rows
+
+
+def _target_rows(built: dict) -> list[tuple[str, str]]:
+    rows = []
+    if "ort-mobile" in built:
+        r = built["ort-mobile"]
+        ops = sum(len(v) for v in r["operators"].values())
+        rows.append(("ort-mobile", f"{r['ort']} ({r['platform']}, {r['bytes'] / 1e6:.2f} MB; max |diff| vs .onnx "
+                                   f"{r['max_abs_diff']:.2g}); {r['required_operators']} ({ops} operators)"))
+    if "web" in built:
+        r = built["web"]
+        rows.append(("web", str(r.get("folder") or r.get("out_dir") or r.get("path") or "built")))
+    return rows

@@ -448,7 +448,7 @@ def default_output(model_path: str | Path, out_dir: str | Path = "exported") -> 
 def export_onnx(model, out: str | Path, opset: int = DEFAULT_OPSET, precision: str = DEFAULT,
                 calibration_data: str | Path | None = None, parity_images: np.ndarray | None = None,
                 max_calibration: int = 256, seed: int = 0, progress=None, threshold: float | None = None,
-                features: bool = False) -> dict:
+                features: bool = False, slim: str = "auto", runtimes=None, openvino_precision: str = "f32") -> dict:
     """Export ``model`` (a path to a ``.keras`` file or a Keras model) to ``out`` and verify it; returns the report.
 
     ``precision``: ``fp32`` (parity gate: max |onnxruntime - Keras| <= 1e-4 x output range), ``fp16`` (float16
@@ -462,6 +462,13 @@ def export_onnx(model, out: str | Path, opset: int = DEFAULT_OPSET, precision: s
     without a report; a re-export writes both). ``threshold`` overrides the gate (fp32: the largest difference as a
     fraction of the output range; fp16/int8: the smallest top-1 agreement); the report records the one used.
     ``progress(message)`` is called at each step if given.
+
+    ``slim``: onnxslim on the float32 graph before quantisation -- ``auto`` keeps it where onnxruntime runs it faster
+    here with the same outputs, ``on`` whenever the outputs match, ``off`` never (:mod:`tltf.export.slim`; the
+    report's ``slim``). ``runtimes``: the edge runtimes the passed file is also run on and compared with onnxruntime
+    on the parity images (default: those of ``openvino``, ``opencv`` installed; ``()`` for none), OpenVINO in
+    ``openvino_precision``; the report's ``runtimes`` says per runtime whether it loads, its top-1 agreement and max
+    |diff|, and, for one that answers wrongly, the one line refusing it (:mod:`tltf.export.portability`).
     """
     from tltf.export import parity, quantize
 
@@ -502,6 +509,16 @@ def export_onnx(model, out: str | Path, opset: int = DEFAULT_OPSET, precision: s
     say(f"converting {source} to ONNX (opset {opset})")
     proto = convert(net, opset=opset, features=features)
     timings["convert_s"] = time.perf_counter() - t0
+    converted_nodes = len(proto.graph.node)
+    slim_report = None
+    if slim != "off":
+        from tltf.export.slim import slim as slim_graph
+
+        say(f"simplifying the graph with onnxslim ({slim}: kept where faster here with the same outputs)"
+            if slim == "auto" else "simplifying the graph with onnxslim")
+        t0 = time.perf_counter()
+        proto, slim_report = slim_graph(proto, check[:16], slim)
+        timings["slim_s"] = time.perf_counter() - t0
     fp32_nodes = len(proto.graph.node)
 
     with replacing_together(out, report_path(out)) as (tmp, report_tmp):  # a failure leaves the old files
@@ -527,11 +544,35 @@ def export_onnx(model, out: str | Path, opset: int = DEFAULT_OPSET, precision: s
         report = _report(source, out, tmp, proto, precision, opset, info, result, check_source, fp32_nodes,
                          timings)
         parity.gate(result, precision, out)  # raises TltfError before the file is put in place
+        report["converted_nodes"] = converted_nodes
+        if slim_report is not None:
+            report["slim"] = slim_report
+        t0 = time.perf_counter()
+        report["runtimes"] = _check_runtimes(tmp, out, check[:16], precision, runtimes, openvino_precision, say)
+        report["timings_s"]["runtimes_s"] = round(time.perf_counter() - t0, 3)
         if row.timed_vs_float32:
             say(f"timing {row.name} against {DEFAULT} on this CPU (batch 1)")
             report["speed_vs_fp32"] = _speed_vs_fp32(fp32_proto, tmp)
         report_tmp.write_text(json.dumps(report, indent=2, default=_plain) + "\n")
     return report
+
+
+def _check_runtimes(tmp: Path, out: Path, images, precision: str, runtimes, openvino_precision: str, say) -> dict:
+    """The passed file on each edge runtime against onnxruntime (:func:`tltf.export.portability.check`), run on a
+    copy named like ``out`` (OpenVINO picks its reader by the file's extension); ``{}`` where none is installed."""
+    import shutil
+
+    from tltf.export import portability
+
+    names = [r for r in portability.EDGE_RUNTIMES if portability.installed(r)] if runtimes is None else \
+        list(runtimes)
+    if not names:
+        return {}
+    say(f"checking the file on {', '.join(names)} against onnxruntime ({len(images)} parity images)")
+    with scratch_folder("runtimes") as folder:
+        copy = Path(folder) / out.name
+        shutil.copyfile(tmp, copy)
+        return portability.check(copy, images, names, openvino_precision=openvino_precision, precision=precision)
 
 
 def report_path(out: str | Path) -> Path:

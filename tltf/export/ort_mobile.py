@@ -1,0 +1,224 @@
+"""``tltf export --onnx --target ort-mobile``: the ONNX file in onnxruntime's own ORT format, for its mobile and
+minimal builds, with the reduced operator config such a build needs, checked against the ``.onnx``.
+
+The conversion is onnxruntime's converter (:mod:`onnxruntime.tools.convert_onnx_models_to_ort`) run with the
+options that keep the outputs and the speed, chosen by measurement -- its defaults keep neither on every file.
+Measured on tltf's exports at 224 px (MobileNetV3-Small, EfficientNet-B0; fp32 and int8; batch 1, one thread,
+onnxruntime 1.32 on this x86 CPU; ``benchmarks/edge_runtimes.json`` has the figures):
+
+- ``--optimization_style Fixed`` (the graph optimised once, at conversion): outputs within 1.2e-6 of the ``.onnx``
+  in fp32. The ``Runtime`` style (``*.with_runtime_opt.ort``, optimisations replayed at load) changed int8 outputs
+  and ran 3-4x slower here, so it is never used.
+- ``--target_platform amd64``: a file bit-identical in its outputs to the ``.onnx`` and as fast (MNv3-S fp32 14.8
+  vs 14.8 ms on a loaded machine). Its graph holds x86-only NCHWc layout kernels, so it is for x86 devices only.
+- ``--target_platform arm`` (the default, since "mobile" means ARM): the converter leaves out the x86-only NCHWc
+  layout and lets int8 QDQ nodes fuse into ARM's signed int8 kernels (``session.qdqisint8allowed``). On an x86 CPU
+  this file runs 2.2-3.2x slower than the ``.onnx`` (those kernels are what made x86 fast), which says nothing of
+  its speed on ARM; its outputs still match the ``.onnx`` (fp32 1.2e-6).
+
+The ``.ort`` file is kept only if onnxruntime loads it and its outputs on the parity images are within
+:data:`TOLERANCE` of the ``.onnx``'s (int8: the same top-1 and :data:`INT8_TOLERANCE`); the file, the operator
+config and the report (``NAME.ort.json``) are written as a set (:func:`tltf.atomic.replacing_together`).
+
+>>> report = export_ort("exported/flowers.onnx", platform="arm")      # doctest: +SKIP
+>>> report["ort"], report["required_operators"], report["max_abs_diff"] <= 1e-5   # doctest: +SKIP
+('exported/flowers.ort', 'exported/flowers.required_operators.config', True)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from tltf.atomic import replacing_together, scratch_folder
+from tltf.errors import TltfError
+
+PLATFORMS = ("arm", "amd64")
+DEFAULT_PLATFORM = "arm"
+#: the largest |.ort - .onnx| accepted on a float file (measured on trained files: <= 2e-7; on random-weight
+#: networks, chaotic by construction: MNv3-S 1.2e-6, EffB0 1.2e-5; amd64 files: 0)
+TOLERANCE = 1e-4
+#: an int8 file's kernels may be fused differently for ARM (signed int8): same top-1 and this close
+INT8_TOLERANCE = 1e-2
+OPTIMIZATION_STYLE = "Fixed"
+
+
+def ort_paths(onnx_path: str | Path) -> tuple[Path, Path, Path]:
+    """``(NAME.ort, NAME.required_operators.config, NAME.ort.json)`` beside ``onnx_path``."""
+    onnx_path = Path(onnx_path)
+    stem = onnx_path.with_suffix("")
+    return (stem.with_suffix(".ort"), Path(f"{stem}.required_operators.config"), stem.with_suffix(".ort.json"))
+
+
+def convert_to_ort(onnx_path: str | Path, folder: str | Path, platform: str = DEFAULT_PLATFORM) -> tuple[Path, Path]:
+    """Run onnxruntime's converter on ``onnx_path`` into ``folder`` with the measured options (Fixed style, the
+    ``platform``'s target); returns ``(the .ort file, its required_operators.config)``. The converter's prints are
+    swallowed; its failure is a one-line :class:`TltfError`."""
+    from onnxruntime.tools.convert_onnx_models_to_ort import OptimizationStyle, convert_onnx_models_to_ort
+
+    if platform not in PLATFORMS:
+        raise TltfError(f"--platform {platform}: choose {' or '.join(PLATFORMS)}")
+    onnx_path, folder = Path(onnx_path), Path(folder)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), _quiet_onnxruntime():
+            convert_onnx_models_to_ort(onnx_path, output_dir=folder,
+                                       optimization_styles=[OptimizationStyle[OPTIMIZATION_STYLE]],
+                                       target_platform=platform)
+    except Exception as e:  # the converter raises whatever onnxruntime raised
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise TltfError(f"{onnx_path}: onnxruntime's ORT-format converter failed ({first})") from None
+    ort_file = folder / onnx_path.with_suffix(".ort").name
+    config = folder / f"{onnx_path.stem}.required_operators.config"
+    if not ort_file.is_file() or not config.is_file():
+        raise TltfError(f"{onnx_path}: onnxruntime's ORT-format converter wrote no {ort_file.name} / {config.name}")
+    return ort_file, config
+
+
+@contextlib.contextmanager
+def _quiet_onnxruntime():
+    """The converter's log lines (its config-file INFO, onnxruntime's NCHWc warning for an amd64 file) off."""
+    import logging
+
+    import onnxruntime as ort
+
+    logger = logging.getLogger("ort_format_model.utils")
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    ort.set_default_logger_severity(3)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+        ort.set_default_logger_severity(2)
+
+
+def _name_the_model(config: Path, ort_name: str) -> str:
+    """The config's text with its ``# - /scratch/NAME.ort`` line naming the file that ships, not the scratch copy."""
+    lines = config.read_text().splitlines()
+    return "\n".join(f"# - {ort_name}" if line.startswith("# - ") else line for line in lines) + "\n"
+
+
+def required_operators(config: str | Path) -> dict[str, list[str]]:
+    """The operators in a ``required_operators.config``: ``{"ai.onnx;17": ["Add", "Conv", ...], ...}``."""
+    ops = {}
+    for line in Path(config).read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        domain, _, names = line.partition(";")
+        opset, _, names = names.partition(";")
+        ops[f"{domain};{opset}"] = sorted(n for n in names.split(",") if n)
+    return ops
+
+
+def _session(path: Path):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    so.log_severity_level = 4
+    try:
+        return ort.InferenceSession(str(path), sess_options=so, providers=["CPUExecutionProvider"])
+    except Exception as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise TltfError(f"{path.name}: onnxruntime cannot load the ORT-format file ({first})") from None
+
+
+def compare_ort(onnx_path: str | Path, ort_path: str | Path, images: np.ndarray) -> dict:
+    """``max_abs_diff`` and ``top1_agreement`` of the ``.ort`` file's first output against the ``.onnx``'s on
+    ``images`` (float32 NHWC 0..255), both in onnxruntime."""
+    ref_session, ort_session = _session(Path(onnx_path)), _session(Path(ort_path))
+    name = ref_session.get_inputs()[0].name
+    ref = ref_session.run(None, {name: images})[0]
+    got = ort_session.run(None, {name: images})[0]
+    return {"max_abs_diff": float(np.abs(got - ref).max()),
+            "top1_agreement": float((got.argmax(axis=1) == ref.argmax(axis=1)).mean()), "images": len(images)}
+
+
+def batch1_ms(paths, pixels: np.ndarray, rounds: int = 3, seconds: float = 0.3) -> list[float]:
+    """p50 ms of each file in ``paths`` (``.onnx`` or ``.ort``) on ``pixels`` in onnxruntime with one thread,
+    timed in interleaved rounds (the median of the rounds' p50)."""
+    from tltf.export.latency import Timing, measure
+
+    sessions = [_session(Path(p)) for p in paths]
+    name = sessions[0].get_inputs()[0].name
+    timing = Timing(warmup=3, min_iters=5, max_iters=1000, min_time_s=seconds)
+    p50 = [[] for _ in sessions]
+    for _ in range(rounds):
+        for i, s in enumerate(sessions):
+            p50[i].append(1000 * float(np.median(measure(lambda s=s: s.run(None, {name: pixels}), timing))))
+    return [float(np.median(v)) for v in p50]
+
+
+def _is_quantized(onnx_path: Path) -> bool:
+    import onnx
+
+    proto = onnx.load(str(onnx_path), load_external_data=False)
+    return any(n.op_type in ("QuantizeLinear", "DequantizeLinear", "QLinearConv") for n in proto.graph.node)
+
+
+def export_ort(onnx_path: str | Path, platform: str = DEFAULT_PLATFORM, images: np.ndarray | None = None,
+               progress=None) -> dict:
+    """Convert the tltf ``.onnx`` file at ``onnx_path`` to ``NAME.ort`` beside it, with
+    ``NAME.required_operators.config`` (the operators a minimal onnxruntime build must include: ``build.sh
+    --minimal_build --include_ops_by_config``) and the report ``NAME.ort.json``, which it returns.
+
+    The ``.ort`` file must load in onnxruntime and answer like the ``.onnx`` on ``images`` (default: 16 synthetic
+    structured images of the model's size): max |difference| <= :data:`TOLERANCE` (an int8 file: the same top-1
+    and <= :data:`INT8_TOLERANCE`), else nothing is written and a one-line :class:`TltfError` says by how much."""
+    from tltf.runtime.onnx_model import OnnxModel
+
+    say = progress or (lambda message: None)
+    onnx_path = Path(onnx_path)
+    if not onnx_path.is_file():
+        raise TltfError(f"{onnx_path}: no such model file")
+    if platform not in PLATFORMS:
+        raise TltfError(f"--platform {platform}: choose {' or '.join(PLATFORMS)}")
+    model = OnnxModel(onnx_path, threads=1)
+    h, w = model.image_size
+    if images is None:
+        from tltf.export.parity import synthetic_images
+
+        images = synthetic_images(16, (h, w), seed=1)
+    images = np.ascontiguousarray(images, np.float32)
+    quantized = _is_quantized(onnx_path)
+    ort_path, config_path, report_path = ort_paths(onnx_path)
+    say(f"converting {onnx_path} to the ORT format for {platform} (onnxruntime's converter, "
+        f"--optimization_style {OPTIMIZATION_STYLE} --target_platform {platform})")
+    with scratch_folder("ort") as folder, replacing_together(ort_path, config_path, report_path,
+                                                             suffix=".ort") as (ort_tmp, config_tmp, report_tmp):
+        converted, config = convert_to_ort(onnx_path, folder, platform)
+        say(f"checking the .ort file against the .onnx on {len(images)} images")
+        result = compare_ort(onnx_path, converted, images)
+        tolerance = INT8_TOLERANCE if quantized else TOLERANCE
+        if result["max_abs_diff"] > tolerance or (quantized and result["top1_agreement"] < 1.0):
+            raise TltfError(f"{ort_path}: not written: the ORT-format file differs from {onnx_path.name} by up to "
+                            f"{result['max_abs_diff']:.3g} (allowed {tolerance:g}), top-1 agreement "
+                            f"{100 * result['top1_agreement']:.1f}% on {len(images)} images")
+        try:
+            onnx_ms, ort_ms = batch1_ms([onnx_path, converted], images[:1])
+            speed = {"batch_size": 1, "threads": 1, "onnx_ms": round(onnx_ms, 3), "ort_ms": round(ort_ms, 3),
+                     "measured_on": "this machine (an ARM file timed on x86 says nothing of ARM)"}
+        except Exception:  # a measurement, never a reason to fail the export
+            speed = None
+        shutil.copyfile(converted, ort_tmp)
+        config_tmp.write_text(_name_the_model(config, ort_path.name))
+        import onnxruntime
+
+        report = {
+            "onnx": str(onnx_path), "ort": str(ort_path), "required_operators": str(config_path),
+            "platform": platform, "converter": f"onnxruntime {onnxruntime.__version__} "
+            f"convert_onnx_models_to_ort --optimization_style {OPTIMIZATION_STYLE} --target_platform {platform}",
+            "bytes": ort_tmp.stat().st_size, "onnx_bytes": onnx_path.stat().st_size,
+            "operators": required_operators(config_tmp),
+            "max_abs_diff": result["max_abs_diff"], "top1_agreement": result["top1_agreement"],
+            "parity_images": result["images"], "tolerance": tolerance, "latency": speed,
+            "minimal_build": f"./build.sh --minimal_build --include_ops_by_config {config_path.name}",
+        }
+        report_tmp.write_text(json.dumps(report, indent=2) + "\n")
+    return report
