@@ -1,10 +1,14 @@
 """Batch scoring on Ray Data (``tltf predict MODEL.onnx --data FOLDER --engine ray --out preds.parquet``).
 
 Ray Data reads the image files (``read_binary_files``: a local folder's files, or a URI Ray reads, ``s3://...``),
-decodes and resizes them in its tasks with :mod:`tltf.runtime.images` (the Pillow path of training and of
-``tltf predict``, so the pixels and the answers are the same), and an actor pool of onnxruntime sessions scores
-them (:class:`Scorer`, one intra-op thread each; no TensorFlow anywhere: the workers import tltf.runtime only). The
-model travels through Ray's object store, so workers of a remote cluster (``address``) need no copy of it.
+decodes and resizes them in a map stage with :mod:`tltf.runtime.images` (the Pillow path of training and of
+``tltf predict``, so the pixels and the answers are the same; Ray fuses that stage into the actors' processes), and
+an actor pool of onnxruntime sessions scores them (:class:`Scorer`, one intra-op thread each; no TensorFlow
+anywhere: the workers import tltf.runtime only). On a remote cluster (``address``) the model travels through Ray's
+object store; the images must be where its workers read them (a URI, or a shared file system).
+
+Actors: the cluster's CPUs minus one (one left for reading), at least one. Measured on this 2-core machine (shared,
+load 6-8; ``benchmarks/ray_predict.json``): 2 actors on 2 CPUs were slower than 1 (oversubscribed).
 
 The results -- ``file``, ``top_index``, ``top_label``, ``top_score`` (lists of ``top`` each, best first) -- stream
 to one Parquet file in the driver, written under a temporary name and renamed when every row is in
