@@ -316,17 +316,22 @@ COMMON = ("--backbone", "cnn_small", "--weights", "none", "--stage", "scratch", 
           "--batch-size", "16", "--image-size", "32", "--augment", "none", "--quiet")
 
 
-def test_cli_dann_on_an_unlabelled_folder_saves_the_label_model(toy_domains, tmp_path):
+def test_cli_dann_on_an_unlabelled_folder_under_a_distribution_strategy_saves_the_label_model(toy_domains, tmp_path):
+    """--adapt dann on an unlabelled target folder, under --distribute mirrored (one replica on this machine; two in
+    test_distribute.py's step test; the comparison test below runs without a strategy)."""
     from conftest import cli
     from tltf.api import load_model
     from tltf.models.gradient_reversal import GradientReversal
 
     source, _, flat = toy_domains
     result = cli("fit", "--data", source, "--target-data", flat, "--adapt", "dann", "--out", tmp_path / "run",
-                 *COMMON)
+                 *COMMON, "--distribute", "mirrored")
     assert result.exit_code == 0, result.output
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert saved["distribute"] == "mirrored"
+    assert saved["replicas"] >= 1 and saved["global_batch_size"] == saved["replicas"] * saved["batch_size"]
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
-    assert metrics["adapt"] == "dann" and metrics["num_target"] == 60
+    assert metrics["adapt"] == "dann" and metrics["methods"][0] == "dann" and metrics["num_target"] == 60
     assert "target_accuracy" not in metrics  # no labels were given for evaluation
     assert 0.0 <= metrics["domain_accuracy"] <= 1.0 and metrics["source_val_accuracy"] > 0.5  # chance is 1/3
     assert 0 < metrics["grl_lambda"] <= 0.3
@@ -395,19 +400,6 @@ def test_cli_adapt_errors(toy_domains, tmp_path, args, message):
     result = cli("fit", "--data", source, "--out", tmp_path / "run", *COMMON, *args)
     assert result.exit_code == 2 and message in result.stderr, result.output
     assert not (tmp_path / "run" / "model.keras").exists()
-
-
-def test_cli_dann_runs_under_a_distribution_strategy(toy_domains, tmp_path):
-    """--adapt dann --distribute mirrored (one replica on this machine; two in test_distribute.py's step test)."""
-    from conftest import cli
-
-    source, _, flat = toy_domains
-    result = cli("fit", "--data", source, "--out", tmp_path / "run", *COMMON, "--target-data", flat,
-                 "--adapt", "dann", "--distribute", "mirrored")
-    assert result.exit_code == 0, result.output
-    saved = json.loads((tmp_path / "run" / "config.json").read_text())
-    assert saved["replicas"] >= 1 and saved["global_batch_size"] == saved["replicas"] * saved["batch_size"]
-    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["methods"][0] == "dann"
 
 
 def test_dann_combines_with_layer_transfer_and_l2sp(toy_domains, tmp_path):
