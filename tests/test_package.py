@@ -70,6 +70,18 @@ def test_repository_config_parses_as_triton_model_config_with_the_onnx_shapes(ti
     assert config.output[0].label_filename == "labels.txt"
     assert (home / "labels.txt").read_text().split("\n")[:3] == ["cat", "dog", "fish"]
     assert config.instance_group[0].kind == pb2.ModelInstanceGroup.KIND_CPU
+    assert "checked with Triton's ModelConfig protobuf" in result.output
+
+
+def test_a_config_triton_would_reject_is_refused(tmp_path):
+    from tltf.deploy.triton import check_config
+    from tltf.errors import TltfError
+
+    assert check_config('name: "m" max_batch_size: 4 input [ { name: "x" data_type: TYPE_FP32 dims: [ 3 ] } ]', "ok")
+    with pytest.raises(TltfError, match="bad.pbtxt: Triton's ModelConfig rejects it.*max_batch_sizes"):
+        check_config('name: "m" max_batch_sizes: 4', "bad.pbtxt")
+    with pytest.raises(TltfError, match="TYPE_FLOAT32"):
+        check_config('input [ { name: "x" data_type: TYPE_FLOAT32 } ]', "bad.pbtxt")
 
 
 def test_open_image_size_comes_from_the_contract_and_a_fixed_batch_means_no_batching(tmp_path):

@@ -540,6 +540,9 @@ def repository_server(models):
     text = config.read_text()
     assert "max_queue_delay_microseconds: 0" in text
     config.write_text(text.replace("max_queue_delay_microseconds: 0", "max_queue_delay_microseconds: 2000"))
+    labels = folder / "repo" / "tiny" / "labels.txt"
+    assert labels.read_text() == "cat\ndog\nfish\n"
+    labels.write_text("Cat\nDog\nFish\n")  # Triton labels classifications from this file: so must tltf
     server = Server(["--model-repository", folder / "repo", "--threads", "1"], folder / "repository.log")
     try:
         yield server.wait_ready()
@@ -562,9 +565,9 @@ def test_model_repository_answers_tritonclient_like_the_file(server, repository_
         a = from_file.infer("tiny", [infer_input("pixels", x)], **client_kwargs).as_numpy("probabilities")
         b = from_repo.infer("tiny", [infer_input("pixels", x)], **client_kwargs).as_numpy("probabilities")
         if a.dtype == object:  # classification: "score:index:label" strings, labels from the labels file
-            assert [[s.decode().split(":", 1)[1] for s in row] for row in a] == \
-                   [[s.decode().split(":", 1)[1] for s in row] for row in b]
-            assert {s.decode().rsplit(":", 1)[1] for s in b.ravel()} == {"cat", "dog", "fish"}
+            assert [[s.decode().split(":", 1)[1].lower() for s in row] for row in a] == \
+                   [[s.decode().split(":", 1)[1].lower() for s in row] for row in b]
+            assert {s.decode().rsplit(":", 1)[1] for s in b.ravel()} == {"Cat", "Dog", "Fish"}
         else:
             np.testing.assert_allclose(b, a, atol=ATOL, rtol=0)
             assert len(set(a.argmax(1))) > 1  # the images get different answers: a real comparison

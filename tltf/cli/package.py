@@ -13,7 +13,8 @@ import click
               help="A `tltf bench --json` file to choose the batch sizes from [default: a short bench here].")
 @click.option("--batch-sizes", default="1,8,32", show_default=True,
               help="Batch sizes of the short bench; the largest is max_batch_size.")
-@click.option("--kserve", is_flag=True, help="Also write NAME.inferenceservice.yaml beside DIR (KServe, Triton runtime).")
+@click.option("--kserve", is_flag=True,
+              help="Also write NAME.inferenceservice.yaml beside DIR (KServe, Triton runtime).")
 @click.option("--storage-uri", default=None,
               help="Where the cluster reads DIR from (gs://, s3://, pvc://...) "
                    "[default: gs://BUCKET/models, to edit].")
@@ -34,11 +35,13 @@ def command(model, folder, name, bench_json, batch_sizes, kserve, storage_uri, n
     home = write_repository(model, folder, name=name, bench_results=rows,
                             bench_sizes=parse_batch_sizes(batch_sizes))
     from tltf.deploy.pbtxt import loads
+    from tltf.deploy.triton import triton_model_config
 
     config = loads((home / "config.pbtxt").read_text())
     batching = config.get("dynamic_batching", {})
+    checked = ", checked with Triton's ModelConfig protobuf" if triton_model_config() else ""
     click.echo(f"{home}: config.pbtxt (max_batch_size {config['max_batch_size']}, preferred batch sizes "
-               f"{batching.get('preferred_batch_size', [])}), 1/model.onnx")
+               f"{batching.get('preferred_batch_size', [])}{checked}), 1/model.onnx")
     if kserve:
         from tltf.deploy.kserve import inference_service, write_manifest
 

@@ -140,6 +140,43 @@ def label_file(output: str, several: bool) -> str:
     return f"labels_{re.sub(r'[^A-Za-z0-9_.-]', '_', output)}.txt" if several else LABELS
 
 
+def triton_model_config():
+    """Triton's ``model_config_pb2`` as an installed tritonclient ships it, or None. Loaded from its file: importing
+    ``tritonclient.grpc`` would need grpcio, and ``tritonclient[grpc]`` pins protobuf<7 (measured: installing it
+    here would downgrade protobuf 7.36.2, which TensorFlow, onnx and onnxruntime use, to 6.33.6); the generated
+    module itself needs protobuf alone."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("tritonclient")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(list(spec.submodule_search_locations)[0]) / "grpc" / "model_config_pb2.py"
+    if not path.is_file():
+        return None
+    module_spec = importlib.util.spec_from_file_location("tltf_triton_model_config_pb2", path)
+    module = importlib.util.module_from_spec(module_spec)
+    try:
+        module_spec.loader.exec_module(module)
+    except Exception:  # noqa: BLE001  (a protobuf runtime too old for the generated code: no check, not a failure)
+        return None
+    return module
+
+
+def check_config(text: str, where: str) -> bool:
+    """Parse ``text`` with Triton's ``ModelConfig`` protobuf where tritonclient is installed (True), else do nothing
+    (False); a field or value Triton does not know is a one-line :class:`TltfError`."""
+    module = triton_model_config()
+    if module is None:
+        return False
+    from google.protobuf import text_format
+
+    try:
+        text_format.Parse(text, module.ModelConfig())
+    except text_format.ParseError as e:
+        raise TltfError(f"{where}: Triton's ModelConfig rejects it ({e})") from None
+    return True
+
+
 def write_repository(model_path: str | Path, folder: str | Path, name: str | None = None,
                      bench_results: list[dict] | None = None, bench_sizes=BENCH_SIZES, max_delay_us: int = 0
                      ) -> Path:
@@ -163,7 +200,8 @@ def write_repository(model_path: str | Path, folder: str | Path, name: str | Non
             tmp.write_text("".join(f"{n}\n" for n in names))
     with replacing(home / "1" / "model.onnx") as tmp:
         shutil.copyfile(model_path, tmp)
+    text = f"# written by tltf package from {model_path.name}; batch sizes from tltf bench\n" + dumps(config)
+    check_config(text, str(home / "config.pbtxt"))
     with replacing(home / "config.pbtxt") as tmp:
-        tmp.write_text(f"# written by tltf package from {model_path.name}; batch sizes from tltf bench\n"
-                       + dumps(config))
+        tmp.write_text(text)
     return home

@@ -177,8 +177,14 @@ def load_models(paths, provider: str = "cpu", threads: int | None = None, max_ba
 
 def load_repository(folder, provider: str = "cpu", threads: int | None = None) -> dict[str, ServedModel]:
     """``{name: ServedModel}`` for a Triton model repository (:mod:`tltf.serve.repository`), each with its config's
-    batching; every config is read before any model is loaded."""
+    batching and labels files; every config is read before any model is loaded."""
     from tltf.serve.repository import read_repository
 
-    return {m.name: ServedModel(m.path, provider, threads, m.max_batch, name=m.name, max_delay_ms=m.max_delay_ms)
-            for m in read_repository(folder)}
+    loaded = {}
+    for m in read_repository(folder):
+        loaded[m.name] = ServedModel(m.path, provider, threads, m.max_batch, name=m.name, max_delay_ms=m.max_delay_ms)
+        unknown = [output for output in m.labels if output not in loaded[m.name].output_names]
+        if unknown:
+            raise TltfError(f"{folder}/{m.name}/config.pbtxt: output {unknown[0]!r} is not an output of {m.path}")
+        loaded[m.name].output_classes.update(m.labels)  # the labels files, as Triton labels classifications
+    return loaded

@@ -10,6 +10,9 @@ batcher (:mod:`tltf.serve.batcher`), as Triton would batch it:
   ``max_queue_delay_microseconds`` (``preferred_batch_size`` is not used: tltf's batcher takes what is queued);
 - ``max_batch_size > 0`` without it, or ``max_batch_size: 0``: each request runs alone.
 
+An output's ``label_filename`` (one class name a line) labels its classification results
+(``"parameters": {"classification": k}``), as in Triton, in place of the names in the ONNX file's metadata.
+
 Only the ONNX Runtime backend is served (``platform: "onnxruntime_onnx"`` or ``backend: "onnxruntime"``); any
 other model, a missing file, a config that is not protobuf text are one-line :class:`TltfError`\\ s naming it.
 The config's syntax is read by :mod:`tltf.deploy.pbtxt` (no tritonclient needed to serve).
@@ -17,7 +20,7 @@ The config's syntax is read by :mod:`tltf.deploy.pbtxt` (no tritonclient needed 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from tltf.errors import TltfError
@@ -33,11 +36,13 @@ class RepositoryModel:
     path: Path
     max_batch: int
     max_delay_ms: float
+    #: class names of the outputs with a ``label_filename`` (one name a line, as Triton reads it)
+    labels: dict[str, list[str]] = field(default_factory=dict)
 
 
 def read_model(folder: Path) -> RepositoryModel:
     """The model in ``folder`` (``config.pbtxt`` and its version folders)."""
-    from tltf.deploy.pbtxt import loads
+    from tltf.deploy.pbtxt import as_list, loads
 
     config_path = folder / "config.pbtxt"
     try:
@@ -59,6 +64,15 @@ def read_model(folder: Path) -> RepositoryModel:
     path = versions[-1][1] / filename
     if not path.is_file():
         raise TltfError(f"{path}: no such model file (the latest version of {name!r})")
+    labels = {}
+    for output in as_list(config.get("output")):
+        if isinstance(output, dict) and output.get("label_filename"):
+            labels_path = folder / str(output["label_filename"])
+            try:
+                labels[str(output.get("name"))] = labels_path.read_text().splitlines()
+            except (OSError, UnicodeDecodeError) as e:
+                raise TltfError(f"{labels_path}: cannot read the labels of output {output.get('name')!r} "
+                                f"({type(e).__name__})") from None
     max_batch_size = config.get("max_batch_size", 0)
     batching = config.get("dynamic_batching")
     if not isinstance(max_batch_size, int) or max_batch_size < 0:
@@ -67,8 +81,8 @@ def read_model(folder: Path) -> RepositoryModel:
         delay_us = batching.get("max_queue_delay_microseconds", 0)
         if not isinstance(delay_us, int) or delay_us < 0:
             raise TltfError(f"{config_path}: max_queue_delay_microseconds {delay_us!r} is not a count")
-        return RepositoryModel(name, path, max_batch_size, delay_us / 1000.0)
-    return RepositoryModel(name, path, 1, 0.0)
+        return RepositoryModel(name, path, max_batch_size, delay_us / 1000.0, labels)
+    return RepositoryModel(name, path, 1, 0.0, labels)
 
 
 def read_repository(folder: str | Path) -> list[RepositoryModel]:
