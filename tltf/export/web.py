@@ -17,14 +17,26 @@ The page needs nothing from the network: onnxruntime-web comes from the npm regi
 http(s), not opened as a file: ``python -m http.server -d flowers.web 8000``, then http://localhost:8000/.
 
 **Preprocessing.** The page decodes with the browser (no colour-profile conversion, no EXIF rotation, as Pillow)
-and resizes with a line-for-line port of Pillow's float32 BILINEAR resample (``preprocess.js``): measured
-bit-identical to :func:`tltf.runtime.images.resize` on random images shrunk and enlarged (at most 1.5e-5 of 255
-in one mixed up/down case). Chromium's JPEG decoder gave the same pixels as Pillow's on the 20 ImageNet photos of
-``tests/test_web_target.py``, whose page-vs-onnxruntime check is top-1 equal and scores within 1e-3. Known
-differences: the alpha of a semi-transparent PNG (a canvas premultiplies it; Pillow drops it) and 16-bit PNGs.
+and resizes with a line-for-line port of Pillow's float32 BILINEAR resample (``preprocess.js``): bit-identical to
+:func:`tltf.runtime.images.resize` on random images shrunk and enlarged (1.5e-5 of 255 in one mixed up/down case),
+and Chromium's pixels equal Pillow's exactly on the 20 ImageNet photos of the foolbox wheel and on PNG (RGB, grey,
+palette), BMP and GIF files (``tests/test_web_target.py``). Letting the canvas resize instead (``drawImage`` to
+224x224) moves pixels by up to 141 (low smoothing) or 62 (high) of 255 and changed MobileNetV2's top-1 on 2 and 1
+of those 20 photos (scores by up to 0.54 and 0.29): hence the port. Known differences: the colour of
+semi-transparent pixels (a canvas premultiplies alpha; Pillow drops it) and 16-bit PNGs.
+
+**Measured** (``benchmarks/web_runtime.json``; MobileNetV2 with ImageNet weights, the 20 photos, Chromium 156,
+onnxruntime-web 1.31.1 against onnxruntime 1.32 in Python): fp32 in the page agrees with Python on top-1 20/20,
+scores within 1.6e-6. An int8 (QDQ) file agrees 20/20 (within 0.12) with onnxruntime run without graph
+optimisations, but 17/20 (up to 0.83) with onnxruntime's fused int8 kernels on this AVX2 CPU without VNNI, which
+are the outlier. On a 2-core machine shared with other work (load average 10-15) one wasm thread took a median of
+193 ms per fp32 image (min 144) against 85 ms (min 38) for onnxruntime in Python on one thread; int8 254 ms in the
+page (slower than fp32 there) against 27 ms in Python.
 
 **Threads.** onnxruntime-web runs multi-threaded only on a cross-origin-isolated page (COOP/COEP headers), which
-``python -m http.server`` does not send: the page then runs one thread. The page shows the thread count.
+``python -m http.server`` does not send: the page then runs one thread, and shows the count. (Served with those
+headers, :func:`serve_folder` ``isolated=True``, two threads were slower on the loaded 2-core machine above: 361
+ms against 193.)
 
 >>> report = build_web_app(Path("exported/flowers.onnx"), Path("exported/flowers.web"))   # doctest: +SKIP
 >>> report["serve"]                                                                         # doctest: +SKIP
