@@ -66,6 +66,15 @@ def test_a_bad_image_fails_before_ray_and_leaves_no_file(folder, tmp_path):
     assert not out.exists() and list(tmp_path.iterdir()) == [bad]
     result = cli("predict", folder / "tiny.onnx", "--data", bad, "--engine", "ray")
     assert result.exit_code == 2 and "--out" in result.stderr
+    import socket
+
+    with socket.socket() as closed:  # a port nothing listens on (bound, never listening)
+        closed.bind(("127.0.0.1", 0))
+        address = f"127.0.0.1:{closed.getsockname()[1]}"
+        result = cli("predict", folder / "tiny.onnx", folder / "images" / "0001.png", "--engine", "ray", "--out",
+                     out, "--ray-address", address)
+    assert result.exit_code == 2 and f"--ray-address {address}: no Ray cluster answers there" in result.stderr
+    assert not out.exists()
 
 
 @pytest.mark.slow  # a second Ray start-up: ~40 s on the loaded 2-core machine
@@ -84,3 +93,39 @@ def test_a_file_that_fails_to_decode_in_a_worker_aborts_without_a_half_file(fold
     result = cli("predict", folder / "tiny.onnx", "--data", images, "--engine", "ray", "--out", out)
     assert result.exit_code == 2 and "zz_truncated.png: not a readable image" in result.stderr
     assert not out.exists() and list(out.parent.iterdir()) == []
+
+
+@pytest.mark.slow  # a Ray cluster of its own: ~60 s on the loaded 2-core machine
+def test_ray_address_joins_a_running_cluster_and_leaves_it_running(folder, tmp_path, monkeypatch):
+    """--ray-address: the model reaches the workers through the object store (not its path), the results are
+    tltf predict's, and the cluster -- started here by another process, as an operator's would be -- stays up."""
+    import json
+    import subprocess
+    import sys
+
+    import pyarrow.parquet as pq
+
+    # Ray 2.60's token authentication: a cluster of this test, joined by this test; a user's joins with the token
+    # the cluster was given (RAY_AUTH_TOKEN)
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    holder = subprocess.Popen([sys.executable, "-c",
+                               "import ray, sys\n"
+                               "ray.init(num_cpus=2, include_dashboard=False)\n"
+                               "print(ray.get_runtime_context().gcs_address, flush=True)\n"
+                               "sys.stdin.read()\n"],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        address = holder.stdout.readline().strip()
+        assert address, "the cluster did not start"
+        images = sorted((folder / "images").iterdir())[:60]
+        out = tmp_path / "preds.parquet"
+        result = cli("predict", folder / "tiny.onnx", *images, "--engine", "ray", "--out", out, "--top", "1",
+                     "--ray-address", address)
+        assert result.exit_code == 0, result.output
+        rows = {r["file"]: r["top_index"][0] for r in pq.read_table(out).to_pylist()}
+        local = json.loads(cli("predict", folder / "tiny.onnx", *images, "--top", "1", "--json").output)
+        assert rows == {str(Path(r["file"]).resolve()): r["top"][0]["index"] for r in local}
+        assert holder.poll() is None  # the cluster it joined is still there
+    finally:
+        holder.stdin.close()  # the holder's ray.shutdown at exit stops the cluster it started
+        holder.wait(timeout=120)

@@ -100,12 +100,28 @@ def _sources(data) -> list[str] | str:
     return [os.path.abspath(f) for f in files]
 
 
+def _check_reachable(address: str) -> None:
+    """A ``HOST:PORT`` address that nothing answers on is a one-line error at once (``ray.init`` retries it for
+    minutes: measured over 200 s here); ``auto`` and ``ray://`` addresses are left to Ray."""
+    import socket
+
+    host, _, port = address.rpartition(":")
+    if "://" in address or not host or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=5).close()
+    except OSError as e:
+        raise TltfError(f"--ray-address {address}: no Ray cluster answers there ({e.strerror or e})") from None
+
+
 def _start(address: str | None, num_cpus: int) -> tuple[bool, int]:
     """``(started here, cluster CPUs)``: a local cluster of ``num_cpus``, or the one at ``address``."""
     import ray
 
     if ray.is_initialized():
         return False, int(ray.cluster_resources().get("CPU", 1))
+    if address:
+        _check_reachable(address)
     try:
         if address:
             ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
