@@ -229,3 +229,17 @@ def test_bench_runtime_errors_are_one_line(tmp_path, monkeypatch):
     monkeypatch.setattr(portability, "installed", lambda name: name != "openvino")
     with pytest.raises(TltfError, match=r"--runtime openvino: not installed here \(pip install 'tltf\[edge\]'\)"):
         portability.parse_runtimes("onnxruntime,openvino")
+
+
+def test_slim_without_onnxslim_is_one_line_for_on_and_a_note_for_auto(monkeypatch):
+    from tltf.export import slim
+
+    monkeypatch.setattr(slim, "available", lambda: False)
+    with pytest.raises(TltfError, match=r"--slim on: onnxslim is not installed here \(pip install 'tltf\[edge\]'\)"):
+        slim.slim(object(), np.zeros((1, 8, 8, 3), np.float32), "on")
+    proto = object()
+    kept, report = slim.slim(proto, np.zeros((1, 8, 8, 3), np.float32), "auto")
+    assert kept is proto and report["kept"] is False and "not installed" in report["error"]
+    assert slim.slim(proto, None, "off") == (proto, None)
+    with pytest.raises(TltfError, match="--slim fast: choose auto, on, off"):
+        slim.slim(proto, None, "fast")

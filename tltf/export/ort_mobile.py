@@ -3,18 +3,23 @@ minimal builds, with the reduced operator config such a build needs, checked aga
 
 The conversion is onnxruntime's converter (:mod:`onnxruntime.tools.convert_onnx_models_to_ort`) run with the
 options that keep the outputs and the speed, chosen by measurement -- its defaults keep neither on every file.
-Measured on tltf's exports at 224 px (MobileNetV3-Small, EfficientNet-B0; fp32 and int8; batch 1, one thread,
-onnxruntime 1.32 on this x86 CPU; ``benchmarks/edge_runtimes.json`` has the figures):
+Measured on tltf's exports at 224 px (random-weight MobileNetV3-Small and EfficientNet-B0, fp32 and int8; 16
+images; batch 1, one thread, onnxruntime 1.32 on this x86 CPU, 2 shared cores, interleaved rounds;
+``ort_converter_options`` in ``benchmarks/edge_runtimes.json``):
 
-- ``--optimization_style Fixed`` (the graph optimised once, at conversion): outputs within 1.2e-6 of the ``.onnx``
-  in fp32. The ``Runtime`` style (``*.with_runtime_opt.ort``, optimisations replayed at load) changed int8 outputs
-  and ran 3-4x slower here, so it is never used.
-- ``--target_platform amd64``: a file bit-identical in its outputs to the ``.onnx`` and as fast (MNv3-S fp32 14.8
-  vs 14.8 ms on a loaded machine). Its graph holds x86-only NCHWc layout kernels, so it is for x86 devices only.
-- ``--target_platform arm`` (the default, since "mobile" means ARM): the converter leaves out the x86-only NCHWc
-  layout and lets int8 QDQ nodes fuse into ARM's signed int8 kernels (``session.qdqisint8allowed``). On an x86 CPU
-  this file runs 2.2-3.2x slower than the ``.onnx`` (those kernels are what made x86 fast), which says nothing of
-  its speed on ARM; its outputs still match the ``.onnx`` (fp32 1.2e-6).
+- ``--optimization_style Fixed`` (the graph optimised once, at conversion). The ``Runtime`` style
+  (``*.with_runtime_opt.ort``, optimisations replayed at load) was 2.8x / 1.9x slower than the ``.onnx`` in fp32
+  here and needs a session option to replay them, so it is never used. A lower optimisation level is no way out:
+  ``basic`` broke the int8 files (max |diff| 0.99, top-1 6/16 on MNv3-S) and was 2.2-2.7x slower in fp32.
+- ``--target_platform amd64`` (``--platform amd64``): fp32 files bit-identical to the ``.onnx`` and as fast
+  (MNv3-S 14.8 vs 14.8 ms, EffB0 56.7 vs 56.1 ms). Its graph holds x86-only NCHWc layout kernels: for x86 only.
+- ``--target_platform arm`` (the default, since "mobile" means ARM): the converter leaves out the x86 NCHWc layout
+  and lets int8 QDQ nodes fuse into ARM's signed int8 kernels (``session.qdqisint8allowed``). On this x86 CPU the
+  fp32 file runs 3.0-3.2x slower than the ``.onnx`` (MNv3-S 47.2 ms, EffB0 165.8 ms; the converter's own default,
+  no target, 2.4-2.6x), which says nothing of its speed on ARM, where those x86 kernels do not exist; its outputs
+  match the ``.onnx`` (1.2e-6 MNv3-S, 1.2e-5 on the chaotic random EffB0; 0 in int8).
+- int8 files: every Fixed variant gave outputs identical to the ``.onnx`` here; MNv3-S int8 .ort 19.5 ms against
+  11.7 ms for the .onnx, EffB0 int8 85-92 vs 81 ms (noisy machine).
 
 The ``.ort`` file is kept only if onnxruntime loads it and its outputs on the parity images are within
 :data:`TOLERANCE` of the ``.onnx``'s (int8: the same top-1 and :data:`INT8_TOLERANCE`); the file, the operator
