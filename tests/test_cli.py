@@ -12,7 +12,9 @@ import numpy as np
 import pytest
 from conftest import cli
 
-FAST = ["--backbone", "mobilenet_v3_small", "--weights", "none", "--image-size", "32", "--batch-size", "16",
+#: cnn_small_bn (BatchNorm like the keras.applications backbones, 3 blocks): the gradual 6-epoch fit of the resume
+#: test takes 54 s here against mobilenet_v3_small's 254 s (a loaded 2-core machine; each stage recompiles the model)
+FAST = ["--backbone", "cnn_small_bn", "--weights", "none", "--image-size", "32", "--batch-size", "16",
         "--augment", "none", "--refit", "off"]
 
 
@@ -32,7 +34,7 @@ def test_fit_writes_a_complete_run_folder_and_evaluate_reads_it(image_folder, tm
                  "--quiet")
     assert result.exit_code == 0, result.output
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["backbone"] == "mobilenet_v3_small" and metrics["classes"] == ["circle", "square", "triangle"]
+    assert metrics["backbone"] == "cnn_small_bn" and metrics["classes"] == ["circle", "square", "triangle"]
     assert [s["name"] for s in metrics["stages"]] == ["head", "all"]
     head, full = metrics["stages"]
     assert head["trainable_params"] < full["trainable_params"] and full["learning_rate"] == head["learning_rate"] / 10
@@ -100,7 +102,7 @@ def test_killed_fit_resumes_from_the_last_finished_epoch(image_folder, tmp_path)
     epochs = [int(line.split(",")[0]) for line in (out / "history.csv").read_text().splitlines()[1:]]
     assert sorted(set(epochs)) == list(range(6))
     metrics = json.loads((out / "metrics.json").read_text())
-    assert [s["name"] for s in metrics["stages"]] == ["head", "top1", "top6", "all"]
+    assert [s["name"] for s in metrics["stages"]] == ["head", "top1", "top2", "all"]
 
 
 def test_tensorflow_startup_chatter_is_filtered_and_real_errors_pass(capfd):
