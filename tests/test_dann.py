@@ -276,7 +276,7 @@ def test_stage_plan_callbacks_drive_a_dann_model():
     from tltf.staging.freezing import blocks_of, trainable_count
 
     keras.utils.set_random_seed(0)
-    clf = build_classifier("mobilenet_v2", ["a", "b", "c"], 32, "none", dropout=0.0, train_bn=False)
+    clf = build_classifier("cnn_small_bn", ["a", "b", "c"], 32, "none", dropout=0.0, train_bn=False)
     model = build_dann(clf, domain_hidden=(8,))
     plan = preset("finetune", epochs=2, learning_rate=1e-3, num_blocks=len(blocks_of(model)))
     model.compile(optimizer=make_optimizer("adam", plan.stages[0].learning_rate))
