@@ -23,7 +23,7 @@ def tiny(tmp_path_factory):
 
     keras.utils.set_random_seed(0)
     folder = tmp_path_factory.mktemp("bench")
-    model = spread_random_model(build_classifier("mobilenet_v3_small", ["a", "b"], image_size=32, weights="none"))
+    model = spread_random_model(build_classifier("cnn_small_bn", ["a", "b"], image_size=32, weights="none"))
     model.save(folder / "model.keras")
     export_onnx(folder / "model.keras", folder / "tiny.onnx")
     return {"keras": folder / "model.keras", "onnx": folder / "tiny.onnx", "folder": folder}
