@@ -198,7 +198,9 @@ def compare(data: str, out: str | Path, backbone: str = "mobilenet_v2", weights:
     ``adapt`` (``"none,dann,mmd"`` or a list; needs ``target_data`` in ``fit_options``) compares domain-adaptation
     methods instead of strategies: the baseline is ``none`` (source-only), each row reports the target accuracy
     (with ``target_labels_for_eval``) and the label-free criteria (:mod:`tltf.adapt.selection`), and ``selected``
-    names the method ``criterion`` (default :data:`tltf.adapt.selection.DEFAULT_CRITERION`) picks.
+    names the method ``criterion`` picks (default ``"auto"``, the measured rule of
+    :func:`tltf.adapt.selection.choose`), with the reason, each criterion's values and DEV's effective sample size
+    and degeneracy flag under ``selection``, and a ``warning`` when the criteria disagree on the winner.
     """
     from tltf.training import FitConfig, fit
 
@@ -357,7 +359,7 @@ def format_markdown(result: dict) -> str:
              "extraction where the head trained on cached features), mean over seeds; "
              "trainable: parameters of the final stage.", ""]
     target = any(row.get("target_accuracy_mean") is not None for row in result["summary"])
-    criteria = [c for c in ("dev_risk", "dev_ess", "snd", "target_entropy")
+    criteria = [c for c in ("dev_risk", "dev_ess", "snd", "target_entropy", "domain_separability")
                 if any(row.get(f"{c}_mean") is not None for row in result["summary"])]
     extra = (["target accuracy"] if target else []) + [c.replace("_", " ") for c in criteria]
     lines += ["| " + " | ".join(["strategy", "val accuracy", "test accuracy", *extra, "train s", "trainable params",

@@ -19,10 +19,11 @@ from tltf.cli import options
               help="The target data has labels: measure each method's target accuracy with them (never to train).")
 @click.option("--adapt", help="Compare domain-adaptation methods instead of strategies: comma-separated from none "
               "(source-only baseline), dann, mmd, coral, adabn, METHOD+adabn; e.g. none,dann,mmd,coral,adabn.")
-@click.option("--criterion", type=click.Choice(["auto", "dev_risk", "snd", "target_entropy"]),
-              help="With --adapt: how a method is selected without target labels: auto (the measured rule: DEV's "
-                   "control-variate risk unless its weights are degenerate, ranked with SND; see "
-                   "tltf.adapt.selection) or one criterion alone [default: auto].")
+@click.option("--criterion", type=click.Choice(["auto", "dev_risk", "snd", "target_entropy", "domain_separability"]),
+              help="With --adapt: how a method is selected without target labels: auto (the measured rule: "
+                   "source-only left out when its features separate the domains, then the best mean rank by DEV "
+                   "and target entropy, DEV left out when its weights are degenerate; see tltf.adapt.selection) or "
+                   "one criterion alone [default: auto].")
 @click.option("--seeds", type=int, default=3, show_default=True, help="Seeds per strategy (0, 1, …).")
 @click.option("--epochs", type=int, help="Epoch budget of every run [default: 6].")
 @options.image_size
