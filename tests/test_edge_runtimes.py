@@ -66,20 +66,26 @@ def test_opencv_dnn_runs_the_mobilenet_v3_export_like_onnxruntime(tmp_path):
 
 # --- trained files on every installed runtime ----------------------------------------------------------------------
 
-def _agrees_or_is_refused(path, report, images, labels=None):
-    """Each edge runtime in ``report["runtimes"]`` either agrees with onnxruntime on top-1 for every image -- checked
-    here again, independently of the report -- or is refused with one line that names it and says why."""
+def _agrees_or_is_refused(path, report, images, labels=None, keras=None):
+    """Each edge runtime in ``report["runtimes"]`` either agrees -- an fp32 file with onnxruntime on top-1 for every
+    image, an int8 file with Keras as often as the export's gate asked of onnxruntime; checked here again,
+    independently of the report -- or is refused with one line that names it and says why."""
     reference = portability.load("onnxruntime", path)(images)
     if labels is not None:
         assert (reference.argmax(axis=1) == labels).mean() >= 0.9  # a trained file, answering right
     assert set(report["runtimes"]) == {"openvino", "opencv"}
     verdicts = {}
     for name, row in report["runtimes"].items():
-        if row["ok"]:
+        if report["precision"] != "fp32":
+            assert row["compared_with"] == "Keras" and row["loads"]
+            agreement = (portability.load(name, path)(images).argmax(axis=1) == keras.argmax(axis=1)).mean()
+            assert agreement == pytest.approx(row["top1_agreement"]), name
+            assert row["ok"] == (agreement >= report["threshold"]), name
+        elif row["ok"]:
             theirs = portability.load(name, path)(images)
             assert (theirs.argmax(axis=1) == reference.argmax(axis=1)).all(), name
-            assert row["top1_agreement"] == 1.0 or report["precision"] != "fp32"
-        else:
+            assert row["top1_agreement"] == 1.0 and row["compared_with"] == "onnxruntime"
+        if not row["ok"]:
             line = row["refused"]
             assert "\n" not in line and line.startswith(name) and path.name in line
         verdicts[name] = row["ok"]
@@ -104,7 +110,7 @@ def trained_files(request, tmp_path_factory):
     int8 = export_onnx(model, folder / "int8.onnx", precision="int8", calibration_data=folder / "calib.npz",
                        parity_images=images, threshold=0.5, slim="off")
     return {"backbone": request.param, "folder": folder, "images": images, "labels": labels,
-            "reports": {"fp32": fp32, "int8": int8}}
+            "keras": np.asarray(model(images, training=False)), "reports": {"fp32": fp32, "int8": int8}}
 
 
 def test_trained_fp32_files_run_right_on_openvino_and_opencv(trained_files):
@@ -119,7 +125,8 @@ def test_trained_fp32_files_run_right_on_openvino_and_opencv(trained_files):
 
 def test_trained_int8_files_agree_or_are_refused_with_one_line(trained_files):
     folder = trained_files["folder"]
-    _agrees_or_is_refused(folder / "int8.onnx", trained_files["reports"]["int8"], trained_files["images"])
+    _agrees_or_is_refused(folder / "int8.onnx", trained_files["reports"]["int8"], trained_files["images"],
+                          keras=trained_files["keras"])
 
 
 def test_slim_report_says_what_it_removed_and_the_time_before_and_after(trained_files):
@@ -151,12 +158,17 @@ def test_pretrained_mobilenet_v2_fp32_and_int8_on_every_runtime(torchvision_weig
         shutil.copy(path, folder / path.name)
     pixels = load_images([str(folder / path.name) for path, _ in photos], (224, 224))
     labels = np.array([label for _, label in photos])
+    from tltf.export.parity import keras_probabilities
+    from tltf.models.loading import load_model
+
+    keras = keras_probabilities(load_model(torchvision_weights), pixels)
     for precision in ("fp32", "int8"):
         out = tmp_path / f"mnv2_{precision}.onnx"
         # int8 agreement with Keras is test_export's business (19/20 there); here a file to run on each runtime
         report = export_onnx(torchvision_weights, out, precision=precision, calibration_data=folder,
-                             threshold=0.8 if precision == "int8" else None, slim="off")
-        verdicts = _agrees_or_is_refused(out, report, pixels, labels if precision == "fp32" else None)
+                             parity_images=pixels, threshold=0.8 if precision == "int8" else None, slim="off")
+        verdicts = (_agrees_or_is_refused(out, report, pixels, labels) if precision == "fp32" else
+                    _agrees_or_is_refused(out, report, pixels[:16], keras=keras[:16]))  # the runtimes' 16
         if precision == "fp32":
             assert verdicts == {"openvino": True, "opencv": True}
 

@@ -548,7 +548,9 @@ def export_onnx(model, out: str | Path, opset: int = DEFAULT_OPSET, precision: s
         if slim_report is not None:
             report["slim"] = slim_report
         t0 = time.perf_counter()
-        report["runtimes"] = _check_runtimes(tmp, out, check[:16], precision, runtimes, openvino_precision, say)
+        keras_reference = keras_probs[:16] if row.quantizer is not None and not info["tasks"] else None
+        report["runtimes"] = _check_runtimes(tmp, out, check[:16], precision, runtimes, openvino_precision, say,
+                                             keras_reference, result["threshold"])
         report["timings_s"]["runtimes_s"] = round(time.perf_counter() - t0, 3)
         if row.timed_vs_float32:
             say(f"timing {row.name} against {DEFAULT} on this CPU (batch 1)")
@@ -557,9 +559,12 @@ def export_onnx(model, out: str | Path, opset: int = DEFAULT_OPSET, precision: s
     return report
 
 
-def _check_runtimes(tmp: Path, out: Path, images, precision: str, runtimes, openvino_precision: str, say) -> dict:
+def _check_runtimes(tmp: Path, out: Path, images, precision: str, runtimes, openvino_precision: str, say,
+                    keras_reference=None, threshold=None) -> dict:
     """The passed file on each edge runtime against onnxruntime (:func:`tltf.export.portability.check`), run on a
-    copy named like ``out`` (OpenVINO picks its reader by the file's extension); ``{}`` where none is installed."""
+    copy named like ``out`` (OpenVINO picks its reader by the file's extension); ``{}`` where none is installed.
+    A quantized file (``keras_reference``: Keras' probabilities on ``images``) is compared with Keras under the
+    gate onnxruntime passed (``threshold``): each runtime has its own int8 kernels."""
     import shutil
 
     from tltf.export import portability
@@ -572,6 +577,10 @@ def _check_runtimes(tmp: Path, out: Path, images, precision: str, runtimes, open
     with scratch_folder("runtimes") as folder:
         copy = Path(folder) / out.name
         shutil.copyfile(tmp, copy)
+        if keras_reference is not None:
+            return portability.check(copy, images, names, openvino_precision=openvino_precision,
+                                     precision=precision, reference=keras_reference, reference_name="Keras",
+                                     min_agreement=threshold)
         return portability.check(copy, images, names, openvino_precision=openvino_precision, precision=precision)
 
 
