@@ -340,12 +340,10 @@ def test_cli_int8_default_gate_refuses_a_file_that_falls_short_offline(small, tm
 
 @pytest.mark.network
 def test_int8_gate_on_pretrained_mobilenet_v2_with_real_photos(tmp_path):
-    """Real ImageNet weights (torchvision's MobileNetV2) calibrated and checked on 20 real ImageNet photos.
-
-    int8 agrees with Keras on 19 of the 20 (95 %, so the gate here is 0.95: the default 0.97 admits no disagreement
-    on 20 images): the one it changes, imagenet_14_129, is a near tie in Keras itself (0.343 vs 0.336), and no
-    other disagreement is allowed. (With TensorFlow's fast-DCT JPEG decoding, before the pipeline matched Pillow,
-    the calibration differed slightly and that tie went Keras' way: 20/20.)"""
+    """Real ImageNet weights (torchvision's MobileNetV2) calibrated and checked on 20 real ImageNet photos, under the
+    default int8 gate (97 %: no disagreement on 20 images). With 7-bit weights (quantize.REDUCE_RANGE) int8 agrees
+    with Keras on 20/20 on this AVX2 CPU; with 8-bit weights it was 17/20 here (onnxruntime's u8 x s8 kernels
+    saturate without VNNI) and 19/20 on a VNNI CPU."""
     import shutil
 
     from tltf.data.offline import imagenet_photos
@@ -357,9 +355,8 @@ def test_int8_gate_on_pretrained_mobilenet_v2_with_real_photos(tmp_path):
     folder.mkdir()
     for path, _ in photos:
         shutil.copy(path, folder / path.name)
-    report = export_onnx(weights, tmp_path / "mnv2_int8.onnx", precision="int8", calibration_data=folder,
-                         threshold=0.95)
-    assert report["parity_images"] == 20 and report["top1_agreement"] >= 0.95
+    report = export_onnx(weights, tmp_path / "mnv2_int8.onnx", precision="int8", calibration_data=folder)
+    assert report["parity_images"] == 20 and report["top1_agreement"] >= 0.97
     from tltf.data.images import load_images
     from tltf.models.loading import load_model
     from tltf.predict import predict_files
@@ -480,8 +477,8 @@ def test_calibration_images_from_any_data_spec(tmp_path):
         load_calibration_images("nope.npz", (20, 20))
 
 
-def test_readme_plain_onnxruntime_snippet_runs_without_tensorflow(small, tmp_path):
-    """The README's edge snippet, run as written (paths swapped) in a fresh interpreter: the same top-1 as Keras,
+def test_docs_plain_onnxruntime_snippet_runs_without_tensorflow(small, tmp_path):
+    """The export guide's plain-onnxruntime snippet (docs/guides/export.md), run as written (paths swapped) in a fresh interpreter: the same top-1 as Keras,
     and TensorFlow never imported."""
     import subprocess
     import sys
@@ -491,8 +488,8 @@ def test_readme_plain_onnxruntime_snippet_runs_without_tensorflow(small, tmp_pat
 
     from tltf.models.classifier import class_names_of
 
-    readme = (Path(__file__).parents[1] / "README.md").read_text()
-    code = next(block for block in re.findall(r"```python\n(.*?)```", readme, re.S)
+    guide = (Path(__file__).parents[1] / "docs" / "guides" / "export.md").read_text()
+    code = next(block for block in re.findall(r"```python\n(.*?)```", guide, re.S)
                 if "ort.InferenceSession" in block and "tltf" not in block)
     image = synthetic_images(1, (64, 64), seed=5).round().astype(np.uint8)
     Image.fromarray(image[0]).save(tmp_path / "photo.png")  # model size: the resize is exact
