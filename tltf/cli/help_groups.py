@@ -40,19 +40,29 @@ OPTION_GROUPS: dict[str, list[tuple[str, list[str]]]] = {
         ("Export", ["MODEL", "--onnx", "--out", "--opset", "--features"]),
         ("Precision", ["--fp16", "--int8", "--calibration-data", "--max-calibration"]),
         ("Parity gate", ["--max-diff", "--min-agreement"]),
+        ("Edge targets and runtimes", ["--target", "--platform", "--slim", "--openvino-precision"]),
         ("Output", ["--json"]),
     ],
     "bench": [
         ("What to measure", ["MODELS", "--keras", "--batch-sizes", "--provider", "--threads", "--xla"]),
+        ("Other runtimes", ["--runtime", "--openvino-precision"]),
         ("How long", ["--warmup", "--iterations", "--seconds"]),
         ("Output", ["--json", "--plot"]),
     ],
     "serve": [
-        ("Models and address", ["MODELS", "--host", "--port", "--provider", "--threads"]),
+        ("Models and address", ["MODELS", "--model-repository", "--host", "--port", "--provider", "--threads"]),
         ("Batching", ["--max-batch", "--max-delay-ms"]),
         ("Limits", ["--max-queue", "--max-queue-mb", "--max-body-mb", "--request-timeout-ms", "--header-timeout-s",
                     "--body-timeout-s"]),
         ("Logging", ["--log-level", "--access-log"]),
+    ],
+    "predict": [
+        ("Model and images", ["MODEL", "IMAGES", "--top", "--json"]),
+        ("Batch scoring on Ray Data", ["--data", "--engine", "--out", "--ray-address", "--ray-cpus"]),
+    ],
+    "package": [
+        ("Triton model repository", ["MODEL", "--triton", "--name", "--bench-json", "--batch-sizes"]),
+        ("KServe", ["--kserve", "--storage-uri", "--namespace"]),
     ],
     "compare": [
         ("Data and model", ["--data", "--backbone", "--weights", "--image-size", "--val-split", "--augment",
