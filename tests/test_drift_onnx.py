@@ -176,7 +176,9 @@ def test_reduced_precision_exports_carry_the_features_output(exported, tmp_path,
     measured cosine with Keras' features >= 0.99999 (fp16) and 0.9997 (int8) on this model."""
     from tltf.runtime.onnx_model import OnnxModel
 
-    extra = ["--calibration-data", exported["reference"]] if precision == "int8" else []
+    # int8's gate is not what this test is about: this random-weight model's outputs are near ties (on this AVX2 CPU
+    # 86/90 images agree with Keras, max |diff| 0.05, with 8-bit weights 84/90 and 0.29), so it is lowered here
+    extra = ["--calibration-data", exported["reference"], "--min-agreement", "0.9"] if precision == "int8" else []
     out = tmp_path / f"{precision}.onnx"
     result = cli("export", exported["keras"], "--onnx", "--features", f"--{precision}", *extra, "--out", out,
                  "--json")
