@@ -307,23 +307,12 @@ def _artifacts(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def served(site):
-    """The built site over HTTP on a free local port (its links are folders: guides/serving/)."""
-    import functools
-    import threading
-    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+    """The built site over HTTP on a free local port (its links are folders: guides/serving/), by the web
+    target's own static server."""
+    from tltf.export.web import serve_folder
 
-    class Quiet(SimpleHTTPRequestHandler):
-        def log_message(self, *args):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(site)))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serve_folder(site) as url:
+        yield url
 
 
 def test_site_renders_in_chromium(served, tmp_path):
