@@ -211,7 +211,9 @@ def test_fit_help_groups_are_the_settings_groups():
     assert [title for title, _ in shown][:3] == ["Data", "Model", "Schedule"]  # most used first
     for title, params in shown:
         if title == help_groups.DEFAULT_GROUP:
-            assert {p.name for p in params} == {"help"}, [p.name for p in params]  # nothing left ungrouped
+            # nothing left ungrouped but --help (its param name differs across click versions: click 8.5 names it
+            # "_click_default_help")
+            assert len(params) == 1 and "--help" in params[0].opts, [p.opts for p in params]
             continue
         want = "method" if title.startswith("Method") else expected[title]
         for param in params:
