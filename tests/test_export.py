@@ -444,13 +444,15 @@ def test_cli_export_errors(small, tmp_path):
 
 
 def test_cli_gate_can_be_set_and_its_failure_names_the_value_that_would_pass(small, tmp_path):
+    """--slim off: with auto, whether onnxslim's graph is kept depends on a timing, so two exports of one model can
+    differ by a few 1e-8 (measured in CI: 2.62e-6 against the 2.6e-6 the first export suggested)."""
     out = tmp_path / "gated.onnx"
-    result = cli("export", small["keras"], "--onnx", "--out", out, "--max-diff", "1e-12")
+    result = cli("export", small["keras"], "--onnx", "--slim", "off", "--out", out, "--max-diff", "1e-12")
     assert result.exit_code == 2 and "parity check failed, nothing written" in result.stderr
     assert _files(tmp_path) == []
     suggested = re.search(r"--max-diff (\S+) would accept it", result.stderr).group(1)
     assert 1e-12 < float(suggested) <= 1e-4
-    result = cli("export", small["keras"], "--onnx", "--out", out, "--max-diff", suggested, "--json")
+    result = cli("export", small["keras"], "--onnx", "--slim", "off", "--out", out, "--max-diff", suggested, "--json")
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     assert report["threshold"] == float(suggested) and report["relative_diff"] <= float(suggested)
