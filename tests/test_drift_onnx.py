@@ -55,8 +55,7 @@ def exported(tmp_path_factory):
     model = spread_random_model(build_classifier("cnn_small", list(SHAPES), 32, "none"))
     save_model(model, root / "model.keras")
     for name, flags in [("model.onnx", ["--features"]), ("plain.onnx", [])]:
-        # --slim on: kept whenever outputs match, the same for both files (auto decides by a timing)
-        result = cli("export", root / "model.keras", "--onnx", "--slim", "on", *flags, "--out", root / name, "--json")
+        result = cli("export", root / "model.keras", "--onnx", *flags, "--out", root / name, "--json")
         assert result.exit_code == 0, result.output
     return {"root": root, "keras": root / "model.keras", "onnx": root / "model.onnx", "plain": root / "plain.onnx",
             "env": blocked_tf_env(root / "blocked"), **folders}

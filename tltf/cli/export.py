@@ -68,8 +68,8 @@ def _calibrated_flags() -> str:
               help="--target ort-mobile: the CPU the .ort file is for (amd64: x86 layout kernels, as fast as the "
               ".onnx there; arm: none of them, runs 2-3x slower on x86).")
 @click.option("--slim", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True,
-              help="Simplify the graph with onnxslim (auto: keep it only where onnxruntime runs it faster here and "
-              "its outputs match).")
+              help="Simplify the graph with onnxslim (auto: keep it where its outputs match the original's; on: "
+              "refuse the export otherwise).")
 @click.option("--openvino-precision", type=click.Choice(["f32", "bf16"]), default="f32", show_default=True,
               help="The precision OpenVINO computes in when the export checks the file on it (bf16: faster on "
               "CPUs that have it, flips near-tied answers).")

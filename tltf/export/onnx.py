@@ -463,8 +463,8 @@ def export_onnx(model, out: str | Path, opset: int = DEFAULT_OPSET, precision: s
     fraction of the output range; fp16/int8: the smallest top-1 agreement); the report records the one used.
     ``progress(message)`` is called at each step if given.
 
-    ``slim``: onnxslim on the float32 graph before quantisation -- ``auto`` keeps it where onnxruntime runs it faster
-    here with the same outputs, ``on`` whenever the outputs match, ``off`` never (:mod:`tltf.export.slim`; the
+    ``slim``: onnxslim on the float32 graph before quantisation -- ``auto`` keeps it where its outputs match the
+    original's (otherwise the original, saying why), ``on`` refuses the export instead, ``off`` never slims (:mod:`tltf.export.slim`; the
     report's ``slim``). ``runtimes``: the edge runtimes the passed file is also run on and compared with onnxruntime
     on the parity images (default: those of ``openvino``, ``opencv`` installed; ``()`` for none), OpenVINO in
     ``openvino_precision``; the report's ``runtimes`` says per runtime whether it loads, its top-1 agreement and max
@@ -514,8 +514,8 @@ def export_onnx(model, out: str | Path, opset: int = DEFAULT_OPSET, precision: s
     if slim != "off":
         from tltf.export.slim import slim as slim_graph
 
-        say(f"simplifying the graph with onnxslim ({slim}: kept where faster here with the same outputs)"
-            if slim == "auto" else "simplifying the graph with onnxslim")
+        say("simplifying the graph with onnxslim" + (" (auto: kept where the outputs match)" if slim == "auto"
+                                                     else ""))
         t0 = time.perf_counter()
         proto, slim_report = slim_graph(proto, check[:16], slim)
         timings["slim_s"] = time.perf_counter() - t0

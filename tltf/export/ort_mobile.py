@@ -122,16 +122,9 @@ def required_operators(config: str | Path) -> dict[str, list[str]]:
 
 
 def _session(path: Path):
-    import onnxruntime as ort
+    from tltf.runtime.onnx_model import plain_session
 
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = 1
-    so.log_severity_level = 4
-    try:
-        return ort.InferenceSession(str(path), sess_options=so, providers=["CPUExecutionProvider"])
-    except Exception as e:
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-        raise TltfError(f"{path.name}: onnxruntime cannot load the ORT-format file ({first})") from None
+    return plain_session(path, threads=1, what="the ORT-format file" if path.suffix == ".ort" else "")
 
 
 def compare_ort(onnx_path: str | Path, ort_path: str | Path, images: np.ndarray) -> dict:

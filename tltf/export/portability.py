@@ -32,6 +32,7 @@ from typing import Callable
 import numpy as np
 
 from tltf.errors import TltfError
+from tltf.runtime.onnx_model import plain_session
 
 RUNTIMES = ("onnxruntime", "openvino", "opencv")
 EDGE_RUNTIMES = RUNTIMES[1:]
@@ -94,14 +95,7 @@ def load(runtime: str, path: str | Path, threads: int | None = None,
 
 
 def _onnxruntime(path: Path, threads: int | None):
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.log_severity_level = 4
-    if threads:
-        so.intra_op_num_threads = int(threads)
-        so.inter_op_num_threads = 1
-    session = ort.InferenceSession(str(path), sess_options=so, providers=["CPUExecutionProvider"])
+    session = plain_session(path, threads)
     name = session.get_inputs()[0].name
     first = session.get_outputs()[0].name
     return lambda pixels: session.run([first], {name: pixels})[0]
@@ -142,15 +136,7 @@ def _opencv(path: Path, threads: int | None):
 
 def file_precision(path: str | Path) -> str:
     """The ``precision`` a tltf file's metadata names (fp32 where it names none)."""
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.log_severity_level = 4
-    try:
-        session = ort.InferenceSession(str(path), sess_options=so, providers=["CPUExecutionProvider"])
-    except Exception as e:
-        raise TltfError(f"{path}: onnxruntime cannot load it ({_first_line(e)})") from None
-    return session.get_modelmeta().custom_metadata_map.get("precision", "fp32")
+    return plain_session(path).get_modelmeta().custom_metadata_map.get("precision", "fp32")
 
 
 def agreement_needed(precision: str, openvino_precision: str = "f32", runtime: str = "") -> float | None:

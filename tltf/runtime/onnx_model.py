@@ -157,6 +157,28 @@ def make_session(path: str | Path, provider: str = "cpu", threads: int | None = 
     return session
 
 
+def plain_session(path: str | Path, threads: int | None = None, optimize: bool = True, what: str = ""):
+    """A quiet CPU ``onnxruntime.InferenceSession`` with onnxruntime's own defaults (its full graph optimisation
+    unless ``optimize=False``; ``threads``: intra-op threads, onnxruntime's choice when None) -- the session the
+    export checks compare files in, where :func:`make_session`'s serving tuning (spinning, arenas) has no place. A
+    file onnxruntime cannot load is a one-line :class:`TltfError` naming it (``what`` describes it, e.g. "the
+    ORT-format file")."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 4  # errors reach the caller as exceptions, not as log lines
+    if not optimize:
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    if threads:
+        so.intra_op_num_threads = int(threads)
+        so.inter_op_num_threads = 1
+    try:
+        return ort.InferenceSession(str(path), sess_options=so, providers=["CPUExecutionProvider"])
+    except Exception as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise TltfError(f"{path}: onnxruntime cannot load {what or 'it'} ({first})") from None
+
+
 def run_failure(e: Exception) -> str:
     """The first line of an onnxruntime error, without its source-file prefix, for a one-line message."""
     import re
@@ -169,13 +191,8 @@ def _image_size_of(path) -> tuple[int, int]:
     """The input size for TensorRT's optimisation profile, which must be known before its session is made: read
     from a plain CPU session without graph optimisations (the one case where a file is opened twice); 224x224 for
     a file without a tltf contract (onnxruntime then says what is wrong with it, if anything)."""
-    import onnxruntime as ort
-
     try:
-        so = ort.SessionOptions()
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-        so.log_severity_level = 4
-        return read_contract(ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"]), path)[1]
+        return read_contract(plain_session(path, optimize=False), path)[1]
     except Exception:  # noqa: BLE001  (TltfError or onnxruntime's own: the real session reports it)
         return (224, 224)
 
