@@ -1,5 +1,5 @@
 """``tltf export --onnx --target ort-mobile``: the ``.ort`` file from onnxruntime's converter answers like the
-``.onnx`` (1e-5), its operator config names what a minimal build needs, and a failed check writes nothing."""
+``.onnx`` (amd64: bit for bit; arm: 1e-4), its operator config names what a minimal build needs, and a failed check writes nothing."""
 
 import json
 
@@ -71,9 +71,13 @@ def test_ort_file_equals_the_onnx(exported, tmp_path, precision, platform):
     report = export_ort(source, platform=platform)
     images, _ = tinted(32, seed=11)
     difference = np.abs(_outputs(ort_paths(source)[0], images) - _outputs(source, images)).max()
-    assert difference <= 1e-5 and report["max_abs_diff"] <= 1e-5
     if platform == "amd64" and precision == "fp32":
-        assert difference == 0.0  # measured: the same kernels as the .onnx in onnxruntime here
+        assert difference == 0.0 and report["max_abs_diff"] == 0.0  # the same kernels as the .onnx here
+    else:  # arm on an x86 host: other kernels (no NCHWc), float sums in another order; measured 4e-6 on an AVX2
+        # CPU, up to 1.4e-5 with AVX-512 -- held to the export's own bound, 1e-4 (int8: the same top-1 and 1e-2)
+        bound = ort_mobile.INT8_TOLERANCE if precision == "int8" else ort_mobile.TOLERANCE
+        assert difference <= bound and report["max_abs_diff"] <= bound
+        assert report["top1_agreement"] == 1.0
     assert report["latency"]["ort_ms"] > 0 and report["bytes"] == ort_paths(source)[0].stat().st_size
 
 
