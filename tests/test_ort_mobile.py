@@ -1,5 +1,6 @@
 """``tltf export --onnx --target ort-mobile``: the ``.ort`` file from onnxruntime's converter answers like the
-``.onnx`` (amd64: bit for bit; arm: 1e-4), its operator config names what a minimal build needs, and a failed check writes nothing."""
+``.onnx`` (amd64: bit for bit; arm: 1e-4), its operator config names what a minimal build needs, and a failed
+check writes nothing."""
 
 import json
 
