@@ -43,17 +43,18 @@ def inner(pytester, monkeypatch):
         monkeypatch.delenv(name, raising=False)
     pytester.makeconftest(CONFTEST)
 
-    def run(**env):
+    def run(*args, **env):
         for name, value in env.items():
             monkeypatch.setenv(name, value)
-        return pytester.runpytest_inprocess("-p", "no:cacheprovider", "-rs")
+        return pytester.runpytest_inprocess("-p", "no:cacheprovider", "-rs", *args)
     return run
 
 
-@pytest.mark.parametrize("env", [{"CI": "true"}, {"TLTF_NO_SKIPS": "1"}])
-def test_a_skip_for_another_reason_than_the_gpu_fails_ci(pytester, inner, env):
+@pytest.mark.parametrize("env, args", [({"CI": "true"}, ()), ({"TLTF_NO_SKIPS": "1"}, ()),
+                                       ({"CI": "true"}, ("-n", "2"))])  # as the suite runs: two xdist workers
+def test_a_skip_for_another_reason_than_the_gpu_fails_ci(pytester, inner, env, args):
     pytester.makepyfile(test_inner=SKIPPING)
-    result = inner(**env)
+    result = inner(*args, **env)
     result.assert_outcomes(passed=1, skipped=2, xfailed=1)
     assert result.ret == pytest.ExitCode.TESTS_FAILED
     result.stdout.fnmatch_lines(["*skipped on CI*only a GPU reason may skip*",
@@ -71,7 +72,7 @@ def test_a_module_skipped_at_collection_fails_ci(pytester, inner):
         def test_never():
             pass
     """, test_ok="def test_passes():\n    pass\n")
-    result = inner(CI="true")
+    result = inner("-n", "2", CI="true")  # collected in the xdist workers; the skip still reaches SkipWatch
     result.assert_outcomes(passed=1, skipped=1)
     assert result.ret == pytest.ExitCode.TESTS_FAILED
     result.stdout.fnmatch_lines(["SKIPPED test_gone.py: optional dependency missing"])
