@@ -417,5 +417,6 @@ def plot_curves(result: dict, path: str | Path) -> None:
     ax.set_ylabel(f"validation accuracy (mean of {len(s.get('seeds', [])) or '?'} seeds)")
     ax.set_title(f"{s.get('backbone', '')} ({s.get('weights', '')}) on {s.get('data', '')}", fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    if ax.get_legend_handles_labels()[0]:  # no curve (no validation split): no legend to draw
+        ax.legend(fontsize=8)
     save_figure(fig, path)
