@@ -554,12 +554,13 @@ def test_model_repository_answers_tritonclient_like_the_file(server, repository_
     """The same tritonclient calls get the same answers from ``tltf serve tiny.onnx`` and from ``tltf serve
     --model-repository`` (the model named by its folder, batched as its config.pbtxt says, not as the options)."""
     import tritonclient.http as httpclient
+    from tritonclient.utils import InferenceServerException
 
     assert re.search(r"models: tiny \(v2, v1 images, batch 8, delay 2 ms\)", repository_server.log.read_text())
     from_file, from_repo = triton(server), triton(repository_server)
     assert from_repo.is_server_ready() and from_repo.is_model_ready("tiny") and from_repo.is_model_ready("tiny", "1")
     assert from_repo.get_model_metadata("tiny") == from_file.get_model_metadata("tiny")
-    x = images(12, seed=5)
+    x = images(8, seed=5)  # config.pbtxt's max_batch_size: more rows are refused, as Triton refuses them
     outputs = [httpclient.InferRequestedOutput("probabilities", class_count=3)]
     for client_kwargs in ({}, {"outputs": outputs}):
         a = from_file.infer("tiny", [infer_input("pixels", x)], **client_kwargs).as_numpy("probabilities")
@@ -571,6 +572,10 @@ def test_model_repository_answers_tritonclient_like_the_file(server, repository_
         else:
             np.testing.assert_allclose(b, a, atol=ATOL, rtol=0)
             assert len(set(a.argmax(1))) > 1  # the images get different answers: a real comparison
+    nine = images(9, seed=6)
+    assert from_file.infer("tiny", [infer_input("pixels", nine)]).as_numpy("probabilities").shape == (9, 3)
+    with pytest.raises(InferenceServerException, match=r"inference request batch-size must be <= 8 for 'tiny'"):
+        from_repo.infer("tiny", [infer_input("pixels", nine)])  # Triton's limit and its words
 
 
 def test_model_repository_errors_are_one_line(tmp_path, models):

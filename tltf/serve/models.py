@@ -47,7 +47,7 @@ class ServedModel:
     """One ONNX file behind the protocol: its session, input/output specs and (maybe) its image contract."""
 
     def __init__(self, path: str | Path, provider: str = "cpu", threads: int | None = None, max_batch: int = 32,
-                 name: str | None = None, max_delay_ms: float | None = None):
+                 name: str | None = None, max_delay_ms: float | None = None, batch_limit: int = 0):
         from tltf.runtime.onnx_model import make_session, read_contract
 
         self.path = Path(path)
@@ -55,6 +55,8 @@ class ServedModel:
         #: the model's own batching (a repository's config.pbtxt), else None: the server's --max-batch/--max-delay-ms
         self.max_batch = int(max_batch) if max_delay_ms is not None else None
         self.max_delay_ms = max_delay_ms
+        #: the most rows one request may have (a repository's max_batch_size, refused above as Triton does); 0: any
+        self.batch_limit = int(batch_limit)
         self.session = make_session(self.path, provider, threads, max_batch=max_batch, spinning=False)
         self.inputs = [_spec(node) for node in self.session.get_inputs()]
         self.outputs = [_spec(node) for node in self.session.get_outputs()]
@@ -142,7 +144,10 @@ class ServedModel:
             raise ApiError(400, f"model {self.name!r}: an empty batch (0 rows) has nothing to infer")
         if len(rows) > 1:
             raise ApiError(400, f"model {self.name!r}: inputs disagree on the batch size ({sorted(rows)})")
-        return rows.pop() if rows else 1
+        count = rows.pop() if rows else 1
+        if self.batch_limit and count > self.batch_limit:  # Triton's words, so its clients read the same error
+            raise ApiError(400, f"inference request batch-size must be <= {self.batch_limit} for '{self.name}'")
+        return count
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """One onnxruntime call: every output by name. Failures are a 500 :class:`ApiError` in one line."""
@@ -182,7 +187,8 @@ def load_repository(folder, provider: str = "cpu", threads: int | None = None) -
 
     loaded = {}
     for m in read_repository(folder):
-        loaded[m.name] = ServedModel(m.path, provider, threads, m.max_batch, name=m.name, max_delay_ms=m.max_delay_ms)
+        loaded[m.name] = ServedModel(m.path, provider, threads, m.max_batch, name=m.name, max_delay_ms=m.max_delay_ms,
+                                     batch_limit=m.batch_limit)
         unknown = [output for output in m.labels if output not in loaded[m.name].output_names]
         if unknown:
             raise TltfError(f"{folder}/{m.name}/config.pbtxt: output {unknown[0]!r} is not an output of {m.path}")

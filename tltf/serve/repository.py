@@ -8,7 +8,9 @@ batcher (:mod:`tltf.serve.batcher`), as Triton would batch it:
 
 - ``max_batch_size > 0`` with ``dynamic_batching``: requests gathered up to ``max_batch_size`` rows, waiting at most
   ``max_queue_delay_microseconds`` (``preferred_batch_size`` is not used: tltf's batcher takes what is queued);
-- ``max_batch_size > 0`` without it, or ``max_batch_size: 0``: each request runs alone.
+- ``max_batch_size > 0`` without it, or ``max_batch_size: 0``: each request runs alone;
+- ``max_batch_size > 0``: a request of more rows is refused (400, Triton's words: ``inference request batch-size
+  must be <= 8 for 'NAME'``), as Triton refuses it, so a client that works here works there.
 
 An output's ``label_filename`` (one class name a line) labels its classification results
 (``"parameters": {"classification": k}``), as in Triton, in place of the names in the ONNX file's metadata.
@@ -38,6 +40,8 @@ class RepositoryModel:
     max_delay_ms: float
     #: class names of the outputs with a ``label_filename`` (one name a line, as Triton reads it)
     labels: dict[str, list[str]] = field(default_factory=dict)
+    #: the config's ``max_batch_size``: the most rows a request may have (0: no batch dimension, no limit)
+    batch_limit: int = 0
 
 
 def read_model(folder: Path) -> RepositoryModel:
@@ -81,8 +85,8 @@ def read_model(folder: Path) -> RepositoryModel:
         delay_us = batching.get("max_queue_delay_microseconds", 0)
         if not isinstance(delay_us, int) or delay_us < 0:
             raise TltfError(f"{config_path}: max_queue_delay_microseconds {delay_us!r} is not a count")
-        return RepositoryModel(name, path, max_batch_size, delay_us / 1000.0, labels)
-    return RepositoryModel(name, path, 1, 0.0, labels)
+        return RepositoryModel(name, path, max_batch_size, delay_us / 1000.0, labels, max_batch_size)
+    return RepositoryModel(name, path, 1, 0.0, labels, max_batch_size)
 
 
 def read_repository(folder: str | Path) -> list[RepositoryModel]:
