@@ -292,7 +292,9 @@ def test_slim_auto_decides_on_the_outputs_not_on_a_timing(monkeypatch):
     assert dict((p.key, p.value) for p in first.metadata_props) == {"precision": "fp32"}
 
     real = slim._outputs
-    moved = lambda path, x: [o + 1e-3 for o in real(path, x)] if path.name == "slimmed.onnx" else real(path, x)  # noqa: E731
+    def moved(path, x):
+        return [o + 1e-3 for o in real(path, x)] if path.name == "slimmed.onnx" else real(path, x)
+
     monkeypatch.setattr(slim, "_outputs", moved)
     kept, report = slim.slim(proto, images, "auto")
     assert kept is proto and report["kept"] is False and "more than the tolerance" in report["reason"]

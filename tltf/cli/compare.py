@@ -22,8 +22,8 @@ from tltf.cli import options
 @click.option("--criterion", type=click.Choice(["auto", "dev_risk", "snd", "target_entropy", "domain_separability"]),
               help="With --adapt: how a method is selected without target labels: auto (the measured rule: "
                    "source-only left out when its features separate the domains, then the best mean rank by DEV, "
-                   "domain separability and target entropy, DEV left out when its weights are degenerate; see tltf.adapt.selection) or "
-                   "one criterion alone [default: auto].")
+                   "domain separability and target entropy, DEV left out when its weights are degenerate; see "
+                   "tltf.adapt.selection) or one criterion alone [default: auto].")
 @click.option("--seeds", type=int, default=3, show_default=True, help="Seeds per strategy (0, 1, …).")
 @click.option("--epochs", type=int, help="Epoch budget of every run [default: 6].")
 @options.image_size
