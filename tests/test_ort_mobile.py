@@ -82,6 +82,44 @@ def test_ort_file_equals_the_onnx(exported, tmp_path, precision, platform):
     assert report["latency"]["ort_ms"] > 0 and report["bytes"] == ort_paths(source)[0].stat().st_size
 
 
+def test_type_reduction_writes_the_operators_with_their_types(exported, tmp_path):
+    """--type-reduction: NAME.required_operators_and_types.config (each operator's input types, for a build with
+    --enable_reduced_operator_type_support) replaces the plain config, naming the same operators; the int8 file's
+    types are its integer ones."""
+    from tltf.export.ort_mobile import required_types
+
+    for precision in ("fp32", "int8"):
+        source = tmp_path / f"m_{precision}.onnx"
+        source.write_bytes(exported[precision].read_bytes())
+        plain = export_ort(source)
+        typed = export_ort(source, type_reduction=True)
+        config = tmp_path / f"m_{precision}.required_operators_and_types.config"
+        assert typed["required_operators"] == str(config) and config.is_file() and typed["type_reduction"] is True
+        assert not (tmp_path / f"m_{precision}.required_operators.config").exists()  # it described the old .ort
+        assert "--enable_type_reduction" in typed["converter"]
+        assert typed["minimal_build"].endswith(f"{config.name} --enable_reduced_operator_type_support")
+        assert typed["operators"] == plain["operators"]  # the same operators, now with types
+        types = required_types(config)
+        assert typed["operator_types"] == types
+        conv = next(v for k, v in types.items() if k.endswith(";Conv") or k.endswith(";QLinearConv")
+                    or k.endswith(";ConvInteger"))
+        want = {"float"} if precision == "fp32" else {"uint8_t", "int8_t"}  # C++ type names
+        assert set(conv["inputs"]["0"]) <= want and set(conv["inputs"]["0"]), conv
+        assert typed["max_abs_diff"] <= (ort_mobile.INT8_TOLERANCE if precision == "int8" else ort_mobile.TOLERANCE)
+    result = cli("export", exported["folder"] / "model.keras", "--onnx", "--type-reduction",
+                 "--out", tmp_path / "x.onnx")
+    assert result.exit_code == 2 and "--type-reduction is for the ORT-format file: add --target ort-mobile" in \
+        result.stderr
+    assert not (tmp_path / "x.onnx").exists()
+
+
+def test_config_entries_with_types_are_split_at_the_operators():
+    from tltf.export.ort_mobile import _entries
+
+    assert _entries('Add{"inputs": {"0": ["float", "int32"]}},Squeeze,Mul{"inputs": {"0": ["float"]}}') == [
+        ("Add", {"inputs": {"0": ["float", "int32"]}}), ("Squeeze", None), ("Mul", {"inputs": {"0": ["float"]}})]
+
+
 def test_a_failed_check_writes_nothing_and_keeps_the_old_files(exported, tmp_path, monkeypatch):
     source = tmp_path / "m.onnx"
     source.write_bytes(exported["fp32"].read_bytes())

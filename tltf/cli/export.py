@@ -1,6 +1,6 @@
 """``tltf export MODEL.keras --onnx [--out exported/NAME.onnx] [--opset N] [--features] [--fp16 | --int8
---calibration-data DATA] [--max-diff X | --min-agreement Y] [--target ort-mobile [--platform arm|amd64]]
-[--target web] [--slim auto|on|off]``: a thin layer over :func:`tltf.export.onnx.export_onnx`,
+--calibration-data DATA] [--max-diff X | --min-agreement Y] [--target ort-mobile [--platform arm|amd64]
+[--type-reduction]] [--target web] [--slim auto|on|off]``: a thin layer over :func:`tltf.export.onnx.export_onnx`,
 :func:`tltf.export.ort_mobile.export_ort` and :func:`tltf.export.web.build_web_app`."""
 
 import click
@@ -67,6 +67,10 @@ def _calibrated_flags() -> str:
 @click.option("--platform", type=click.Choice(ort_platforms()), default="arm", show_default=True,
               help="--target ort-mobile: the CPU the .ort file is for (amd64: x86 layout kernels, as fast as the "
               ".onnx there; arm: none of them, runs 2-3x slower on x86).")
+@click.option("--type-reduction", is_flag=True,
+              help="--target ort-mobile: write NAME.required_operators_and_types.config instead, with each "
+              "operator's input types, for a minimal build that keeps only those types' kernels "
+              "(--enable_reduced_operator_type_support).")
 @click.option("--slim", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True,
               help="Simplify the graph with onnxslim (auto: keep it where its outputs match the original's; on: "
               "refuse the export otherwise).")
@@ -75,7 +79,7 @@ def _calibrated_flags() -> str:
               "CPUs that have it, flips near-tied answers).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of a table.")
 def command(model, to_onnx, out, opset, features, calibration_data, max_calibration, max_diff, min_agreement,
-            targets, platform, slim, openvino_precision, as_json, **flags):
+            targets, platform, type_reduction, slim, openvino_precision, as_json, **flags):
     """Export MODEL (a .keras file) to ONNX; the file is kept only if onnxruntime matches Keras (parity gate).
 
     The graph takes raw RGB pixels, float32 0..255, NHWC, input "pixels" (dynamic batch) -- preprocessing is
@@ -97,6 +101,8 @@ def command(model, to_onnx, out, opset, features, calibration_data, max_calibrat
         raise TltfError(precisions.needs_calibration_message(row))
     if max_calibration < 1:
         raise TltfError(f"--max-calibration {max_calibration}: must be at least 1")
+    if type_reduction and "ort-mobile" not in targets:
+        raise TltfError("--type-reduction is for the ORT-format file: add --target ort-mobile")
     precision = row.name
     thresholds = {precisions.MAX_DIFF: max_diff, precisions.MIN_AGREEMENT: min_agreement}
     for gate in precisions.gates():
@@ -109,7 +115,7 @@ def command(model, to_onnx, out, opset, features, calibration_data, max_calibrat
                          max_calibration=max_calibration, progress=say,
                          threshold=thresholds[row.gate], features=features, slim=slim,
                          openvino_precision=openvino_precision)
-    built = _build_targets(out, targets, platform, say)
+    built = _build_targets(out, targets, platform, say, type_reduction)
     if as_json:
         click.echo(json.dumps(report | ({"targets": built} if built else {}), indent=2))
         return
@@ -162,7 +168,7 @@ def _speed_row(speed: dict | None) -> list[tuple[str, str]]:
     return [("vs fp32", f"{1 / speed['speedup']:.2f}x slower ({times}): smaller, not faster here")]
 
 
-def _build_targets(onnx_path: str, targets, platform: str, say) -> dict:
+def _build_targets(onnx_path: str, targets, platform: str, say, type_reduction: bool = False) -> dict:
     """Build each ``--target`` from the exported ``onnx_path``; their reports by target name."""
     from pathlib import Path
 
@@ -171,7 +177,7 @@ def _build_targets(onnx_path: str, targets, platform: str, say) -> dict:
         if target == "ort-mobile":
             from tltf.export.ort_mobile import export_ort
 
-            built[target] = export_ort(onnx_path, platform=platform, progress=say)
+            built[target] = export_ort(onnx_path, platform=platform, progress=say, type_reduction=type_reduction)
         else:
             from tltf.export.web import build_web_app
 

@@ -40,7 +40,7 @@ OPTION_GROUPS: dict[str, list[tuple[str, list[str]]]] = {
         ("Export", ["MODEL", "--onnx", "--out", "--opset", "--features"]),
         ("Precision", ["--fp16", "--int8", "--calibration-data", "--max-calibration"]),
         ("Parity gate", ["--max-diff", "--min-agreement"]),
-        ("Edge targets and runtimes", ["--target", "--platform", "--slim", "--openvino-precision"]),
+        ("Edge targets and runtimes", ["--target", "--platform", "--type-reduction", "--slim", "--openvino-precision"]),
         ("Output", ["--json"]),
     ],
     "bench": [

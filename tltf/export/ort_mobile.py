@@ -53,17 +53,26 @@ INT8_TOLERANCE = 1e-2
 OPTIMIZATION_STYLE = "Fixed"
 
 
-def ort_paths(onnx_path: str | Path) -> tuple[Path, Path, Path]:
-    """``(NAME.ort, NAME.required_operators.config, NAME.ort.json)`` beside ``onnx_path``."""
+def config_name(stem: str, type_reduction: bool = False) -> str:
+    """The operator config's file name, as onnxruntime's converter names it."""
+    return f"{stem}.required_operators{'_and_types' if type_reduction else ''}.config"
+
+
+def ort_paths(onnx_path: str | Path, type_reduction: bool = False) -> tuple[Path, Path, Path]:
+    """``(NAME.ort, NAME.required_operators.config, NAME.ort.json)`` beside ``onnx_path``
+    (``NAME.required_operators_and_types.config`` with ``type_reduction``)."""
     onnx_path = Path(onnx_path)
     stem = onnx_path.with_suffix("")
-    return (stem.with_suffix(".ort"), Path(f"{stem}.required_operators.config"), stem.with_suffix(".ort.json"))
+    return (stem.with_suffix(".ort"), stem.parent / config_name(stem.name, type_reduction),
+            stem.with_suffix(".ort.json"))
 
 
-def convert_to_ort(onnx_path: str | Path, folder: str | Path, platform: str = DEFAULT_PLATFORM) -> tuple[Path, Path]:
+def convert_to_ort(onnx_path: str | Path, folder: str | Path, platform: str = DEFAULT_PLATFORM,
+                   type_reduction: bool = False) -> tuple[Path, Path]:
     """Run onnxruntime's converter on ``onnx_path`` into ``folder`` with the measured options (Fixed style, the
-    ``platform``'s target); returns ``(the .ort file, its required_operators.config)``. The converter's prints are
-    swallowed; its failure is a one-line :class:`TltfError`."""
+    ``platform``'s target; ``type_reduction``: ``--enable_type_reduction``, each operator's input types in the
+    config); returns ``(the .ort file, its operator config)``. The converter's prints are swallowed; its failure is
+    a one-line :class:`TltfError`."""
     from onnxruntime.tools.convert_onnx_models_to_ort import OptimizationStyle, convert_onnx_models_to_ort
 
     if platform not in PLATFORMS:
@@ -73,12 +82,12 @@ def convert_to_ort(onnx_path: str | Path, folder: str | Path, platform: str = DE
         with contextlib.redirect_stdout(io.StringIO()), _quiet_onnxruntime():
             convert_onnx_models_to_ort(onnx_path, output_dir=folder,
                                        optimization_styles=[OptimizationStyle[OPTIMIZATION_STYLE]],
-                                       target_platform=platform)
+                                       target_platform=platform, enable_type_reduction=type_reduction)
     except Exception as e:  # the converter raises whatever onnxruntime raised
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
         raise TltfError(f"{onnx_path}: onnxruntime's ORT-format converter failed ({first})") from None
     ort_file = folder / onnx_path.with_suffix(".ort").name
-    config = folder / f"{onnx_path.stem}.required_operators.config"
+    config = folder / config_name(onnx_path.stem, type_reduction)
     if not ort_file.is_file() or not config.is_file():
         raise TltfError(f"{onnx_path}: onnxruntime's ORT-format converter wrote no {ort_file.name} / {config.name}")
     return ort_file, config
@@ -108,17 +117,42 @@ def _name_the_model(config: Path, ort_name: str) -> str:
     return "\n".join(f"# - {ort_name}" if line.startswith("# - ") else line for line in lines) + "\n"
 
 
-def required_operators(config: str | Path) -> dict[str, list[str]]:
-    """The operators in a ``required_operators.config``: ``{"ai.onnx;17": ["Add", "Conv", ...], ...}``."""
-    ops = {}
+def _entries(names: str) -> list[tuple[str, dict | None]]:
+    """``Add{"inputs": {"0": ["float"]}},Squeeze`` -> ``[("Add", {...}), ("Squeeze", None)]``: the commas inside an
+    operator's type information do not separate operators."""
+    found, depth, start = [], 0, 0
+    for i, ch in enumerate(names + ","):
+        if ch == "{":
+            depth += 1
+        elif ch == "}":
+            depth -= 1
+        elif ch == "," and depth == 0:
+            entry = names[start:i].strip()
+            if entry:
+                name, brace, types = entry.partition("{")
+                found.append((name, json.loads(brace + types) if brace else None))
+            start = i + 1
+    return found
+
+
+def _config_lines(config: str | Path):
     for line in Path(config).read_text().splitlines():
         line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        domain, _, names = line.partition(";")
-        opset, _, names = names.partition(";")
-        ops[f"{domain};{opset}"] = sorted(n for n in names.split(",") if n)
-    return ops
+        if line and not line.startswith("#"):
+            domain, _, rest = line.partition(";")
+            opset, _, names = rest.partition(";")
+            yield f"{domain};{opset}", _entries(names)
+
+
+def required_operators(config: str | Path) -> dict[str, list[str]]:
+    """The operators in an operator config (with or without types): ``{"ai.onnx;17": ["Add", "Conv", ...], ...}``."""
+    return {key: sorted(name for name, _ in entries) for key, entries in _config_lines(config)}
+
+
+def required_types(config: str | Path) -> dict[str, dict]:
+    """The per-operator type information of a ``required_operators_and_types.config``:
+    ``{"ai.onnx;11;Conv": {"inputs": {"0": ["float"]}}, ...}`` (operators without any left out)."""
+    return {f"{key};{name}": types for key, entries in _config_lines(config) for name, types in entries if types}
 
 
 def _session(path: Path):
@@ -161,14 +195,17 @@ def _is_quantized(onnx_path: Path) -> bool:
 
 
 def export_ort(onnx_path: str | Path, platform: str = DEFAULT_PLATFORM, images: np.ndarray | None = None,
-               progress=None) -> dict:
+               progress=None, type_reduction: bool = False) -> dict:
     """Convert the tltf ``.onnx`` file at ``onnx_path`` to ``NAME.ort`` beside it, with
     ``NAME.required_operators.config`` (the operators a minimal onnxruntime build must include: ``build.sh
     --minimal_build --include_ops_by_config``) and the report ``NAME.ort.json``, which it returns.
 
     The ``.ort`` file must load in onnxruntime and answer like the ``.onnx`` on ``images`` (default: 16 synthetic
     structured images of the model's size): max |difference| <= :data:`TOLERANCE` (an int8 file: the same top-1
-    and <= :data:`INT8_TOLERANCE`), else nothing is written and a one-line :class:`TltfError` says by how much."""
+    and <= :data:`INT8_TOLERANCE`), else nothing is written and a one-line :class:`TltfError` says by how much.
+
+    ``type_reduction``: the config is ``NAME.required_operators_and_types.config``, with each operator's input
+    types, for a build that also keeps only those types' kernels (``--enable_reduced_operator_type_support``)."""
     from tltf.runtime.onnx_model import OnnxModel
 
     say = progress or (lambda message: None)
@@ -185,12 +222,13 @@ def export_ort(onnx_path: str | Path, platform: str = DEFAULT_PLATFORM, images: 
         images = synthetic_images(16, (h, w), seed=1)
     images = np.ascontiguousarray(images, np.float32)
     quantized = _is_quantized(onnx_path)
-    ort_path, config_path, report_path = ort_paths(onnx_path)
-    say(f"converting {onnx_path} to the ORT format for {platform} (onnxruntime's converter, "
-        f"--optimization_style {OPTIMIZATION_STYLE} --target_platform {platform})")
+    ort_path, config_path, report_path = ort_paths(onnx_path, type_reduction)
+    flags = f"--optimization_style {OPTIMIZATION_STYLE} --target_platform {platform}" + (
+        " --enable_type_reduction" if type_reduction else "")
+    say(f"converting {onnx_path} to the ORT format for {platform} (onnxruntime's converter, {flags})")
     with scratch_folder("ort") as folder, replacing_together(ort_path, config_path, report_path,
                                                              suffix=".ort") as (ort_tmp, config_tmp, report_tmp):
-        converted, config = convert_to_ort(onnx_path, folder, platform)
+        converted, config = convert_to_ort(onnx_path, folder, platform, type_reduction)
         say(f"checking the .ort file against the .onnx on {len(images)} images")
         result = compare_ort(onnx_path, converted, images)
         tolerance = INT8_TOLERANCE if quantized else TOLERANCE
@@ -210,13 +248,17 @@ def export_ort(onnx_path: str | Path, platform: str = DEFAULT_PLATFORM, images: 
 
         report = {
             "onnx": str(onnx_path), "ort": str(ort_path), "required_operators": str(config_path),
-            "platform": platform, "converter": f"onnxruntime {onnxruntime.__version__} "
-            f"convert_onnx_models_to_ort --optimization_style {OPTIMIZATION_STYLE} --target_platform {platform}",
+            "platform": platform, "type_reduction": type_reduction,
+            "converter": f"onnxruntime {onnxruntime.__version__} convert_onnx_models_to_ort {flags}",
             "bytes": ort_tmp.stat().st_size, "onnx_bytes": onnx_path.stat().st_size,
             "operators": required_operators(config_tmp),
             "max_abs_diff": result["max_abs_diff"], "top1_agreement": result["top1_agreement"],
             "parity_images": result["images"], "tolerance": tolerance, "latency": speed,
-            "minimal_build": f"./build.sh --minimal_build --include_ops_by_config {config_path.name}",
+            "minimal_build": f"./build.sh --minimal_build --include_ops_by_config {config_path.name}" + (
+                " --enable_reduced_operator_type_support" if type_reduction else ""),
         }
+        if type_reduction:
+            report["operator_types"] = required_types(config_tmp)
         report_tmp.write_text(json.dumps(report, indent=2) + "\n")
+    ort_paths(onnx_path, not type_reduction)[1].unlink(missing_ok=True)  # it described the .ort just replaced
     return report
