@@ -21,7 +21,7 @@ from typing import Callable
 
 import keras
 
-from tltf.errors import TltfError
+from tltf.errors import TltfError, first_line
 from tltf.models.small_cnn import small_cnn
 
 A = keras.applications
@@ -136,11 +136,11 @@ class BackboneSpec:
         except TltfError:
             raise
         except ValueError as e:
-            raise TltfError(f"--image-size {h}x{w}: {self.name} refuses it ({_first_line(e)})") from None
+            raise TltfError(f"--image-size {h}x{w}: {self.name} refuses it ({first_line(e)})") from None
         except Exception as e:  # a failed ImageNet download is an OSError/URLError/HTTPError/Exception
             if keras_weights:
                 raise TltfError(f"--weights imagenet: could not fetch {self.name} ImageNet weights "
-                                f"({_first_line(e)}); use --weights none, a local file, or "
+                                f"({first_line(e)}); use --weights none, a local file, or "
                                 "`tltf weights import`") from None
             raise
         model.name = self.name  # EfficientNetV2 reads its block table from `name`, so rename after building
@@ -160,11 +160,6 @@ def _hw(size) -> tuple[int, int]:
         return size, size
     h, w = size
     return int(h), int(w)
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return text[0][:200] if text else type(e).__name__
 
 
 def _spec(name, ctor, pre, size, key, **kw) -> BackboneSpec:

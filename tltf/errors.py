@@ -7,3 +7,9 @@ class TltfError(Exception):
     The message must name the offending file or option, e.g.
     ``TltfError("--backbone mobilnet_v2: unknown backbone; did you mean mobilenet_v2?")``.
     """
+
+
+def first_line(error: BaseException, limit: int | None = 200) -> str:
+    """The first line of ``error``'s message (its type's name when it has none), at most ``limit`` characters (None: all): what
+    a one-line :class:`TltfError` quotes of a library's exception."""
+    return (str(error).strip().splitlines() or [type(error).__name__])[0][:limit]

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tltf.errors import TltfError
+from tltf.errors import TltfError, first_line
 from tltf.export import portability
 from tltf.export.latency import Timing, measure
 
@@ -56,7 +56,7 @@ def run_runtimes(paths, runtimes, batch_sizes=(1,), timing: Timing | None = None
                 try:
                     run(pixels)
                 except Exception as e:  # a runtime that cannot run this batch size
-                    first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+                    first = first_line(e)
                     raise TltfError(f"{path}: {runtime} failed to run it at batch {batch} ({first})") from None
                 times = measure(lambda run=run: run(pixels), timing)
                 agreement = rows.get(runtime, {"top1_agreement": 1.0, "max_abs_diff": 0.0})

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from tltf.errors import TltfError
+from tltf.errors import TltfError, first_line
 
 _PLACEHOLDER_CLASSES = ["a", "b"]  # a backbone alone gets a throwaway head: build_classifier needs class names
 
@@ -71,7 +71,7 @@ def from_model(path: str, image_size: int | None = None, cache: bool = True) -> 
         extractor = feature_extractor(model)
         names = class_names_of(model)
     except (ValueError, KeyError) as e:
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:120]
+        first = first_line(e, 120)
         raise TltfError(f"--model {path}: not a tltf classifier ({first})") from None
     size = tuple(int(s) for s in model.input_shape[1:3])
     _check_image_size(image_size, size)

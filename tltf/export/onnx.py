@@ -43,7 +43,7 @@ from pathlib import Path
 import numpy as np
 
 from tltf.atomic import replacing_together, scratch_folder
-from tltf.errors import TltfError
+from tltf.errors import TltfError, first_line
 from tltf.export import precision as precisions
 from tltf.export.precision import DEFAULT
 
@@ -198,7 +198,7 @@ def features_model(model, option: str = "--features"):
     try:
         extractor = feature_extractor(model)
     except (ValueError, KeyError) as e:
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:120]
+        first = first_line(e, 120)
         raise TltfError(f"{option}: {model.name} is not a tltf classifier, so it has no penultimate features to "
                         f"export ({first})") from None
     if len(extractor.output_shape) != 2:

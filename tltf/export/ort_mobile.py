@@ -41,7 +41,7 @@ from pathlib import Path
 import numpy as np
 
 from tltf.atomic import replacing_together, scratch_folder
-from tltf.errors import TltfError
+from tltf.errors import TltfError, first_line
 
 PLATFORMS = ("arm", "amd64")
 DEFAULT_PLATFORM = "arm"
@@ -84,7 +84,7 @@ def convert_to_ort(onnx_path: str | Path, folder: str | Path, platform: str = DE
                                        optimization_styles=[OptimizationStyle[OPTIMIZATION_STYLE]],
                                        target_platform=platform, enable_type_reduction=type_reduction)
     except Exception as e:  # the converter raises whatever onnxruntime raised
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        first = first_line(e)
         raise TltfError(f"{onnx_path}: onnxruntime's ORT-format converter failed ({first})") from None
     ort_file = folder / onnx_path.with_suffix(".ort").name
     config = folder / config_name(onnx_path.stem, type_reduction)

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tltf.errors import TltfError
+from tltf.errors import TltfError, first_line
 from tltf.export import precision as precisions
 from tltf.export.precision import DEFAULT, MAX_DIFF
 
@@ -108,7 +108,7 @@ def compare(onnx_path: str | Path, keras_probs: np.ndarray, images: np.ndarray, 
     except TltfError:
         raise
     except Exception as e:  # a file onnxruntime refuses is the export's failure, said in one line
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        first = first_line(e)
         raise TltfError(f"{onnx_path}: onnxruntime cannot load the exported graph ({first})") from None
     t0 = time.perf_counter()
     if keras_feats is None:

@@ -31,7 +31,7 @@ from typing import Callable
 
 import numpy as np
 
-from tltf.errors import TltfError
+from tltf.errors import TltfError, first_line
 from tltf.runtime.onnx_model import plain_session
 
 RUNTIMES = ("onnxruntime", "openvino", "opencv")
@@ -68,10 +68,6 @@ def parse_runtimes(text: str, option: str = "--runtime") -> list[str]:
     return names
 
 
-def _first_line(error: BaseException) -> str:
-    return ((str(error).strip().splitlines() or [type(error).__name__])[0])[:200]
-
-
 def load(runtime: str, path: str | Path, threads: int | None = None,
          openvino_precision: str = "f32") -> Callable[[np.ndarray], np.ndarray]:
     """``run(pixels) -> first output`` of the file at ``path`` on ``runtime`` (float32 NHWC pixels in, as every
@@ -91,7 +87,7 @@ def load(runtime: str, path: str | Path, threads: int | None = None,
     except TltfError:
         raise
     except Exception as e:  # each library raises its own types
-        raise TltfError(f"{path}: {runtime} cannot load it ({_first_line(e)})") from None
+        raise TltfError(f"{path}: {runtime} cannot load it ({first_line(e)})") from None
 
 
 def _onnxruntime(path: Path, threads: int | None):
@@ -190,7 +186,7 @@ def check(path: str | Path, images: np.ndarray, runtimes=None, openvino_precisio
         except TltfError as e:
             row["error"] = str(e).replace(str(path), path.name)
         except Exception as e:  # a runtime that loads the file and then fails on it
-            row["error"] = f"{path.name}: {runtime} failed to run it ({_first_line(e)})"
+            row["error"] = f"{path.name}: {runtime} failed to run it ({first_line(e)})"
         needed = agreement_needed(precision, openvino_precision, runtime)
         if needed is not None and min_agreement is not None:
             needed = float(min_agreement)

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from tltf.atomic import scratch_folder
-from tltf.errors import TltfError
+from tltf.errors import TltfError, first_line
 
 
 # --- calibration images --------------------------------------------------------------------------------------------
@@ -155,7 +155,7 @@ def to_fp16(proto):
         return convert_float_to_float16(proto, keep_io_types=True, op_block_list=list(DEFAULT_OP_BLOCK_LIST),
                                         node_block_list=_first_conv_inputs(proto))
     except Exception as e:
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        first = first_line(e)
         raise TltfError(f"--fp16: float16 conversion failed ({first})") from None
 
 
@@ -258,7 +258,7 @@ def to_int8(proto, images: np.ndarray, workdir: str | Path | None = None, per_ch
                 extra_options={"WeightSymmetric": True, "ActivationSymmetric": False},
             )
         except Exception as e:
-            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+            first = first_line(e)
             raise TltfError(f"--int8: quantization failed ({first})") from None
         out = _int8_classifier(onnx.load(str(dst)))
     for key in ("producer_name", "producer_version", "doc_string"):

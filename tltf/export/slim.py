@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tltf.errors import TltfError
+from tltf.errors import TltfError, first_line
 
 MODES = ("auto", "on", "off")
 #: the largest |slimmed - original| accepted on the outputs (measured: <= 2e-7)
@@ -54,7 +54,7 @@ def simplify(proto):
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
             slimmed = onnxslim.slim(copy)
     except Exception as e:  # onnxslim raises whatever its passes raise
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        first = first_line(e)
         raise TltfError(f"onnxslim failed on the graph ({first})") from None
     del slimmed.metadata_props[:]
     slimmed.metadata_props.extend(proto.metadata_props)
@@ -105,7 +105,7 @@ def slim(proto, images: np.ndarray, mode: str = "auto") -> tuple[object, dict | 
         diff = max(float(np.abs(a - b).max()) for a, b in zip(_outputs(original_path, images),
                                                                _outputs(slimmed_path, images)))
         ms_before, ms_after = compare_latency([original_path, slimmed_path], rounds=ROUNDS, seconds=0.2)
-    ms_before, ms_after = round(ms_before, 3), round(ms_after, 3)  # the verdict of the figures the report shows
+    ms_before, ms_after = round(ms_before, 3), round(ms_after, 3)  # as the report shows them
     kept = diff <= TOLERANCE
     if mode == "on" and not kept:
         raise TltfError(f"--slim on: onnxslim changed the outputs by up to {diff:.3g} (allowed {TOLERANCE:g}); "

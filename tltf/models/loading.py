@@ -12,7 +12,7 @@ from pathlib import Path
 
 import keras
 
-from tltf.errors import TltfError
+from tltf.errors import TltfError, first_line
 
 
 def load_model(path: str | Path, option: str | None = None) -> keras.Model:
@@ -32,5 +32,5 @@ def load_model(path: str | Path, option: str | None = None) -> keras.Model:
     try:
         return keras.models.load_model(str(path), compile=False)
     except Exception as e:  # a corrupt zip, a foreign custom layer, a Lambda refused by safe mode …
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+        first = first_line(e, 160)
         raise TltfError(f"{named}: not a loadable Keras model ({first})") from None

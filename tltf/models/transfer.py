@@ -35,7 +35,7 @@ import keras
 import numpy as np
 
 from tltf import backbones
-from tltf.errors import TltfError
+from tltf.errors import TltfError, first_line
 from tltf.models.backbone import Backbone
 from tltf.models.loading import load_model
 from tltf.models.preprocess import Preprocess
@@ -84,7 +84,7 @@ def load_backbone_weights(model: keras.Model, path: str, name: str) -> None:
     try:
         model.load_weights(str(file))
     except Exception as e:
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        first = first_line(e)
         raise TltfError(f"--weights {path}: does not match {name} ({first})") from None
 
 

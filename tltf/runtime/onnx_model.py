@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tltf.errors import TltfError
+from tltf.errors import TltfError, first_line
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider",
              "tensorrt": "TensorrtExecutionProvider"}
@@ -149,7 +149,7 @@ def make_session(path: str | Path, provider: str = "cpu", threads: int | None = 
         session = ort.InferenceSession(str(path), sess_options=session_options(provider, threads, spinning),
                                        providers=providers)
     except Exception as e:
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        first = first_line(e)
         raise TltfError(f"{path}: onnxruntime cannot load it ({first})") from None
     if provider != "cpu" and PROVIDERS[provider] not in session.get_providers():
         raise TltfError(f"--provider {provider}: {PROVIDERS[provider]} failed to initialise "
@@ -175,7 +175,7 @@ def plain_session(path: str | Path, threads: int | None = None, optimize: bool =
     try:
         return ort.InferenceSession(str(path), sess_options=so, providers=["CPUExecutionProvider"])
     except Exception as e:
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        first = first_line(e)
         raise TltfError(f"{path}: onnxruntime cannot load {what or 'it'} ({first})") from None
 
 
@@ -183,7 +183,7 @@ def run_failure(e: Exception) -> str:
     """The first line of an onnxruntime error, without its source-file prefix, for a one-line message."""
     import re
 
-    text = (str(e).strip().splitlines() or [type(e).__name__])[0].split("Status Message: ")[-1]
+    text = first_line(e, None).split("Status Message: ")[-1]
     return re.sub(r"^/\S+:\d+ .*?\) ", "", text)[:200]  # "/onnxruntime_src/...cc:360 void* f(...) Failed to ..."
 
 
