@@ -508,8 +508,8 @@ def test_calibration_images_from_any_data_spec(tmp_path):
 
 
 def test_docs_plain_onnxruntime_snippet_runs_without_tensorflow(small, tmp_path):
-    """The export guide's plain-onnxruntime snippet (docs/guides/export.md), run as written (paths swapped) in a fresh interpreter: the same top-1 as Keras,
-    and TensorFlow never imported."""
+    """The export guide's plain-onnxruntime snippet (docs/guides/export.md), run as written (paths swapped) in a
+    fresh interpreter: the same top-1 as Keras, and TensorFlow never imported."""
     import subprocess
     import sys
     from pathlib import Path

@@ -66,6 +66,6 @@ def test_weights_file_for_another_architecture_is_refused(tmp_path):
 
 
 def test_the_docs_say_how_many_backbones_the_registry_holds():
-    readme = (Path(__file__).resolve().parents[1] / "docs" / "getting-started.md").read_text()
-    said = re.search(r"lists the (\d+) registry backbones", readme)
+    page = (Path(__file__).resolve().parents[1] / "docs" / "getting-started.md").read_text()
+    said = re.search(r"lists the (\d+) registry backbones", page)
     assert said and int(said.group(1)) == len(backbones.REGISTRY)
